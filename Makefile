@@ -1,0 +1,60 @@
+# onfinish: every target installs what it needs first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration bench lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+## install: the virtualenv with onfinish and its dev tools, Kafka's jars and the schema registry binary
+install: $(STAMP) stack-install
+
+stack-install: $(STAMP)
+	$(BIN)/onfinish stack install
+
+## stack-up / stack-down / stack-status: the local Kafka, schema registry and ClickHouse
+stack-up: install
+	$(BIN)/onfinish stack up
+
+stack-down: $(STAMP)
+	$(BIN)/onfinish stack down
+
+stack-status: $(STAMP)
+	$(BIN)/onfinish stack status
+
+## demo: the main job on the embedded default (stack up, then a real round trip through it)
+demo: install
+	$(BIN)/onfinish demo
+
+## test: unit tests, then integration tests against the real local stack (started and stopped by pytest)
+test: install
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+test-integration: install
+	$(BIN)/pytest tests/integration
+
+## bench: benchmarks against a baseline measured in the same run (bench/results/latest.json, README table)
+bench: install
+	$(BIN)/python -m bench
+
+## lint: ruff and mypy, clean
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,5 @@
+"""`python -m onfinish` is the `onfinish` command."""
+
+from onfinish.cli import main
+
+main()

@@ -1,0 +1,237 @@
+"""The `onfinish` command: one entry point with consistent verbs for every user.
+
+Human output goes to the terminal through rich; errors onfinish raises on purpose become one clear
+message and exit code 1, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, TypeVar
+
+try:
+    import typer
+    from rich.console import Console
+    from rich.table import Table
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise SystemExit("The onfinish command needs the cli extra: pip install 'onfinish[cli]'") from exc
+
+from onfinish import __version__
+from onfinish.errors import OnfinishError
+from onfinish.settings import ALL_SETTINGS, ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
+
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="onfinish",
+    help=(
+        "onfinish turns the onFinish moment of every LLM call into trustworthy analytics: "
+        "services produce events to Kafka, processors validate, enrich and redact them, sinks write "
+        "them to ClickHouse.\n\n"
+        "Start with `onfinish demo`, which brings up the local stack and proves the round trip. "
+        "Every setting can be given as an ONFINISH_* environment variable: see `onfinish config`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(
+    help=(
+        "Run the local stack on this machine, with no Docker: Apache Kafka (KRaft) on 127.0.0.1:9092, "
+        "the schema registry on 127.0.0.1:8081 (schemas kept in a local PostgreSQL) and ClickHouse "
+        "embedded through chDB. Data lives in ONFINISH_STACK_HOME (default .onfinish/) and survives "
+        "down/up; software is cached in ONFINISH_STACK_CACHE_DIR."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+
+
+def _fail_cleanly(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except OnfinishError as exc:
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@contextmanager
+def _spinner(title: str) -> Iterator[Callable[[str], None]]:
+    """A status line that shows the current step of a long operation and how long it has taken."""
+    began = time.monotonic()
+    with console.status(title) as status:
+
+        def report(step: str) -> None:
+            status.update(f"{title}: {step} [dim]({time.monotonic() - began:.0f}s)[/]")
+
+        yield report
+
+
+def _stack() -> StackSettings:
+    return StackSettings()
+
+
+@stack_app.command("install")
+def stack_install() -> None:
+    """Fetch Kafka's jars with Maven and build the schema registry with Go, into the cache.
+
+    Safe to run again: what is already in the cache is kept. `stack up` does this when needed.
+    """
+    from onfinish.stack.stack import Stack
+
+    stack = Stack(_stack())
+    with _spinner("Installing the local stack") as progress:
+        _fail_cleanly(lambda: stack.install(progress))
+    for step in stack.install_steps():
+        console.print(f"[green]✓[/] {step.artefact.name}: {step.artefact.path}")
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Install what is missing, start every component, wait until each is healthy, create the topics.
+
+    Running it again while the stack is up is harmless. A port already taken by another program is
+    reported with the component that needs it.
+    """
+    from onfinish.stack.stack import Stack
+
+    stack = Stack(_stack())
+    with _spinner("Starting the local stack") as progress:
+        report = _fail_cleanly(lambda: stack.up(progress))
+    for started in report.started:
+        verb = "started" if started.started else "already running"
+        console.print(f"[green]✓[/] {started.name} {verb} (pid {started.pid}, {started.seconds:.1f}s)")
+    created = [t.name for t in report.topics if t.created]
+    console.print(
+        f"[green]✓[/] topics: {len(report.topics)} present"
+        + (f", created {', '.join(created)}" if created else "")
+    )
+    for topic in report.topics:
+        if topic.note:
+            console.print(f"[yellow]![/] {topic.name} {topic.note}")
+    console.print(f"[green]✓[/] ClickHouse {report.clickhouse_version} at {report.clickhouse}")
+    console.print(f"Stack up in {report.seconds:.1f}s.")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the processes `stack up` started (by their recorded pid, never by name). Data is kept."""
+    from onfinish.stack.stack import Stack
+
+    stopped = _fail_cleanly(lambda: Stack(_stack()).down())
+    console.print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing of this stack was running.")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show each component: whether it runs and answers, its address, pid and log file."""
+    from onfinish.stack.stack import Stack
+
+    settings = _stack()
+    stack = Stack(settings)
+    table = Table(title=f"onfinish stack ({settings.home.resolve()})")
+    for column in ("component", "state", "address", "pid", "log"):
+        table.add_column(column, overflow="fold")
+    all_up = True
+    for status in stack.status():
+        state = (
+            "[green]healthy[/]"
+            if status.healthy
+            else ("[yellow]running, not answering[/]" if status.running else "[red]stopped[/]")
+        )
+        all_up = all_up and status.healthy
+        table.add_row(status.name, state, status.address, str(status.pid or "-"), str(status.log_path))
+    clickhouse = ClickHouseSettings()
+    table.add_row(
+        "clickhouse",
+        "embedded (chDB)" if clickhouse.dsn is None else "server",
+        clickhouse.resolved_dsn(settings),
+        "in-process",
+        "-",
+    )
+    console.print(table)
+    if not all_up:
+        raise typer.Exit(3)
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running/--stop", help="Leave the stack running afterwards (default) or stop it."
+        ),
+    ] = True,
+) -> None:
+    """Bring the local stack up and prove a real round trip through it.
+
+    One Avro record is registered with the schema registry, produced to Kafka, consumed and decoded,
+    then written to ClickHouse and read back; each step is printed with the time it took.
+    """
+    from onfinish.roundtrip import run_round_trip
+    from onfinish.stack.stack import Stack
+
+    stack_settings = _stack()
+    stack = Stack(stack_settings)
+    console.rule("onfinish demo")
+    with _spinner("Starting the local stack") as progress:
+        report = _fail_cleanly(lambda: stack.up(progress))
+    console.print(
+        f"[green]✓[/] stack up in {report.seconds:.1f}s: "
+        + ", ".join(f"{s.name} (pid {s.pid})" for s in report.started)
+        + ", ClickHouse embedded"
+    )
+    kafka = KafkaSettings(bootstrap_servers=stack_settings.kafka_bootstrap)
+    registry = RegistrySettings(url=stack_settings.registry_url)
+    with console.status("Sending one record through registry, Kafka and ClickHouse"):
+        trip = _fail_cleanly(lambda: run_round_trip(kafka, registry, ClickHouseSettings(), stack_settings))
+    for step, seconds in trip.steps:
+        console.print(f"[green]✓[/] {step} [dim]({seconds * 1000:.0f} ms)[/]")
+    console.print(f"Round trip of probe {trip.probe_id} complete.")
+    if keep_running:
+        console.print(
+            "The stack keeps running: `onfinish stack status`, `onfinish stack down` (or `make stack-down`)."
+        )
+    else:
+        stack.down()
+        console.print("Stack stopped.")
+
+
+@app.command()
+def config() -> None:
+    """List every setting: its environment variable, default and meaning."""
+    for settings_class in ALL_SETTINGS:
+        table = Table(title=settings_class.__name__, show_lines=False)
+        for column in ("variable", "default", "description"):
+            table.add_column(column, overflow="fold")
+        prefix = str(settings_class.model_config.get("env_prefix", ""))
+        for name, field in settings_class.model_fields.items():
+            table.add_row(
+                f"{prefix}{name.upper()}",
+                str(field.get_default(call_default_factory=True)),
+                field.description or "",
+            )
+        console.print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"onfinish {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Global options."""
+
+
+def main() -> None:
+    app()

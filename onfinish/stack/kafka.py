@@ -1,0 +1,145 @@
+"""The local Apache Kafka broker: one node in KRaft mode (broker and controller in one JVM).
+
+Its storage is formatted on first start and kept in the stack home, so topics and offsets survive
+`down`/`up`. The class path is the jar set `onfinish stack install` fetched with Maven.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from onfinish.errors import ComponentStartError, ProvisioningError
+from onfinish.stack import process
+from onfinish.stack.component import Component
+from onfinish.stack.install import kafka_libs
+
+_LOG4J = """\
+log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.org.apache.kafka=WARN
+log4j.logger.kafka.coordinator=WARN
+log4j.logger.state.change.logger=WARN
+"""
+
+
+def java_executable() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    found = shutil.which("java")
+    if found is None:
+        raise ProvisioningError("Kafka needs Java 17 or newer: no `java` on PATH and no JAVA_HOME")
+    return found
+
+
+class KafkaBroker(Component):
+    name = "kafka"
+
+    @property
+    def ports(self) -> Sequence[int]:
+        return (self.settings.kafka_port, self.settings.kafka_controller_port)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def classpath(self) -> str:
+        libs = kafka_libs(self.settings)
+        if not libs.installed:
+            raise ProvisioningError(f"{libs.name} are not installed: run `onfinish stack install`")
+        return str(libs.path / "libs" / "*")
+
+    def server_properties(self) -> str:
+        s = self.settings
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{s.host}:{s.kafka_controller_port}",
+            "listeners": f"PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{s.host}:{s.kafka_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir.resolve()),
+            # One node: internal topics cannot have more replicas than brokers.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "min.insync.replicas": "1",
+            # Topics are provisioned explicitly (onfinish stack up); a typo must not create one.
+            "auto.create.topics.enable": "false",
+            # A lone consumer should not wait 3 s for peers that will never join.
+            "group.initial.rebalance.delay.ms": "0",
+            "num.partitions": "1",
+        }
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def prepare(self) -> None:
+        (self.home / "server.properties").write_text(self.server_properties())
+        (self.home / "log4j.properties").write_text(_LOG4J)
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = self._random_cluster_id()
+        result = subprocess.run(
+            [
+                *self._java(),
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.home / "server.properties"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text(result.stdout + result.stderr)
+            raise ComponentStartError(self.name, "formatting KRaft storage failed", self.log_path)
+
+    @staticmethod
+    def _random_cluster_id() -> str:
+        # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
+        return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+    def _java(self) -> list[str]:
+        return [
+            java_executable(),
+            "-cp",
+            self.classpath,
+            f"-Dlog4j.configuration=file:{(self.home / 'log4j.properties').resolve()}",
+        ]
+
+    def command(self) -> Sequence[str]:
+        return [
+            java_executable(),
+            f"-Xmx{self.settings.kafka_heap}",
+            "-Xms256m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            *self._java()[1:],
+            "kafka.Kafka",
+            str(self.home / "server.properties"),
+        ]
+
+    def is_healthy(self) -> bool:
+        if not process.port_is_open(self.settings.host, self.settings.kafka_port):
+            return False
+        # log_level 2: the probe's own connection errors are expected while the broker starts.
+        admin = AdminClient({"bootstrap.servers": self.address, "socket.timeout.ms": 2000, "log_level": 2})
+        metadata = admin.list_topics(timeout=2)
+        return len(metadata.brokers) > 0

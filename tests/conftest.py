@@ -1,0 +1,20 @@
+"""Shared test helpers: stack settings on ports of their own, so tests never touch a developer's stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onfinish.settings import StackSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def isolated_stack_settings(home: Path, port_base: int) -> StackSettings:
+    """Stack settings whose ports are port_base + the usual last digits (x092, x093, x081, x432)."""
+    return StackSettings(
+        home=home,
+        kafka_port=port_base + 92,
+        kafka_controller_port=port_base + 93,
+        registry_port=port_base + 81,
+        postgres_port=port_base + 432,
+    )

@@ -1,0 +1,44 @@
+"""What the stack writes for its components, checked without starting them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from onfinish.settings import StackSettings
+from onfinish.stack.kafka import KafkaBroker
+from onfinish.stack.registry import SchemaRegistryServer
+from onfinish.stack.topics import TOPICS
+
+
+def _settings(tmp_path: Path) -> StackSettings:
+    return StackSettings(
+        home=tmp_path, kafka_port=19092, kafka_controller_port=19093, registry_port=18081, postgres_port=15433
+    )
+
+
+def test_kafka_runs_kraft_on_loopback_with_data_in_the_stack_home(tmp_path: Path):
+    properties = dict(
+        line.split("=", 1) for line in KafkaBroker(_settings(tmp_path)).server_properties().splitlines()
+    )
+    assert properties["process.roles"] == "broker,controller"
+    assert properties["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert properties["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert properties["log.dirs"] == str(tmp_path / "kafka" / "data")
+    assert properties["auto.create.topics.enable"] == "false"
+
+
+def test_registry_stores_schemas_in_the_stacks_postgres(tmp_path: Path):
+    config = SchemaRegistryServer(_settings(tmp_path)).config()
+    assert config["server"] == {"host": "127.0.0.1", "port": 18081}
+    storage = config["storage"]
+    assert isinstance(storage, dict)
+    assert storage["type"] == "postgresql"
+    assert storage["postgresql"]["port"] == 15433
+    json.dumps(config)  # written as JSON, which YAML readers accept
+
+
+def test_topics_follow_the_design():
+    suffixes = [t.suffix for t in TOPICS]
+    assert suffixes == ["raw", "enriched", "windows", "sessions", "alerts", "dlq"]
+    assert next(t for t in TOPICS if t.suffix == "sessions").config["cleanup.policy"] == "compact"
