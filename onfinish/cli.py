@@ -18,8 +18,11 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise SystemExit("The onfinish command needs the cli extra: pip install 'onfinish[cli]'") from exc
 
+from pydantic_settings import BaseSettings
+
 from onfinish import __version__
 from onfinish.errors import OnfinishError
+from onfinish.logs import LogSettings, configure_logging
 from onfinish.settings import ALL_SETTINGS, ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 
 console = Console()
@@ -49,6 +52,11 @@ stack_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(stack_app, name="stack")
+topics_app = typer.Typer(
+    help="Kafka topics of the pipeline (onfinish.raw, .enriched, .windows, .sessions, .alerts, .dlq).",
+    no_args_is_help=True,
+)
+app.add_typer(topics_app, name="topics")
 
 
 def _fail_cleanly(action: Callable[[], T]) -> T:
@@ -149,13 +157,28 @@ def stack_status() -> None:
     table.add_row(
         "clickhouse",
         "embedded (chDB)" if clickhouse.dsn is None else "server",
-        clickhouse.resolved_dsn(settings),
-        "in-process",
+        clickhouse.display_dsn(settings),
+        "in-process" if clickhouse.dsn is None else "-",
         "-",
     )
     console.print(table)
     if not all_up:
         raise typer.Exit(3)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the pipeline's topics on ONFINISH_KAFKA_BOOTSTRAP_SERVERS; existing ones are left as they are.
+
+    Partitions (ONFINISH_KAFKA_PARTITIONS, default 12) are fixed at creation and cap how many
+    processor workers can share the work; onfinish.sessions is compacted.
+    """
+    from onfinish.stack.topics import provision_topics
+
+    results = _fail_cleanly(lambda: provision_topics(KafkaSettings()))
+    for topic in results:
+        verb = "created" if topic.created else "exists"
+        console.print(f"{topic.name}: {verb}, {topic.partitions} partitions {topic.note}".rstrip())
 
 
 @app.command()
@@ -204,7 +227,8 @@ def demo(
 @app.command()
 def config() -> None:
     """List every setting: its environment variable, default and meaning."""
-    for settings_class in ALL_SETTINGS:
+    classes: tuple[type[BaseSettings], ...] = (*ALL_SETTINGS, LogSettings)
+    for settings_class in classes:
         table = Table(title=settings_class.__name__, show_lines=False)
         for column in ("variable", "default", "description"):
             table.add_column(column, overflow="fold")
@@ -231,6 +255,7 @@ def _main(
     ] = False,
 ) -> None:
     """Global options."""
+    configure_logging(LogSettings())
 
 
 def main() -> None:

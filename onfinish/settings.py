@@ -9,6 +9,7 @@ entry point) and passed down explicitly; nothing deeper reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,15 @@ class ClickHouseSettings(BaseSettings):
         if value is not None and not value.startswith(("chdb:", "http://", "https://")):
             raise ValueError("ClickHouse DSN must start with chdb:, http:// or https://")
         return value
+
+    def display_dsn(self, stack: StackSettings) -> str:
+        """The DSN with any password masked, for status lines and logs."""
+        dsn = self.resolved_dsn(stack)
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def resolved_dsn(self, stack: StackSettings) -> str:
         """The DSN to hand to clickhouse-connect, with the embedded default made concrete."""

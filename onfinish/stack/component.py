@@ -6,6 +6,7 @@ healthy; starting, waiting, stopping and reporting are the same for all and live
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -16,6 +17,8 @@ from pathlib import Path
 from onfinish.errors import ComponentStartError, PortInUseError
 from onfinish.settings import StackSettings
 from onfinish.stack import process
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,18 @@ class Component(ABC):
             process.stop(record, sig=self.stop_signal, timeout_s=self.settings.stop_timeout_s)
             self.pid_file.remove()
             raise
-        return StartResult(self.name, started=True, pid=record.pid, seconds=time.monotonic() - began)
+        seconds = time.monotonic() - began
+        log.info(
+            "component started",
+            extra={
+                "component": self.name,
+                "pid": record.pid,
+                "address": self.address,
+                "seconds": round(seconds, 2),
+                "log_path": str(self.log_path),
+            },
+        )
+        return StartResult(self.name, started=True, pid=record.pid, seconds=seconds)
 
     def _wait_healthy(self, record: process.PidRecord) -> None:
         def exited() -> str | None:
@@ -124,8 +138,9 @@ class Component(ABC):
         record = self.pid_file.running()
         if record is None:
             return False
-        process.stop(record, sig=self.stop_signal, timeout_s=self.settings.stop_timeout_s)
+        killed = process.stop(record, sig=self.stop_signal, timeout_s=self.settings.stop_timeout_s)
         self.pid_file.remove()
+        log.info("component stopped", extra={"component": self.name, "pid": record.pid, "killed": killed})
         return True
 
     def status(self) -> ComponentStatus:

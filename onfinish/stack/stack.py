@@ -100,7 +100,7 @@ class Stack:
 
         client = clickhouse.connect(self.clickhouse_settings, self.settings)
         try:
-            return self.clickhouse_settings.resolved_dsn(self.settings), clickhouse.server_version(client)
+            return self.clickhouse_settings.display_dsn(self.settings), clickhouse.server_version(client)
         finally:
             client.close()
 

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from onfinish.errors import PortInUseError
+from onfinish.errors import ComponentStartError, PortInUseError
 from onfinish.settings import KafkaSettings
 from onfinish.stack.stack import Stack
 from tests.conftest import REPO, isolated_stack_settings
@@ -129,4 +129,23 @@ def test_cli_reports_a_taken_port_in_one_line_without_a_traceback(tmp_path: Path
     assert f"postgres cannot start: 127.0.0.1:{settings.postgres_port} is already in use" in " ".join(
         result.stderr.split()
     )
+    assert _processes_mentioning(settings.home) == []
+
+
+def test_a_component_that_dies_at_start_is_named_with_its_log(tmp_path: Path):
+    settings = isolated_stack_settings(tmp_path / "home", PORT_BASE + 200).model_copy(
+        update={"kafka_heap": "not-a-size", "start_timeout_s": 30}
+    )
+    stack = Stack(settings)
+    try:
+        with pytest.raises(ComponentStartError) as failed:
+            stack.up()
+        assert failed.value.component == "kafka"
+        assert "exited during start-up" in str(failed.value)
+        assert failed.value.log_path == settings.home / "logs" / "kafka.log"
+        assert failed.value.log_path.exists()
+        assert str(failed.value.log_path) in str(failed.value)
+        assert stack.component("kafka").pid_file.running() is None
+    finally:
+        stack.down()
     assert _processes_mentioning(settings.home) == []

@@ -64,3 +64,29 @@ def test_importing_the_sdk_pulls_no_processor_or_sink_dependency():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert result.stdout.strip() == ""
+
+
+def test_the_wheel_puts_every_stage_inside_the_onfinish_package(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    import zipfile
+
+    (wheel,) = tmp_path.glob("onfinish-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for stage in STAGES:
+        assert f"onfinish/{stage}/__init__.py" in names
+    assert {"onfinish/stack/assets/kafka/pom.xml", "onfinish/stack/assets/registry/go.sum"} <= names
+    assert not any(name.split("/")[0] in (*STAGES, "tests") for name in names), "no generic top-level names"

@@ -49,3 +49,11 @@ def test_stack_paths_are_made_absolute(monkeypatch, tmp_path: Path):
     settings = StackSettings(home=Path("relative-home"))
     assert settings.home == tmp_path / "relative-home"
     assert settings.clickhouse_dir.is_absolute()
+
+
+def test_passwords_never_appear_in_the_displayed_dsn(tmp_path: Path):
+    stack = StackSettings(home=tmp_path)
+    shown = ClickHouseSettings(dsn="https://analyst:s3cr3t@ch.example:8443/onfinish").display_dsn(stack)
+    assert "s3cr3t" not in shown
+    assert shown == "https://analyst:***@ch.example:8443/onfinish"
+    assert ClickHouseSettings().display_dsn(stack) == f"chdb://{tmp_path / 'clickhouse'}"

@@ -1,0 +1,65 @@
+"""Benchmark figures, and where they are written: a JSON file and the README's table."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+README_START = "<!-- BENCH:START -->"
+README_END = "<!-- BENCH:END -->"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure next to the baseline it is compared with."""
+
+    name: str
+    value: float
+    unit: str
+    baseline_name: str
+    baseline: float
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("nan")
+
+
+def write_json(figures: list[Figure], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "figures": [{**asdict(f), "ratio": round(f.ratio, 4)} for f in figures],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _format(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def markdown_table(figures: list[Figure]) -> str:
+    lines = [
+        "| figure | value | baseline (same run) | baseline value | ratio |",
+        "| --- | ---: | --- | ---: | ---: |",
+    ]
+    for f in figures:
+        lines.append(
+            f"| {f.name} | {_format(f.value)} {f.unit} | {f.baseline_name} | {_format(f.baseline)} {f.unit} "
+            f"| {f.ratio:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(figures: list[Figure], readme: Path) -> None:
+    text = readme.read_text()
+    block = f"{README_START}\n{markdown_table(figures)}\n{README_END}"
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block for the benchmark table")
+    readme.write_text(pattern.sub(lambda _: block, text))

@@ -1,0 +1,75 @@
+"""docker-compose.yml cannot run here (no Docker engine); it must still be well-formed and true to the code."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import typer.main
+import yaml
+
+from onfinish.cli import app
+from onfinish.settings import ALL_SETTINGS
+from tests.conftest import REPO
+
+# Worker commands that the compose file already runs and later issues add to the CLI.
+ARRIVING = {("processors", "worker"): "issue 5 (processors)", ("sinks", "worker"): "issue 6 (sinks)"}
+
+
+def _compose() -> dict[str, Any]:
+    document = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def _known_variables() -> set[str]:
+    return {
+        f"{settings.model_config['env_prefix']}{name}".upper()
+        for settings in ALL_SETTINGS
+        for name in settings.model_fields
+    }
+
+
+def test_compose_names_the_production_services():
+    services = _compose()["services"]
+    assert set(services) >= {"kafka", "schema-registry", "clickhouse", "processor", "sink", "grafana"}
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    # Scalable workers must not pin a container name or a host port.
+    for worker in ("processor", "sink"):
+        assert "container_name" not in services[worker]
+        assert "ports" not in services[worker]
+
+
+def test_every_onfinish_variable_in_compose_is_a_setting_the_code_reads():
+    known = _known_variables()
+    used = set(re.findall(r"\b(ONFINISH_[A-Z0-9_]+)\b", (REPO / "docker-compose.yml").read_text()))
+    assert used, "the workers must be configured through ONFINISH_ settings"
+    assert used <= known, f"unknown settings in docker-compose.yml: {sorted(used - known)}"
+    for worker in ("processor", "sink", "topics"):
+        env = _compose()["services"][worker]["environment"]
+        assert env["ONFINISH_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert env["ONFINISH_CLICKHOUSE_DSN"].startswith("http://")
+
+
+def test_worker_commands_are_onfinish_commands():
+    group = typer.main.get_group(app)
+    for name, service in _compose()["services"].items():
+        command = service.get("command")
+        if not command or command[0] != "onfinish":
+            continue
+        words = tuple(command[1:3])
+        if words in ARRIVING:
+            continue
+        sub = group.commands.get(words[0])
+        assert sub is not None, f"{name}: no `onfinish {words[0]}` command"
+        assert words[1] in getattr(sub, "commands", {}), f"{name}: no `onfinish {' '.join(words)}` command"
+
+
+def test_grafana_is_provisioned_with_the_clickhouse_datasource():
+    services = _compose()["services"]
+    assert any("provisioning" in volume for volume in services["grafana"]["volumes"])
+    datasource = yaml.safe_load(
+        (REPO / "deploy/grafana/provisioning/datasources/clickhouse.yaml").read_text()
+    )
+    assert datasource["datasources"][0]["type"] == "grafana-clickhouse-datasource"
+    assert datasource["datasources"][0]["jsonData"]["host"] == "clickhouse"
