@@ -150,7 +150,7 @@ def clickhouse_insert(stack: Stack) -> list[Figure]:
 
 def run(home: Path) -> list[Figure]:
     settings = StackSettings(
-        home=home, kafka_port=47092, kafka_controller_port=47093, registry_port=47081, postgres_port=47432
+        home=home, kafka_port=24092, kafka_controller_port=24093, registry_port=24081, postgres_port=24432
     )
     stack, figures = stack_start(settings)
     try:

@@ -10,7 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def isolated_stack_settings(home: Path, port_base: int) -> StackSettings:
-    """Stack settings whose ports are port_base + the usual last digits (x092, x093, x081, x432)."""
+    """Stack settings whose ports are port_base + the usual last digits (x092, x093, x081, x432).
+
+    Keep port_base + 432 below 32768: the kernel hands out ports above that to client sockets.
+    """
     return StackSettings(
         home=home,
         kafka_port=port_base + 92,

@@ -1,6 +1,6 @@
 """The real local stack for integration tests: started once per session, stopped at the end.
 
-It runs on ports of its own (29092, 28081, ...) with its data in .onfinish-test/, so a developer's
+It runs on ports of its own (28092, 28081, ...) with its data in .onfinish-test/, so a developer's
 stack on the default ports is left alone. Set ONFINISH_TEST_KEEP_STACK=1 to leave it running.
 """
 

@@ -19,7 +19,8 @@ from onfinish.settings import KafkaSettings
 from onfinish.stack.stack import Stack
 from tests.conftest import REPO, isolated_stack_settings
 
-PORT_BASE = 38000
+# Below the kernel's ephemeral range (32768+), where client sockets could already hold a port.
+PORT_BASE = 26000
 
 
 def _processes_mentioning(path: Path) -> list[int]:
