@@ -39,9 +39,10 @@ PROBE_SCHEMA = """
 """
 SELFCHECK_TOPIC = TopicSpec("selfcheck", "round-trip probes of `onfinish demo`")
 SELFCHECK_TABLE = "selfcheck"
-# librdkafka's own log lines (a broker still loading its coordinator, say) are retried transients here;
-# they go to Python logging instead of straight to stderr.
+# librdkafka's own log lines go to Python logging instead of straight to stderr. Its warnings here
+# are retried transients (a new broker still loading its coordinators): a real failure raises below.
 _CLIENT_LOG = logging.getLogger("onfinish.roundtrip.kafka")
+_CLIENT_LOG.setLevel(logging.ERROR)
 
 
 class RoundTripError(OnfinishError):
