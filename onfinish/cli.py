@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 try:
@@ -57,6 +59,15 @@ topics_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(topics_app, name="topics")
+schema_app = typer.Typer(
+    help=(
+        "Govern the event contract (schemas/avro/*.avsc) in the schema registry. Subjects follow "
+        "<topic>-<record full name>, so OnFinishEvent and Feedback share onfinish.raw, each under "
+        "FULL_TRANSITIVE compatibility."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(schema_app, name="schema")
 
 
 def _fail_cleanly(action: Callable[[], T]) -> T:
@@ -179,6 +190,61 @@ def topics_create() -> None:
     for topic in results:
         verb = "created" if topic.created else "exists"
         console.print(f"{topic.name}: {verb}, {topic.partitions} partitions {topic.note}".rstrip())
+
+
+def _raw_topic(topic: str | None) -> str:
+    return topic or f"{KafkaSettings().topic_prefix}.raw"
+
+
+TopicOption = Annotated[
+    str | None,
+    typer.Option("--topic", help="Topic whose subjects to use (default: <ONFINISH_KAFKA_TOPIC_PREFIX>.raw)."),
+]
+
+
+@schema_app.command("register")
+def schema_register(topic: TopicOption = None) -> None:
+    """Register the contract's schemas on ONFINISH_REGISTRY_URL and set FULL_TRANSITIVE on their subjects.
+
+    Registering an unchanged schema again is harmless: it keeps its id and version.
+    """
+    from onfinish.schemas.governance import register
+
+    registrations = _fail_cleanly(lambda: register(RegistrySettings(), _raw_topic(topic)))
+    for r in registrations:
+        console.print(f"[green]✓[/] {r.subject}: id {r.schema_id}, version {r.version}, {r.compatibility}")
+
+
+@schema_app.command("check")
+def schema_check(
+    schema_files: Annotated[list[Path], typer.Argument(help="Changed .avsc files to check.", exists=True)],
+    topic: TopicOption = None,
+) -> None:
+    """Check changed schema files against every registered version of their subject (FULL_TRANSITIVE).
+
+    Exits 1 with the registry's reasons when a change would break a producer or a consumer, e.g. a
+    removed field or a changed type; a new optional field with a default passes.
+    """
+    from onfinish.schemas.governance import check
+
+    failed = False
+    for schema_file in schema_files:
+        result = _fail_cleanly(partial(check, RegistrySettings(), _raw_topic(topic), schema_file))
+        if not result.versions_checked and result.compatible:
+            console.print(f"[green]✓[/] {schema_file}: {result.subject} has no registered version yet")
+        elif result.compatible:
+            versions = ", ".join(map(str, result.versions_checked))
+            console.print(
+                f"[green]✓[/] {schema_file}: compatible with versions {versions} of {result.subject}"
+            )
+        else:
+            failed = True
+            errors.print(f"[bold red]✗[/] {schema_file}: incompatible with {result.subject}", highlight=False)
+            for version, messages in result.incompatible.items():
+                for message in messages:
+                    errors.print(f"    version {version}: {message}", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,0 +1,86 @@
+"""The contract's record types: their Avro schema files, models, subjects and Avro datums.
+
+Both record types share `onfinish.raw`, so subjects follow Confluent's TopicRecordNameStrategy:
+`<topic>-<record full name>` (e.g. `onfinish.raw-io.onfinish.OnFinishEvent`), which lets each
+type evolve under its own compatibility history on one topic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import fastavro
+
+from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
+
+COMPATIBILITY = "FULL_TRANSITIVE"
+AvroDatum = dict[str, Any]
+
+
+def schema_path(file_name: str) -> Path:
+    return Path(str(resources.files("onfinish.schemas").joinpath("avro", file_name)))
+
+
+def _plain(value: Any) -> Any:
+    """A model value as fastavro wants it: enums by value, UUIDs as strings."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class RecordType:
+    """One record of the contract: its Avro schema (the source of truth) and its pydantic model."""
+
+    file_name: str
+    model: type[_Record]
+
+    @cached_property
+    def schema(self) -> dict[str, Any]:
+        document = json.loads(schema_path(self.file_name).read_text())
+        assert isinstance(document, dict)
+        return document
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.schema['namespace']}.{self.schema['name']}"
+
+    @cached_property
+    def schema_str(self) -> str:
+        """The schema as registered: compact JSON of the file."""
+        return json.dumps(self.schema, separators=(",", ":"))
+
+    @cached_property
+    def parsed(self) -> Any:
+        return fastavro.parse_schema(self.schema)
+
+    def subject(self, topic: str) -> str:
+        return f"{topic}-{self.full_name}"
+
+    def to_datum(self, record: _Record) -> AvroDatum:
+        """The record as an Avro datum, without pydantic's (slower) serialisation machinery."""
+        return {name: _plain(value) for name, value in record.__dict__.items()}
+
+    def from_datum(self, datum: AvroDatum) -> _Record:
+        return self.model.model_validate(datum)
+
+
+ONFINISH_EVENT = RecordType("onfinish_event.v1.avsc", OnFinishEvent)
+FEEDBACK = RecordType("feedback.v1.avsc", Feedback)
+RECORD_TYPES: tuple[RecordType, ...] = (ONFINISH_EVENT, FEEDBACK)
+
+
+def record_type_of(record: _Record) -> RecordType:
+    for record_type in RECORD_TYPES:
+        if isinstance(record, record_type.model):
+            return record_type
+    raise TypeError(f"{type(record).__name__} is not a record of the onfinish contract")

@@ -1,0 +1,176 @@
+"""Pydantic models that mirror the Avro contract (schemas/avro/*.avsc, the source of truth).
+
+They are what Python code builds and checks: the SDK's background worker validates events with
+them, the processors decode into them. tests/schemas/test_contract.py proves each model agrees with
+its Avro schema field by field (names, types, optionality, defaults). Limits that Avro cannot say
+(no negative latency, a finish after the start, bounded strings and token counts) live here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Self
+from uuid import UUID, uuid4
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+SDK_NAME = "onfinish-python"
+
+# Bounds that keep one bad producer from flooding the pipeline; the processors enforce the same.
+MAX_TOKENS = 10_000_000
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 8_192
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_CHARS = 1_024
+MAX_CONTENT_CHARS = 1_000_000
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+Rating = Annotated[int, Field(ge=-1, le=1)]
+
+
+class RoutingStrategy(StrEnum):
+    primary = "primary"
+    fallback = "fallback"
+    cache = "cache"
+
+
+class Operation(StrEnum):
+    chat = "chat"
+    completion = "completion"
+    embeddings = "embeddings"
+    tool = "tool"
+
+
+class Status(StrEnum):
+    success = "success"
+    error = "error"
+    cancelled = "cancelled"
+    timeout = "timeout"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, use_enum_values=False)
+
+
+def _sdk_version() -> str:
+    from onfinish import __version__
+
+    return __version__
+
+
+class OnFinishEvent(_Record):
+    """One LLM call at its onFinish moment (Avro io.onfinish.OnFinishEvent, version 1)."""
+
+    # Required in Avro; generated here so a caller need not invent one.
+    event_id: UUID = Field(default_factory=uuid4, json_schema_extra={"generated": True})
+    request_id: Identifier
+    trace_id: Identifier | None = None
+    span_id: Identifier | None = None
+    session_id: Identifier | None = None
+    user_id: Identifier | None = None
+
+    service: Identifier
+    environment: Identifier = "production"
+    region: Identifier | None = None
+    deployment_id: Identifier | None = None
+    feature_id: Identifier | None = None
+    variant_id: Identifier | None = None
+    prompt_template_id: Identifier | None = None
+    routing_strategy: RoutingStrategy = RoutingStrategy.primary
+    operation: Operation = Operation.chat
+
+    provider: Identifier
+    model_id: Identifier
+    model_version: Identifier | None = None
+
+    started_at: Timestamp
+    finished_at: Timestamp
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
+    ttft_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    queue_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    streamed: bool = False
+    stream_chunks: Count = 0
+
+    prompt_tokens: Tokens = 0
+    completion_tokens: Tokens = 0
+    cached_tokens: Tokens = 0
+    reasoning_tokens: Tokens = 0
+    reported_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    status: Status = Status.success
+    finish_reason: Identifier | None = None
+    error_type: Identifier | None = None
+    error_code: Identifier | None = None
+    error_message: Text | None = None
+    http_status: int | None = Field(default=None, ge=100, le=599)
+    retry_count: Count = 0
+    tool_call_count: Count = 0
+
+    safety_flags: list[Identifier] = Field(default_factory=list, max_length=64)
+    safety_score: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+
+    regenerated: bool = False
+    edited: bool = False
+    rating: Rating | None = None
+
+    prompt_hash: Identifier | None = None
+    prompt_chars: Annotated[int, Field(ge=0)] = 0
+    completion_chars: Annotated[int, Field(ge=0)] = 0
+    prompt_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
+    completion_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
+
+    attributes: dict[Identifier, Annotated[str, Field(max_length=MAX_ATTRIBUTE_CHARS)]] = Field(
+        default_factory=dict, max_length=MAX_ATTRIBUTES
+    )
+
+    schema_version: int = SCHEMA_VERSION
+    sdk_name: str = SDK_NAME
+    sdk_version: str = Field(default_factory=_sdk_version, json_schema_extra={"generated": True})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.finished_at < self.started_at:
+            raise ValueError("finished_at is before started_at")
+        if self.cached_tokens > self.prompt_tokens:
+            raise ValueError("cached_tokens exceed prompt_tokens")
+        if self.ttft_ms is not None and self.ttft_ms > self.latency_ms:
+            raise ValueError("ttft_ms exceeds latency_ms")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The Kafka key: the session, or the request when there is no session."""
+        return self.session_id or self.request_id
+
+
+class Feedback(_Record):
+    """A user's reaction that arrives after the completion (Avro io.onfinish.Feedback, version 1)."""
+
+    feedback_id: UUID = Field(default_factory=uuid4, json_schema_extra={"generated": True})
+    request_id: Identifier
+    session_id: Identifier | None = None
+    regenerated: bool = False
+    edited: bool = False
+    rating: Rating | None = None
+    at: Timestamp
+    schema_version: int = SCHEMA_VERSION
+    sdk_name: str = SDK_NAME
+    sdk_version: str = Field(default_factory=_sdk_version, json_schema_extra={"generated": True})
+
+    @property
+    def key(self) -> str:
+        return self.session_id or self.request_id
