@@ -1,0 +1,424 @@
+"""The emitter: what a service's onFinish hook calls, and the worker that does the rest.
+
+`on_finish(event)` appends the event to an in-memory deque and returns: no validation, no
+encoding, no I/O on the caller's thread. A background thread then
+1. validates and Avro-encodes each event (invalid ones go to a local reject log with the reason),
+2. appends it to the durable spool (producers/spool.py),
+3. produces spooled records, framed with their schema id, with an idempotent acks=all producer,
+4. moves the spool's cursor past each record once Kafka acknowledged it.
+When Kafka or the registry is away the records wait in the spool and are produced, in order, when
+the path is back; a process killed with records in its spool leaves them to the next process,
+which adopts spools no live process holds. Nothing is dropped silently: every drop is counted and
+logged at most once per interval.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from confluent_kafka import KafkaError, Message, Producer
+from pydantic import BaseModel
+
+from onfinish.producers.encoding import Encoder, RejectedEvent
+from onfinish.producers.schema_ids import SchemaIds
+from onfinish.producers.settings import ProducerSettings
+from onfinish.producers.spool import Position, Spool, SpooledRecord
+from onfinish.settings import KafkaSettings, RegistrySettings
+
+log = logging.getLogger(__name__)
+_BATCH = 5_000
+_IDLE_S = 0.002
+
+
+@dataclass
+class Counters:
+    """What happened to the events handed off to one emitter."""
+
+    handed_off: int = 0
+    spooled: int = 0
+    produced: int = 0
+    replayed: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    delivery_failures: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class _SpoolInstance:
+    """This process's own spool folder, held with an exclusive lock for as long as it lives."""
+
+    def __init__(self, root: Path, settings: ProducerSettings) -> None:
+        self.root = root
+        self.path = root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path.mkdir(parents=True)
+        self._lock_file = (self.path / "lock").open("w")
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.spool = Spool(
+            self.path, max_bytes=settings.spool_max_bytes, segment_bytes=settings.spool_segment_bytes
+        )
+
+    @staticmethod
+    def adopt_orphans(root: Path, settings: ProducerSettings) -> list[tuple[Path, Spool, TextIO]]:
+        """Spools of processes that died before emptying them: no live process holds their lock."""
+        orphans: list[tuple[Path, Spool, TextIO]] = []
+        for folder in sorted(p for p in root.glob("*") if p.is_dir()):
+            lock_path = folder / "lock"
+            if not lock_path.exists():
+                continue
+            handle = lock_path.open("a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            spool = Spool(
+                folder, max_bytes=settings.spool_max_bytes, segment_bytes=settings.spool_segment_bytes
+            )
+            orphans.append((folder, spool, handle))
+        return orphans
+
+    def close(self, *, remove_if_empty: bool) -> None:
+        empty = not self.spool.pending()
+        self.spool.close()
+        if remove_if_empty and empty:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self._lock_file.close()
+
+
+class _Worker(threading.Thread):
+    """Drains the hand-off queue into the spool and the spool into Kafka."""
+
+    def __init__(self, emitter: Emitter) -> None:
+        super().__init__(name="onfinish-producer", daemon=True)
+        self.emitter = emitter
+        settings = emitter.settings
+        self.encoder = Encoder(capture_content=settings.capture_content)
+        root = settings.spool_dir
+        root.mkdir(parents=True, exist_ok=True)
+        self.orphans = _SpoolInstance.adopt_orphans(root, settings)
+        self.instance = _SpoolInstance(root, settings)
+        self.schema_ids = SchemaIds(
+            emitter.registry, settings.topic, root / "schema-ids.json", auto_register=settings.auto_register
+        )
+        self.producer = Producer(
+            {
+                "bootstrap.servers": emitter.kafka.bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": settings.linger_ms,
+                "compression.type": settings.compression,
+                "message.timeout.ms": settings.message_timeout_ms,
+                "queue.buffering.max.messages": settings.max_in_flight + 1_000,
+                "batch.size": 1_000_000,
+                "logger": logging.getLogger("onfinish.producers.kafka"),
+            }
+        )
+        self.reject_log = root / "rejected.jsonl"
+        self.stopping = threading.Event()
+        self._reset_reading()
+        self._backoff_until = 0.0
+        self._backoff_s = 0.5
+        self._last_warning: dict[str, float] = {}
+
+    # The reading state of the spool being produced (an orphan first, then our own).
+    def _reset_reading(self) -> None:
+        self.read_position: Position | None = None
+        self.in_flight: dict[int, Position] = {}  # sequence -> position after the record
+        self.acked: set[int] = set()
+        self.next_sequence = 0
+        self.next_commit = 0
+        self.outstanding = 0  # produced, delivery not yet reported
+        self.failed = False
+
+    @property
+    def current(self) -> Spool:
+        return self.orphans[0][1] if self.orphans else self.instance.spool
+
+    def run(self) -> None:
+        while True:
+            busy = self._drain_queue()
+            busy |= self._feed()
+            self.producer.poll(0)
+            self._commit()
+            if self.stopping.is_set() and not self.emitter._queue:
+                break
+            if not busy:
+                time.sleep(_IDLE_S)
+
+    def _drain_queue(self) -> bool:
+        queue = self.emitter._queue
+        if not queue:
+            return False
+        spool = self.instance.spool
+        counters = self.emitter.counters
+        for _ in range(min(len(queue), _BATCH)):
+            item = queue.popleft()
+            try:
+                kind, key, value = self.encoder.encode(item)
+            except RejectedEvent as rejected:
+                counters.rejected += 1
+                self._reject(item, rejected.reason)
+                continue
+            if spool.append(kind, key, value):
+                counters.spooled += 1
+            else:
+                counters.dropped += 1
+                self._warn_once("dropped", "spool full: events dropped", spool_bytes=spool.size_bytes)
+        spool.flush()
+        return True
+
+    def _feed(self) -> bool:
+        """Hand spooled records to the Kafka client, in order, up to the in-flight bound."""
+        now = time.monotonic()
+        if now < self._backoff_until:
+            return False
+        if self.failed:
+            if self.outstanding:
+                return False  # wait until every outstanding delivery has been reported
+            self._rewind()
+            return False
+        spool = self.current
+        room = self.emitter.settings.max_in_flight - len(self.in_flight)
+        if room <= 0:
+            return False
+        start = self.read_position or spool.committed
+        records = list(spool.read(start, min(room, _BATCH)))
+        if not records:
+            self._finish_orphan_if_done()
+            return False
+        replaying = spool is not self.instance.spool
+        for record in records:
+            prefix = self.schema_ids.prefix(record.kind)
+            if prefix is None:
+                self._back_off()
+                return False
+            if not self._produce(record, prefix, replaying):
+                return True
+        return True
+
+    def _produce(self, record: SpooledRecord, prefix: bytes, replaying: bool) -> bool:
+        sequence = self.next_sequence
+        try:
+            self.producer.produce(
+                self.emitter.settings.topic,
+                prefix + record.value,
+                record.key,
+                on_delivery=self._on_delivery(sequence, replaying),
+            )
+        except BufferError:
+            self.producer.poll(0.01)
+            return False
+        self.in_flight[sequence] = record.next_position
+        self.outstanding += 1
+        self.read_position = record.next_position
+        self.next_sequence += 1
+        return True
+
+    def _on_delivery(self, sequence: int, replaying: bool) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(error: KafkaError | None, _: Message) -> None:
+            counters = self.emitter.counters
+            self.outstanding -= 1
+            if error is not None:
+                counters.delivery_failures += 1
+                self.failed = True
+                self.in_flight.pop(sequence, None)
+                self._warn_once(
+                    "delivery", "Kafka did not acknowledge; records stay spooled", error=error.str()
+                )
+                return
+            self.acked.add(sequence)
+            if replaying:
+                counters.replayed += 1
+            else:
+                counters.produced += 1
+
+        return delivered
+
+    def _commit(self) -> None:
+        position = None
+        while self.next_commit in self.acked:
+            self.acked.discard(self.next_commit)
+            position = self.in_flight.pop(self.next_commit)
+            self.next_commit += 1
+        if position is not None:
+            self.current.commit(position)
+
+    def _rewind(self) -> None:
+        """After a failed delivery: produce again from the first unacknowledged record, after a pause."""
+        self._reset_reading()
+        self._back_off()
+
+    def _back_off(self) -> None:
+        self._backoff_until = time.monotonic() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, 10.0)
+
+    def _finish_orphan_if_done(self) -> None:
+        if self.orphans and not self.in_flight and not self.current.pending():
+            folder, spool, handle = self.orphans.pop(0)
+            spool.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            handle.close()
+            self._reset_reading()
+        elif not self.in_flight:
+            self._backoff_s = 0.5
+
+    def _reject(self, item: Any, reason: str) -> None:
+        """Keep the rejected record with its reason in a local file (a dead letter, not a log stream)."""
+        entry: dict[str, Any] = {
+            "at": datetime.now(UTC).isoformat(),
+            "reason": reason,
+            "type": type(item).__name__,
+        }
+        record = item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+        try:
+            line = json.dumps({**entry, "record": record}, default=str)
+        except (TypeError, ValueError):
+            line = json.dumps({**entry, "record": repr(item)})
+        with self.reject_log.open("a") as handle:
+            handle.write(line + "\n")
+        self._warn_once(
+            "rejected", "invalid events rejected to the reject log", reject_log=str(self.reject_log)
+        )
+
+    def _warn_once(self, topic: str, message: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_warning.get(topic, -1e9) >= self.emitter.settings.drop_log_interval_s:
+            self._last_warning[topic] = now
+            log.warning(message, extra={**fields, **self.emitter.counters.as_dict()})
+
+    def pending(self) -> bool:
+        return (
+            bool(self.emitter._queue)
+            or bool(self.in_flight)
+            or any(spool.pending() for spool in [*(o[1] for o in self.orphans), self.instance.spool])
+        )
+
+    def close(self) -> None:
+        self.producer.flush(5)
+        self._commit()
+        for folder, spool, handle in self.orphans:
+            spool.close()
+            handle.close()
+            del folder
+        self.instance.close(remove_if_empty=True)
+
+
+class Emitter:
+    """Owns the configuration, the hand-off queue and the worker of the producer SDK."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings | None = None,
+        kafka: KafkaSettings | None = None,
+        registry: RegistrySettings | None = None,
+    ) -> None:
+        self.settings = settings or ProducerSettings()
+        self.kafka = kafka or KafkaSettings()
+        self.registry = registry or RegistrySettings()
+        self.counters = Counters()
+        self._queue: deque[Any] = deque()
+        self._worker: _Worker | None = None
+        self._start_lock = threading.Lock()
+        self._pid = os.getpid()
+        _EMITTERS.add(self)
+
+    def on_finish(self, event: Any) -> None:
+        """Hand an onFinish event off. Never blocks, never raises."""
+        try:
+            if self._worker is None or self._pid != os.getpid():
+                self._start()
+            if len(self._queue) >= self.settings.queue_size:
+                self.counters.dropped += 1
+                return
+            self._queue.append(event)
+            self.counters.handed_off += 1
+        except Exception:
+            self.counters.dropped += 1
+
+    def record_feedback(
+        self,
+        request_id: str,
+        *,
+        session_id: str | None = None,
+        regenerated: bool = False,
+        edited: bool = False,
+        rating: int | None = None,
+    ) -> None:
+        """Hand off a user's reaction that arrives after the completion."""
+        # Validated on the worker, like every event: a dict with a feedback_id is a Feedback record.
+        self.on_finish(
+            {
+                "feedback_id": uuid.uuid4(),
+                "request_id": request_id,
+                "session_id": session_id,
+                "regenerated": regenerated,
+                "edited": edited,
+                "rating": rating,
+                "at": datetime.now(UTC),
+            }
+        )
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._worker is not None and self._pid == os.getpid():
+                return
+            # After a fork the parent's worker thread does not exist here: start this process's own.
+            self._pid = os.getpid()
+            self._worker = _Worker(self)
+            self._worker.start()
+
+    def stats(self) -> dict[str, int]:
+        stats = self.counters.as_dict()
+        stats["queued"] = len(self._queue)
+        return stats
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything handed off so far reached Kafka; False on timeout."""
+        worker = self._worker
+        if worker is None:
+            return not self._queue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not worker.pending():
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush, stop the worker and release the spool (what is still undelivered stays in it)."""
+        delivered = self.flush(timeout)
+        worker = self._worker
+        if worker is not None and self._pid == os.getpid():
+            worker.stopping.set()
+            worker.join(timeout)
+            worker.close()
+            self._worker = None
+        return delivered
+
+
+_EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for emitter in list(_EMITTERS):
+        with contextlib.suppress(Exception):
+            emitter.close(timeout=5.0)

@@ -1,0 +1,86 @@
+"""Schema ids of the contract's record types, from the registry, remembered on disk.
+
+The Confluent wire format frames each value with the id the registry gave its schema. The SDK asks
+for the ids once (registering the contract's schemas if allowed) and keeps them in the spool
+directory, so a process that restarts while the registry is down can still produce.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from onfinish.schemas.contract import RECORD_TYPES
+from onfinish.settings import RegistrySettings
+
+log = logging.getLogger(__name__)
+MAGIC_BYTE = b"\x00"
+
+
+class SchemaIds:
+    """Resolves and caches the schema id of each record kind for one topic."""
+
+    def __init__(
+        self, registry: RegistrySettings, topic: str, cache_file: Path, *, auto_register: bool
+    ) -> None:
+        self.registry = registry
+        self.topic = topic
+        self.cache_file = cache_file
+        self.auto_register = auto_register
+        self._client: SchemaRegistryClient | None = None
+        self._prefixes: dict[int, bytes] = {}
+        self._load()
+
+    def _cache_key(self, kind: int) -> str:
+        record_type = RECORD_TYPES[kind]
+        return f"{self.registry.url}|{record_type.subject(self.topic)}|{record_type.schema_str}"
+
+    def _load(self) -> None:
+        try:
+            cached = json.loads(self.cache_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        for kind in range(len(RECORD_TYPES)):
+            schema_id = cached.get(self._cache_key(kind))
+            if isinstance(schema_id, int):
+                self._prefixes[kind] = MAGIC_BYTE + schema_id.to_bytes(4, "big")
+
+    def _save(self) -> None:
+        cached = {
+            self._cache_key(kind): int.from_bytes(prefix[1:], "big")
+            for kind, prefix in self._prefixes.items()
+        }
+        tmp = self.cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached))
+        tmp.replace(self.cache_file)
+
+    def prefix(self, kind: int) -> bytes | None:
+        """Magic byte and schema id for `kind`, or None while the registry cannot be asked."""
+        prefix = self._prefixes.get(kind)
+        if prefix is not None:
+            return prefix
+        record_type = RECORD_TYPES[kind]
+        subject = record_type.subject(self.topic)
+        schema = Schema(record_type.schema_str, "AVRO")
+        try:
+            if self._client is None:
+                self._client = SchemaRegistryClient(
+                    {"url": self.registry.url, "timeout": self.registry.timeout_s}
+                )
+            schema_id: int | None = (
+                self._client.register_schema(subject, schema)
+                if self.auto_register
+                else self._client.lookup_schema(subject, schema).schema_id
+            )
+        except Exception as exc:
+            log.warning(
+                "schema registry unavailable", extra={"subject": subject, "error": type(exc).__name__}
+            )
+            return None
+        prefix = MAGIC_BYTE + int(schema_id or 0).to_bytes(4, "big")
+        self._prefixes[kind] = prefix
+        self._save()
+        return prefix
