@@ -53,7 +53,7 @@ def _consume(kafka: KafkaSettings, topic: str, count: int, group: str, timeout_s
         }
     )
     consumer.subscribe([topic])
-    messages = []
+    messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(messages) < count and time.monotonic() < deadline:
         message = consumer.poll(0.5)
