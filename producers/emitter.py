@@ -417,6 +417,22 @@ class Emitter:
 _EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
 
+def _forget_parent_state() -> None:
+    """In a forked child (gunicorn, multiprocessing): the parent's queued events are the parent's to send.
+
+    The child starts with an empty queue, fresh counters and no worker; its first hand-off starts a
+    worker and a spool folder of its own.
+    """
+    for emitter in list(_EMITTERS):
+        emitter._queue = deque()
+        emitter.counters = Counters()
+        emitter._worker = None
+        emitter._start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_state)
+
+
 @atexit.register
 def _flush_at_exit() -> None:
     for emitter in list(_EMITTERS):

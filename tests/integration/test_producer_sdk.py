@@ -69,6 +69,12 @@ def _consume(kafka: KafkaSettings, topic: str, count: int, group: str, timeout_s
     return messages
 
 
+def _decode(messages: list[Any], topic: str, registry: RegistrySettings) -> list[dict[str, Any]]:
+    """Decode with confluent-kafka's own deserializer: proof of the Confluent wire format."""
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    return [deserializer(m.value(), SerializationContext(topic, MessageField.VALUE)) for m in messages]
+
+
 def test_handed_off_events_arrive_once_in_confluent_wire_format(
     kafka_settings: KafkaSettings, registry_settings: RegistrySettings, unique: str, tmp_path: Path
 ):
@@ -89,8 +95,7 @@ def test_handed_off_events_arrive_once_in_confluent_wire_format(
 
     messages = _consume(kafka_settings, topic, 501, unique)
     assert len(messages) == 501
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_settings.url}))
-    decoded = [deserializer(m.value(), SerializationContext(topic, MessageField.VALUE)) for m in messages]
+    decoded = _decode(messages, topic, registry_settings)
     received = {d["request_id"]: d for d in decoded if "service" in d}
     assert set(received) == {e.request_id for e in events}
     for event in events[:50]:
