@@ -26,9 +26,9 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -133,6 +133,7 @@ class _Worker(threading.Thread):
         )
         self.reject_log = root / "rejected.jsonl"
         self.stopping = threading.Event()
+        self.recent: deque[SpooledRecord] = deque()  # appended, not yet handed to the Kafka client
         self._reset_reading()
         self._backoff_until = 0.0
         self._backoff_s = 0.5
@@ -177,8 +178,10 @@ class _Worker(threading.Thread):
                 counters.rejected += 1
                 self._reject(item, rejected.reason)
                 continue
-            if spool.append(kind, key, value):
+            record = spool.append(kind, key, value)
+            if record is not None:
                 counters.spooled += 1
+                self.recent.append(record)
             else:
                 counters.dropped += 1
                 self._warn_once("dropped", "spool full: events dropped", spool_bytes=spool.size_bytes)
@@ -200,7 +203,7 @@ class _Worker(threading.Thread):
         if room <= 0:
             return False
         start = self.read_position or spool.committed
-        records = list(spool.read(start, min(room, _BATCH)))
+        records = self._next_records(spool, start, min(room, _BATCH))
         if not records:
             self._finish_orphan_if_done()
             return False
@@ -214,6 +217,22 @@ class _Worker(threading.Thread):
                 return True
         return True
 
+    def _next_records(self, spool: Spool, start: Position, limit: int) -> list[SpooledRecord]:
+        """Records from `start`: from memory when they were just appended, else from disk.
+
+        Reading back what was written a moment ago would cost more than encoding it; the disk is
+        read after a restart, a rewind or a rotation, and for adopted spools.
+        """
+        recent = self.recent
+        if spool is self.instance.spool:
+            if len(recent) > 2 * self.emitter.settings.max_in_flight:
+                recent.clear()  # the path has been down a while: let the disk hold them
+            while recent and recent[0].position < start:
+                recent.popleft()
+            if recent and recent[0].position == start:
+                return [recent.popleft() for _ in range(min(limit, len(recent)))]
+        return list(spool.read(start, limit))
+
     def _produce(self, record: SpooledRecord, prefix: bytes, replaying: bool) -> bool:
         sequence = self.next_sequence
         try:
@@ -221,7 +240,7 @@ class _Worker(threading.Thread):
                 self.emitter.settings.topic,
                 prefix + record.value,
                 record.key,
-                on_delivery=self._on_delivery(sequence, replaying),
+                on_delivery=partial(self._delivered, sequence, replaying),
             )
         except BufferError:
             self.producer.poll(0.01)
@@ -232,25 +251,21 @@ class _Worker(threading.Thread):
         self.next_sequence += 1
         return True
 
-    def _on_delivery(self, sequence: int, replaying: bool) -> Callable[[KafkaError | None, Message], None]:
-        def delivered(error: KafkaError | None, _: Message) -> None:
-            counters = self.emitter.counters
-            self.outstanding -= 1
-            if error is not None:
-                counters.delivery_failures += 1
-                self.failed = True
-                self.in_flight.pop(sequence, None)
-                self._warn_once(
-                    "delivery", "Kafka did not acknowledge; records stay spooled", error=error.str()
-                )
-                return
-            self.acked.add(sequence)
-            if replaying:
-                counters.replayed += 1
-            else:
-                counters.produced += 1
-
-        return delivered
+    def _delivered(self, sequence: int, replaying: bool, error: KafkaError | None, _: Message) -> None:
+        """Kafka's verdict on one record (called from producer.poll on this thread)."""
+        counters = self.emitter.counters
+        self.outstanding -= 1
+        if error is not None:
+            counters.delivery_failures += 1
+            self.failed = True
+            self.in_flight.pop(sequence, None)
+            self._warn_once("delivery", "Kafka did not acknowledge; records stay spooled", error=error.str())
+            return
+        self.acked.add(sequence)
+        if replaying:
+            counters.replayed += 1
+        else:
+            counters.produced += 1
 
     def _commit(self) -> None:
         position = None

@@ -71,22 +71,29 @@ class Spool:
             self._recover_tail(segments[-1])
         self._write_segment = segments[-1] if segments else self._committed.segment
         self._writer: BinaryIO = self._open_writer(self._write_segment)
+        # Tracked here: asking a buffered file for its position costs a system call per record.
+        self._offset = self._writer.seek(0, os.SEEK_END)
         self._size = sum((directory / _segment_name(n)).stat().st_size for n in self._segments())
 
     # --- writing -------------------------------------------------------------------------------
 
-    def append(self, kind: int, key: bytes, value: bytes) -> bool:
-        """Append one record; False when the spool is full (the caller counts the drop)."""
+    def append(self, kind: int, key: bytes, value: bytes) -> SpooledRecord | None:
+        """Append one record and say where it went; None when the spool is full (the caller counts drops)."""
         payload = _PAYLOAD_HEAD.pack(kind, len(key)) + key + value
         frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             if self._size + len(frame) > self.max_bytes:
-                return False
-            if self._writer.tell() >= self.segment_bytes:
+                return None
+            if self._offset >= self.segment_bytes:
                 self._rotate()
+            offset = self._offset
             self._writer.write(frame)
+            self._offset += len(frame)
             self._size += len(frame)
-        return True
+            segment = self._write_segment
+        return SpooledRecord(
+            Position(segment, offset), Position(segment, offset + len(frame)), kind, key, value
+        )
 
     def flush(self) -> None:
         """Hand appended records to the OS: from here on they survive the death of this process."""
@@ -104,6 +111,7 @@ class Spool:
         self._writer.close()
         self._write_segment += 1
         self._writer = self._open_writer(self._write_segment)
+        self._offset = 0
 
     def _open_writer(self, number: int) -> BinaryIO:
         return (self.directory / _segment_name(number)).open("ab")

@@ -43,7 +43,7 @@ def test_commit_moves_the_cursor_frees_segments_and_survives_reopening(tmp_path:
 
 def test_a_full_spool_refuses_appends(tmp_path: Path):
     spool = Spool(tmp_path, max_bytes=1_000)
-    accepted = sum(spool.append(0, b"key", b"x" * 100) for _ in range(20))
+    accepted = sum(spool.append(0, b"key", b"x" * 100) is not None for _ in range(20))
     assert 0 < accepted < 20
     assert spool.size_bytes <= 1_000
     spool.commit(list(spool.read(spool.committed, 1_000))[-1].next_position)
@@ -80,3 +80,10 @@ def test_records_flushed_before_kill_9_are_all_there(tmp_path: Path):
     assert result.returncode == -signal.SIGKILL
     spool = Spool(tmp_path, max_bytes=10_000_000, segment_bytes=4096)
     assert [v for _, _, v in _records(spool)] == [b"event-%d" % i for i in range(1000)]
+
+
+def test_append_says_where_the_record_went(tmp_path: Path):
+    spool = Spool(tmp_path, max_bytes=1_000_000, segment_bytes=100)
+    appended = [spool.append(0, b"k", b"v" * 60) for _ in range(3)]
+    assert all(r is not None for r in appended)
+    assert [r.position for r in spool.read(spool.committed, 10)] == [r.position for r in appended if r]
