@@ -248,6 +248,82 @@ def schema_check(
 
 
 @app.command()
+def loadgen(
+    rate: Annotated[
+        float, typer.Option(help="Items per second (events, feedback and malformed records).", min=1)
+    ] = 500,
+    duration: Annotated[float, typer.Option(help="Seconds to send for.", min=0.1)] = 10,
+    sessions: Annotated[int, typer.Option(help="Sessions open at any moment.", min=1)] = 200,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the traffic model: the same seed sends the same traffic.")
+    ] = 1,
+    pii_share: Annotated[
+        float, typer.Option(help="Share of events with PII or secrets in free text.")
+    ] = 0.02,
+    malformed_share: Annotated[
+        float, typer.Option(help="Share of items that are malformed records.")
+    ] = 0.005,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Write the event ids sent and the PII planted to this JSON file.")
+    ] = None,
+) -> None:
+    """Send realistic LLM telemetry through the SDK to ONFINISH_PRODUCER_TOPIC at a steady rate.
+
+    Several providers and models, heavy-tailed latency and TTFT, streaming, errors and retries,
+    cache hits and fallbacks, multi-turn sessions, late feedback, a small share of PII in free text
+    and of malformed records (sent raw, as a broken producer would). Prints what it sent.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from onfinish.producers.loadgen import LoadPlan, run_load
+    from onfinish.producers.settings import ProducerSettings
+    from onfinish.producers.traffic import TrafficProfile
+
+    profile = TrafficProfile(sessions=sessions, pii_share=pii_share, malformed_share=malformed_share)
+    plan = LoadPlan(rate=rate, duration_s=duration, seed=seed, profile=profile)
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"sending {plan.items} items at {rate:g}/s", total=plan.items)
+        report = _fail_cleanly(
+            lambda: run_load(
+                plan,
+                ProducerSettings(),
+                KafkaSettings(),
+                RegistrySettings(),
+                progress=lambda done, _: bar.update(task, completed=done),
+                manifest=manifest,
+            )
+        )
+    table = Table(
+        title=f"loadgen: {report.sent} items sent in {report.send_seconds:.1f}s "
+        f"({report.sent / report.send_seconds:,.0f}/s), all acknowledged after {report.seconds:.1f}s"
+    )
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("onFinish events", str(report.events))
+    for status, count in sorted(report.by_status.items()):
+        table.add_row(f"  status {status}", str(count))
+    table.add_row("feedback", str(report.feedback))
+    for defect, count in sorted(report.malformed.items()):
+        table.add_row(f"malformed: {defect}", str(count))
+    table.add_row("PII strings planted", str(report.pii_planted))
+    table.add_row("models", str(len(report.by_model)))
+    for name in ("produced", "replayed", "spooled", "rejected", "dropped"):
+        table.add_row(f"SDK {name}", str(report.sdk.get(name, 0)))
+    console.print(table)
+    if not report.delivered:
+        errors.print(
+            "[yellow]not every event was acknowledged yet: they stay in the spool and are sent later[/]"
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
 def demo(
     keep_running: Annotated[
         bool,

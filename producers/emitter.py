@@ -46,6 +46,34 @@ _BATCH = 5_000
 _IDLE_S = 0.002
 
 
+class _OncePerInterval(logging.Filter):
+    """Lets one record of each kind through per interval: a broker that is away must not flood logs.
+
+    librdkafka logs every failed connection attempt; the kind is its facility (the first word).
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = str(record.msg).split(" ", 1)[0]
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) < self.interval_s:
+            return False
+        self._last[kind] = now
+        return True
+
+
+def client_logger(interval_s: float) -> logging.Logger:
+    """The logger the SDK gives librdkafka: its lines, at most one of each kind per interval."""
+    logger = logging.getLogger("onfinish.producers.kafka")
+    if not any(isinstance(f, _OncePerInterval) for f in logger.filters):
+        logger.addFilter(_OncePerInterval(interval_s))
+    return logger
+
+
 @dataclass
 class Counters:
     """What happened to the events handed off to one emitter."""
@@ -128,7 +156,7 @@ class _Worker(threading.Thread):
                 "message.timeout.ms": settings.message_timeout_ms,
                 "queue.buffering.max.messages": settings.max_in_flight + 1_000,
                 "batch.size": 1_000_000,
-                "logger": logging.getLogger("onfinish.producers.kafka"),
+                "logger": client_logger(settings.drop_log_interval_s),
             }
         )
         self.reject_log = root / "rejected.jsonl"

@@ -1,0 +1,135 @@
+"""The load generator: realistic onFinish traffic, sent through the SDK at a steady rate.
+
+Valid events and feedback go through an `Emitter`, exactly as a service's hook sends them.
+Malformed records (the traffic model's share of garbage) cannot pass the SDK, which refuses them,
+so they are written as raw bytes straight to the topic, the way a broken producer would. Event
+times are re-stamped to the wall clock as items are sent, so windows and dashboards see "now".
+A manifest can record every event id sent and every planted PII string, for reconciliation and
+PII audits downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from onfinish.producers.emitter import Emitter, client_logger
+from onfinish.producers.settings import ProducerSettings
+from onfinish.producers.traffic import Malformed, TrafficGenerator, TrafficProfile
+from onfinish.schemas.models import Feedback, OnFinishEvent
+from onfinish.settings import KafkaSettings, RegistrySettings
+
+# Called with (items sent so far, items planned) as the run goes.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    rate: float  # items per second
+    duration_s: float
+    seed: int = 1
+    profile: TrafficProfile = field(default_factory=TrafficProfile)
+
+    @property
+    def items(self) -> int:
+        return max(1, round(self.rate * self.duration_s))
+
+
+@dataclass
+class LoadReport:
+    events: int = 0
+    feedback: int = 0
+    malformed: Counter[str] = field(default_factory=Counter)
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_model: Counter[str] = field(default_factory=Counter)
+    pii_planted: int = 0
+    send_seconds: float = 0.0  # handing everything off
+    seconds: float = 0.0  # until Kafka acknowledged it (or the wait ended)
+    delivered: bool = False
+    sdk: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def sent(self) -> int:
+        return self.events + self.feedback + sum(self.malformed.values())
+
+
+def _restamp(item: OnFinishEvent | Feedback, now: datetime) -> OnFinishEvent | Feedback:
+    if isinstance(item, Feedback):
+        return item.model_copy(update={"at": now})
+    shift = now - item.finished_at
+    return item.model_copy(update={"started_at": item.started_at + shift, "finished_at": now})
+
+
+def run_load(
+    plan: LoadPlan,
+    producer_settings: ProducerSettings,
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    *,
+    progress: Progress | None = None,
+    manifest: Path | None = None,
+) -> LoadReport:
+    """Send `plan.items` items at `plan.rate` per second, then wait for Kafka to acknowledge them."""
+    generator = TrafficGenerator(plan.profile, plan.seed)
+    emitter = Emitter(producer_settings, kafka, registry)
+    raw = Producer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "linger.ms": 20,
+            "logger": client_logger(producer_settings.drop_log_interval_s),
+        }
+    )
+    report = LoadReport()
+    event_ids: list[str] = []
+    total = plan.items
+    began = time.monotonic()
+    for index, item in enumerate(generator.items(total)):
+        # Pace by schedule rather than by sleeping a fixed gap, so slow moments are caught up.
+        due = began + index / plan.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if isinstance(item, Malformed):
+            raw.produce(producer_settings.topic, item.value, item.key)
+            raw.poll(0)
+            report.malformed[item.defect] += 1
+        else:
+            item = _restamp(item, datetime.now(UTC))
+            emitter.on_finish(item)
+            if isinstance(item, Feedback):
+                report.feedback += 1
+            else:
+                report.events += 1
+                report.by_status[item.status.value] += 1
+                report.by_model[f"{item.provider}/{item.model_id}"] += 1
+                event_ids.append(str(item.event_id))
+        if progress is not None and (index % 100 == 0 or index == total - 1):
+            progress(index + 1, total)
+    report.send_seconds = time.monotonic() - began
+    raw.flush(30)
+    report.delivered = emitter.flush(max(30.0, plan.duration_s))
+    report.seconds = time.monotonic() - began
+    report.sdk = emitter.stats()
+    emitter.close()
+    report.pii_planted = len(generator.planted_pii)
+    if manifest is not None:
+        manifest.write_text(
+            json.dumps(
+                {
+                    "seed": plan.seed,
+                    "topic": producer_settings.topic,
+                    "event_ids": event_ids,
+                    "malformed": dict(report.malformed),
+                    "feedback": report.feedback,
+                    "planted_pii": generator.planted_pii,
+                }
+            )
+        )
+    return report
