@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from bench import foundation
+from bench import foundation, sdk
 from bench.report import markdown_table, update_readme, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    figures = foundation.run(ROOT / ".onfinish-bench")
+    stack, figures = foundation.stack_start(foundation.stack_settings(ROOT / ".onfinish-bench"))
+    try:
+        for name, bench in (("foundation", foundation.run), ("sdk", sdk.run)):
+            print(f"== {name}", file=sys.stderr, flush=True)
+            figures += bench(stack)
+    finally:
+        stack.down()
     print(markdown_table(figures))
     write_json(figures, ROOT / "bench" / "results" / "latest.json")
     update_readme(figures, ROOT / "README.md")

@@ -378,6 +378,7 @@ class Emitter:
         self.registry = registry or RegistrySettings()
         self.counters = Counters()
         self._queue: deque[Any] = deque()
+        self._queue_size = self.settings.queue_size
         self._worker: _Worker | None = None
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
@@ -386,12 +387,13 @@ class Emitter:
     def on_finish(self, event: Any) -> None:
         """Hand an onFinish event off. Never blocks, never raises."""
         try:
-            if self._worker is None or self._pid != os.getpid():
+            if self._worker is None:  # first call, or first call in a forked child
                 self._start()
-            if len(self._queue) >= self.settings.queue_size:
+            queue = self._queue
+            if len(queue) >= self._queue_size:
                 self.counters.dropped += 1
                 return
-            self._queue.append(event)
+            queue.append(event)
             self.counters.handed_off += 1
         except Exception:
             self.counters.dropped += 1

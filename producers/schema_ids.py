@@ -67,8 +67,10 @@ class SchemaIds:
         schema = Schema(record_type.schema_str, "AVRO")
         try:
             if self._client is None:
+                # One quick attempt: the worker must get back to draining the hand-off queue into the
+                # spool, and it retries on its own back-off. The client's default retries sleep.
                 self._client = SchemaRegistryClient(
-                    {"url": self.registry.url, "timeout": self.registry.timeout_s}
+                    {"url": self.registry.url, "timeout": min(self.registry.timeout_s, 2.0), "max.retries": 0}
                 )
             schema_id: int | None = (
                 self._client.register_schema(subject, schema)

@@ -22,25 +22,24 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 _HEADER = struct.Struct("<II")
 _PAYLOAD_HEAD = struct.Struct("<BH")
 SEGMENT_SUFFIX = ".seg"
 
 
-@dataclass(frozen=True, order=True)
-class Position:
+# Named tuples rather than dataclasses: one of each is made per event on the worker's hot path,
+# and tuples compare (and so order positions) for free.
+class Position(NamedTuple):
     """Where a record starts: segment number and byte offset in it."""
 
     segment: int
     offset: int
 
 
-@dataclass(frozen=True)
-class SpooledRecord:
+class SpooledRecord(NamedTuple):
     position: Position
     next_position: Position
     kind: int

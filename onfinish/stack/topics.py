@@ -60,9 +60,14 @@ class TopicResult:
 
 def provision_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = TOPICS) -> list[TopicResult]:
     """Create every topic that does not exist yet; describe the ones that do."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 2})
     timeout = settings.request_timeout_s
-    existing = admin.list_topics(timeout=timeout).topics
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise StackError(
+            f"Kafka at {settings.bootstrap_servers} did not answer within {timeout:.0f}s: {exc.args[0].str()}"
+        ) from exc
     wanted = {spec.name(settings): spec for spec in specs}
     to_create = [
         NewTopic(

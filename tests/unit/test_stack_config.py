@@ -42,3 +42,14 @@ def test_topics_follow_the_design():
     suffixes = [t.suffix for t in TOPICS]
     assert suffixes == ["raw", "enriched", "windows", "sessions", "alerts", "dlq"]
     assert next(t for t in TOPICS if t.suffix == "sessions").config["cleanup.policy"] == "compact"
+
+
+def test_provisioning_without_a_broker_is_a_clear_error():
+    import pytest
+
+    from onfinish.errors import StackError
+    from onfinish.settings import KafkaSettings
+    from onfinish.stack.topics import provision_topics
+
+    with pytest.raises(StackError, match=r"Kafka at 127\.0\.0\.1:1 did not answer"):
+        provision_topics(KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_s=1))
