@@ -26,6 +26,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -181,8 +182,19 @@ class _Worker(threading.Thread):
     def current(self) -> Spool:
         return self.orphans[0][1] if self.orphans else self.instance.spool
 
+    def _watch_bound(self) -> None:
+        """Switch the caller to the checking hand-off while the queue is over its bound, and back."""
+        emitter = self.emitter
+        queued = len(emitter._queue)
+        fast = emitter.on_finish is not emitter._checked_hand_off
+        if fast and queued >= emitter._queue_size:
+            emitter.on_finish = emitter._checked_hand_off
+        elif not fast and queued < emitter._queue_size // 2:
+            emitter.on_finish = emitter._queue.append
+
     def run(self) -> None:
         while True:
+            self._watch_bound()
             busy = self._drain_queue()
             busy |= self._feed()
             self.producer.poll(0)
@@ -198,7 +210,9 @@ class _Worker(threading.Thread):
             return False
         spool = self.instance.spool
         counters = self.emitter.counters
-        for _ in range(min(len(queue), _BATCH)):
+        taken = min(len(queue), _BATCH)
+        counters.handed_off += taken
+        for _ in range(taken):
             item = queue.popleft()
             try:
                 kind, key, value = self.encoder.encode(item)
@@ -236,13 +250,32 @@ class _Worker(threading.Thread):
             self._finish_orphan_if_done()
             return False
         replaying = spool is not self.instance.spool
-        for record in records:
-            prefix = self.schema_ids.prefix(record.kind)
+        prefixes: dict[int, bytes] = {}
+        for kind in {record.kind for record in records}:
+            prefix = self.schema_ids.prefix(kind)
             if prefix is None:
                 self._back_off()
                 return False
-            if not self._produce(record, prefix, replaying):
-                return True
+            prefixes[kind] = prefix
+        # The hot loop of the SDK: attribute lookups hoisted, one produce call per record.
+        produce, topic, delivered = self.producer.produce, self.emitter.settings.topic, self._delivered
+        in_flight, sequence = self.in_flight, self.next_sequence
+        try:
+            for record in records:
+                produce(
+                    topic,
+                    prefixes[record.kind] + record.value,
+                    record.key,
+                    on_delivery=partial(delivered, sequence, replaying),
+                )
+                in_flight[sequence] = record.next_position
+                sequence += 1
+                self.read_position = record.next_position
+        except BufferError:
+            self.producer.poll(0.01)  # the client's queue is full: let deliveries drain it
+        finally:
+            self.outstanding += sequence - self.next_sequence
+            self.next_sequence = sequence
         return True
 
     def _next_records(self, spool: Spool, start: Position, limit: int) -> list[SpooledRecord]:
@@ -260,24 +293,6 @@ class _Worker(threading.Thread):
             if recent and recent[0].position == start:
                 return [recent.popleft() for _ in range(min(limit, len(recent)))]
         return list(spool.read(start, limit))
-
-    def _produce(self, record: SpooledRecord, prefix: bytes, replaying: bool) -> bool:
-        sequence = self.next_sequence
-        try:
-            self.producer.produce(
-                self.emitter.settings.topic,
-                prefix + record.value,
-                record.key,
-                on_delivery=partial(self._delivered, sequence, replaying),
-            )
-        except BufferError:
-            self.producer.poll(0.01)
-            return False
-        self.in_flight[sequence] = record.next_position
-        self.outstanding += 1
-        self.read_position = record.next_position
-        self.next_sequence += 1
-        return True
 
     def _delivered(self, sequence: int, replaying: bool, error: KafkaError | None, _: Message) -> None:
         """Kafka's verdict on one record (called from producer.poll on this thread)."""
@@ -365,7 +380,13 @@ class _Worker(threading.Thread):
 
 
 class Emitter:
-    """Owns the configuration, the hand-off queue and the worker of the producer SDK."""
+    """Owns the configuration, the hand-off queue and the worker of the producer SDK.
+
+    `emitter.on_finish(event)` hands an event off: it never blocks and never raises. While the
+    worker runs and the queue is under its bound, `on_finish` *is* the queue's own `append` (a C
+    call, no Python frame on the caller's thread); before the worker starts, after a fork, and while
+    the queue is over its bound, it is a checking hand-off that starts the worker or counts drops.
+    """
 
     def __init__(
         self,
@@ -382,10 +403,11 @@ class Emitter:
         self._worker: _Worker | None = None
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
+        self.on_finish: Callable[[Any], None] = self._checked_hand_off
         _EMITTERS.add(self)
 
-    def on_finish(self, event: Any) -> None:
-        """Hand an onFinish event off. Never blocks, never raises."""
+    def _checked_hand_off(self, event: Any) -> None:
+        """The hand-off when the fast path is off (see the class docstring)."""
         try:
             if self._worker is None:  # first call, or first call in a forked child
                 self._start()
@@ -393,8 +415,7 @@ class Emitter:
             if len(queue) >= self._queue_size:
                 self.counters.dropped += 1
                 return
-            queue.append(event)
-            self.counters.handed_off += 1
+            queue.append(event)  # handed_off is counted by the worker as it drains: nothing more here
         except Exception:
             self.counters.dropped += 1
 
@@ -429,10 +450,13 @@ class Emitter:
             self._pid = os.getpid()
             self._worker = _Worker(self)
             self._worker.start()
+            self.on_finish = self._queue.append
 
     def stats(self) -> dict[str, int]:
         stats = self.counters.as_dict()
-        stats["queued"] = len(self._queue)
+        queued = len(self._queue)
+        stats["queued"] = queued
+        stats["handed_off"] += queued  # the worker counts what it took; the rest is still queued
         return stats
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -470,6 +494,7 @@ def _forget_parent_state() -> None:
     """
     for emitter in list(_EMITTERS):
         emitter._queue = deque()
+        emitter.on_finish = emitter._checked_hand_off
         emitter.counters = Counters()
         emitter._worker = None
         emitter._start_lock = threading.Lock()

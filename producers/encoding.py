@@ -1,17 +1,15 @@
 """Turning what a caller handed off into spool records: validate, strip content, Avro-encode.
 
 Runs on the SDK's worker thread, never the caller's. The value is the Avro binary encoding of the
-record against the contract's own schema (schemaless, as fastavro writes it); the worker frames it
+record against the contract's own schema (schemas/avro_encoder.py); the worker frames it
 in the Confluent wire format (magic byte and schema id) only when it produces, so the spool never
 depends on the registry being reachable.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import fastavro
 from pydantic import ValidationError
 
 from onfinish.schemas.contract import RECORD_TYPES, RecordType
@@ -67,10 +65,12 @@ class Encoder:
         datum = record_type.to_datum(record)
         if not self.capture_content and kind == 0:
             datum["prompt_text"] = datum["completion_text"] = None
-        buffer = io.BytesIO()
         try:
-            fastavro.schemaless_writer(buffer, record_type.parsed, datum)
-        except (ValueError, TypeError) as exc:
-            raise RejectedEvent(f"{type(record).__name__} cannot be encoded: {exc}") from None
+            value = record_type.encode(datum)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A model changed after validation (models do not re-validate on assignment).
+            raise RejectedEvent(
+                f"{type(record).__name__} cannot be encoded: {type(exc).__name__}: {exc}"
+            ) from None
         key = record.key  # type: ignore[attr-defined]
-        return kind, key.encode(), buffer.getvalue()
+        return kind, key.encode(), value

@@ -7,7 +7,9 @@ type evolve under its own compatibility history on one topic.
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -16,6 +18,7 @@ from typing import Any
 
 import fastavro
 
+from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
 from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
 
 COMPATIBILITY = "FULL_TRANSITIVE"
@@ -51,6 +54,21 @@ class RecordType:
     @cached_property
     def parsed(self) -> Any:
         return fastavro.parse_schema(self.schema)
+
+    @cached_property
+    def encode(self) -> Callable[[AvroDatum], bytes]:
+        """The Avro binary encoder of this record: compiled when it can be, else fastavro's."""
+        try:
+            return compile_encoder(self.schema)
+        except UnsupportedSchema:
+            parsed = self.parsed
+
+            def with_fastavro(datum: AvroDatum) -> bytes:
+                buffer = io.BytesIO()
+                fastavro.schemaless_writer(buffer, parsed, datum)
+                return buffer.getvalue()
+
+            return with_fastavro
 
     def subject(self, topic: str) -> str:
         return f"{topic}-{self.full_name}"

@@ -25,6 +25,7 @@ MAX_TEXT_CHARS = 8_192
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_CHARS = 1_024
 MAX_CONTENT_CHARS = 1_000_000
+AVRO_INT_MAX = 2**31 - 1
 
 
 def _utc(value: datetime) -> datetime:
@@ -128,8 +129,8 @@ class OnFinishEvent(_Record):
     rating: Rating | None = None
 
     prompt_hash: Identifier | None = None
-    prompt_chars: Annotated[int, Field(ge=0)] = 0
-    completion_chars: Annotated[int, Field(ge=0)] = 0
+    prompt_chars: Annotated[int, Field(ge=0, le=AVRO_INT_MAX)] = 0
+    completion_chars: Annotated[int, Field(ge=0, le=AVRO_INT_MAX)] = 0
     prompt_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
     completion_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
 

@@ -108,3 +108,28 @@ def test_hand_off_never_raises_and_counts_what_it_cannot_take(tmp_path: Path):
         emitter.on_finish({"i": i})
     stats = emitter.stats()
     assert (stats["handed_off"], stats["queued"], stats["dropped"]) == (3, 3, 2)
+
+
+def test_the_fast_hand_off_gives_way_to_the_checked_one_over_the_bound(tmp_path: Path):
+    from onfinish.producers.emitter import _Worker
+
+    emitter = Emitter(
+        ProducerSettings(spool_dir=tmp_path, queue_size=4),
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        RegistrySettings(url="http://127.0.0.1:1"),
+    )
+    assert emitter.on_finish == emitter._checked_hand_off  # nothing started yet
+    worker = _Worker.__new__(_Worker)  # only its bound-watching, no threads or Kafka
+    worker.emitter = emitter
+    emitter._worker = worker  # as after the worker started
+    emitter.on_finish = emitter._queue.append
+    for i in range(4):
+        emitter.on_finish(i)
+    worker._watch_bound()
+    assert emitter.on_finish == emitter._checked_hand_off
+    emitter.on_finish(4)
+    assert emitter.stats()["dropped"] == 1 and len(emitter._queue) == 4
+    for _ in range(3):
+        emitter._queue.popleft()
+    worker._watch_bound()
+    assert emitter.on_finish == emitter._queue.append

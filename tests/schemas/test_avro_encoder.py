@@ -1,0 +1,114 @@
+"""The compiled encoder writes exactly what fastavro writes, and refuses what fastavro refuses."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fastavro
+import pytest
+
+from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
+from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
+from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT, RECORD_TYPES, RecordType
+from onfinish.schemas.models import Feedback, OnFinishEvent, Status
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def _fastavro(record_type: RecordType, datum: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, record_type.parsed, datum)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("record_type", RECORD_TYPES, ids=lambda r: r.full_name)
+def test_the_contract_records_are_compiled(record_type: RecordType):
+    assert record_type.encode.__name__ == "encode"
+    assert "def encode(r):" in record_type.encode.__source__  # type: ignore[attr-defined]
+
+
+def test_byte_for_byte_equal_to_fastavro_on_generated_traffic():
+    generator = TrafficGenerator(TrafficProfile(malformed_share=0, pii_share=0.2), seed=3)
+    checked = 0
+    for item in generator.items(20_000):
+        assert not isinstance(item, bytes)
+        if isinstance(item, OnFinishEvent | Feedback):
+            record_type = ONFINISH_EVENT if isinstance(item, OnFinishEvent) else FEEDBACK
+            datum = record_type.to_datum(item)
+            assert record_type.encode(datum) == _fastavro(record_type, datum)
+            checked += 1
+    assert checked > 19_000
+
+
+EDGE_CASES: list[dict[str, Any]] = [
+    {},  # every optional field null, every default
+    {"attributes": {f"k{i}": "v" * i for i in range(64)}, "safety_flags": ["a", "b", "ü"]},
+    {"error_message": "naïve ☃ 日本語 " * 50, "status": Status.error, "http_status": 599, "rating": -1},
+    {"prompt_tokens": 10_000_000, "completion_tokens": 0, "cached_tokens": 10_000_000, "latency_ms": 0.0},
+    {"latency_ms": 1e308, "ttft_ms": 5e-324, "reported_cost_usd": 0.1 + 0.2, "safety_score": 1.0},
+    {
+        "started_at": datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        "finished_at": datetime(1970, 1, 1, tzinfo=UTC),
+        "latency_ms": 0.001,
+        "ttft_ms": None,
+    },
+    {"prompt_chars": 2**31 - 1, "completion_chars": 63, "retry_count": 64, "stream_chunks": 8191},
+    {"session_id": "", "trace_id": "x" * 256, "streamed": True, "regenerated": True, "edited": True},
+]
+
+
+@pytest.mark.parametrize("changes", EDGE_CASES)
+def test_byte_for_byte_equal_to_fastavro_on_edge_cases(changes: dict[str, Any]):
+    base: dict[str, Any] = {
+        "request_id": "r",
+        "service": "s",
+        "provider": "p",
+        "model_id": "m",
+        "started_at": T0,
+        "finished_at": T0 + timedelta(seconds=1),
+        "latency_ms": 1000.0,
+    }
+    event = OnFinishEvent.model_construct(**{**OnFinishEvent(**base).__dict__, **changes})
+    datum = ONFINISH_EVENT.to_datum(event)
+    assert ONFINISH_EVENT.encode(datum) == _fastavro(ONFINISH_EVENT, datum)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("prompt_chars", 2**31),
+        ("latency_ms", "fast"),
+        ("status", "exploded"),
+        ("streamed", 1),
+        ("service", 7),
+    ],
+)
+def test_values_of_the_wrong_type_or_range_raise(field: str, value: Any):
+    datum = ONFINISH_EVENT.to_datum(
+        OnFinishEvent(
+            request_id="r",
+            service="s",
+            provider="p",
+            model_id="m",
+            started_at=T0,
+            finished_at=T0,
+            latency_ms=0.0,
+        )
+    )
+    datum[field] = value
+    with pytest.raises((ValueError, TypeError, KeyError, AttributeError)):
+        ONFINISH_EVENT.encode(datum)
+
+
+def test_constructs_it_does_not_handle_are_left_to_fastavro():
+    nested = {
+        "type": "record",
+        "name": "N",
+        "fields": [{"name": "inner", "type": {"type": "record", "name": "I", "fields": []}}],
+    }
+    with pytest.raises(UnsupportedSchema):
+        compile_encoder(nested)
+    with pytest.raises(UnsupportedSchema):
+        compile_encoder({"type": "record", "name": "U", "fields": [{"name": "u", "type": ["int", "string"]}]})
