@@ -186,9 +186,9 @@ class _Worker(threading.Thread):
         """Switch the caller to the checking hand-off while the queue is over its bound, and back."""
         emitter = self.emitter
         queued = len(emitter._queue)
-        fast = emitter.on_finish is not emitter._checked_hand_off
+        fast = emitter.on_finish is not emitter._checked
         if fast and queued >= emitter._queue_size:
-            emitter.on_finish = emitter._checked_hand_off
+            emitter.on_finish = emitter._checked
         elif not fast and queued < emitter._queue_size // 2:
             emitter.on_finish = emitter._queue.append
 
@@ -403,7 +403,9 @@ class Emitter:
         self._worker: _Worker | None = None
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
-        self.on_finish: Callable[[Any], None] = self._checked_hand_off
+        # Bound once, so the worker can tell by identity which hand-off is in place.
+        self._checked: Callable[[Any], None] = self._checked_hand_off
+        self.on_finish: Callable[[Any], None] = self._checked
         _EMITTERS.add(self)
 
     def _checked_hand_off(self, event: Any) -> None:
@@ -494,7 +496,7 @@ def _forget_parent_state() -> None:
     """
     for emitter in list(_EMITTERS):
         emitter._queue = deque()
-        emitter.on_finish = emitter._checked_hand_off
+        emitter.on_finish = emitter._checked
         emitter.counters = Counters()
         emitter._worker = None
         emitter._start_lock = threading.Lock()

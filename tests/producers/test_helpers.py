@@ -118,7 +118,7 @@ def test_the_fast_hand_off_gives_way_to_the_checked_one_over_the_bound(tmp_path:
         KafkaSettings(bootstrap_servers="127.0.0.1:1"),
         RegistrySettings(url="http://127.0.0.1:1"),
     )
-    assert emitter.on_finish == emitter._checked_hand_off  # nothing started yet
+    assert emitter.on_finish is emitter._checked  # nothing started yet
     worker = _Worker.__new__(_Worker)  # only its bound-watching, no threads or Kafka
     worker.emitter = emitter
     emitter._worker = worker  # as after the worker started
@@ -126,7 +126,7 @@ def test_the_fast_hand_off_gives_way_to_the_checked_one_over_the_bound(tmp_path:
     for i in range(4):
         emitter.on_finish(i)
     worker._watch_bound()
-    assert emitter.on_finish == emitter._checked_hand_off
+    assert emitter.on_finish is emitter._checked
     emitter.on_finish(4)
     assert emitter.stats()["dropped"] == 1 and len(emitter._queue) == 4
     for _ in range(3):
