@@ -7,24 +7,18 @@ broker version must work with both.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from onfinish.settings import KafkaSettings
-from onfinish.stack.topics import TOPICS, TopicSpec, provision_topics
+from onfinish.stack.topics import TOPICS, provision_topics
+from tests.integration.records import consume, make_topic
 
 
 def _admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-
-
-def _create(settings: KafkaSettings, name: str, partitions: int = 1) -> str:
-    spec = TopicSpec(name, "test topic")
-    provision_topics(settings.model_copy(update={"topic_prefix": "test", "partitions": partitions}), (spec,))
-    return f"test.{name}"
 
 
 def test_design_topics_exist_with_configured_partitions_and_sessions_compacted(kafka_settings: KafkaSettings):
@@ -52,36 +46,23 @@ def test_provisioning_reports_partition_mismatch_of_existing_topic(kafka_setting
 
 
 def test_confluent_kafka_round_trip_keeps_key_order_and_headers(kafka_settings: KafkaSettings, unique: str):
-    topic = _create(kafka_settings, unique, partitions=3)
+    topic = make_topic(kafka_settings, unique, partitions=3)
     producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers, "enable.idempotence": True})
     for i in range(50):
         producer.produce(topic, key=b"session-1", value=str(i).encode(), headers={"n": str(i)})
     assert producer.flush(15) == 0
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka_settings.bootstrap_servers,
-            "group.id": unique,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
     received: list[tuple[int | None, int, str]] = []
-    deadline = time.monotonic() + 30
-    while len(received) < 50 and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and message.error() is None:
-            header = dict(message.headers() or [])["n"]
-            assert isinstance(header, bytes)
-            received.append((message.partition(), int(message.value() or b""), header.decode()))
-    consumer.close()
+    for message in consume(kafka_settings, topic, 50, unique, timeout_s=30):
+        header = dict(message.headers() or [])["n"]
+        assert isinstance(header, bytes)
+        received.append((message.partition(), int(message.value() or b""), header.decode()))
     assert [value for _, value, _ in received] == list(range(50))
     assert len({partition for partition, _, _ in received}) == 1  # one key, one partition
     assert all(str(value) == header for _, value, header in received)
 
 
 def test_aiokafka_produces_and_consumes_against_the_broker(kafka_settings: KafkaSettings, unique: str):
-    topic = _create(kafka_settings, unique)
+    topic = make_topic(kafka_settings, unique, partitions=1)
 
     async def scenario() -> list[bytes]:
         producer = AIOKafkaProducer(
@@ -125,7 +106,7 @@ def test_aiokafka_produces_and_consumes_against_the_broker(kafka_settings: Kafka
 
 
 def test_messages_from_aiokafka_are_read_by_confluent_kafka(kafka_settings: KafkaSettings, unique: str):
-    topic = _create(kafka_settings, unique)
+    topic = make_topic(kafka_settings, unique, partitions=1)
 
     async def produce() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers)
@@ -136,21 +117,7 @@ def test_messages_from_aiokafka_are_read_by_confluent_kafka(kafka_settings: Kafk
             await producer.stop()
 
     asyncio.run(produce())
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka_settings.bootstrap_servers,
-            "group.id": unique,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([topic])
-    message = None
-    deadline = time.monotonic() + 30
-    while message is None and time.monotonic() < deadline:
-        candidate = consumer.poll(0.5)
-        if candidate is not None and candidate.error() is None:
-            message = candidate
-    consumer.close()
+    (message,) = consume(kafka_settings, topic, 1, unique, timeout_s=30)
     assert message is not None
     assert (message.key(), message.value(), message.headers()) == (
         b"k",

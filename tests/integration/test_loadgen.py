@@ -13,13 +13,13 @@ from onfinish.producers.loadgen import LoadPlan, run_load
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.traffic import TrafficProfile
 from onfinish.settings import KafkaSettings, RegistrySettings
-from tests.integration.test_producer_sdk import _consume, _topic
+from tests.integration.records import consume, make_topic
 
 
 def test_loadgen_sends_what_it_reports(
     kafka_settings: KafkaSettings, registry_settings: RegistrySettings, unique: str, tmp_path: Path
 ):
-    topic = _topic(kafka_settings, unique)
+    topic = make_topic(kafka_settings, unique)
     plan = LoadPlan(
         rate=2000,
         duration_s=1.5,
@@ -40,7 +40,7 @@ def test_loadgen_sends_what_it_reports(
     assert report.events > 2500 and report.feedback > 0 and sum(report.malformed.values()) > 0
     assert report.sdk["produced"] == report.events + report.feedback and report.sdk["rejected"] == 0
 
-    messages = _consume(kafka_settings, topic, report.sent, unique)
+    messages = consume(kafka_settings, topic, report.sent, unique)
     assert len(messages) == report.sent
     deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_settings.url}))
     context = SerializationContext(topic, MessageField.VALUE)

@@ -14,11 +14,11 @@ from onfinish.producers import Emitter, ProducerSettings
 from onfinish.settings import KafkaSettings, RegistrySettings
 from onfinish.stack.stack import Stack
 from tests.conftest import REPO
-from tests.integration.test_producer_sdk import _consume, _decode, _event, _topic
+from tests.integration.records import consume, decode, make_topic, sample_event
 
 
 def _request_ids(messages: list[Any], topic: str, registry: RegistrySettings) -> list[str]:
-    return [record["request_id"] for record in _decode(messages, topic, registry)]
+    return [record["request_id"] for record in decode(messages, topic, registry)]
 
 
 def test_broker_outage_loses_nothing_and_never_blocks_the_caller(
@@ -28,11 +28,11 @@ def test_broker_outage_loses_nothing_and_never_blocks_the_caller(
     unique: str,
     tmp_path: Path,
 ):
-    topic = _topic(kafka_settings, unique)
+    topic = make_topic(kafka_settings, unique)
     settings = ProducerSettings(topic=topic, spool_dir=tmp_path / "spool", message_timeout_ms=3000)
     emitter = Emitter(settings, kafka_settings, registry_settings)
     for i in range(100):
-        emitter.on_finish(_event(i))
+        emitter.on_finish(sample_event(i))
     assert emitter.flush(30)
 
     kafka = stack.component("kafka")
@@ -41,7 +41,7 @@ def test_broker_outage_loses_nothing_and_never_blocks_the_caller(
         hand_off_ns = []
         for i in range(100, 400):
             began = time.perf_counter_ns()
-            emitter.on_finish(_event(i))
+            emitter.on_finish(sample_event(i))
             hand_off_ns.append(time.perf_counter_ns() - began)
             if i % 50 == 0:
                 time.sleep(0.5)  # events keep coming while the broker is away
@@ -57,7 +57,7 @@ def test_broker_outage_loses_nothing_and_never_blocks_the_caller(
     hand_off_ns.sort()
     assert hand_off_ns[int(len(hand_off_ns) * 0.99)] < 1_000_000, "the caller was blocked"
 
-    ids = _request_ids(_consume(kafka_settings, topic, 400, unique, timeout_s=60), topic, registry_settings)
+    ids = _request_ids(consume(kafka_settings, topic, 400, unique, timeout_s=60), topic, registry_settings)
     assert set(ids) == {f"req-{i}" for i in range(400)}, "every event arrived"
     # Per session (one partition each) events arrive in the order they were handed off.
     for session in range(7):
@@ -74,7 +74,7 @@ def test_registry_outage_keeps_events_spooled_until_it_is_back(
     unique: str,
     tmp_path: Path,
 ):
-    topic = _topic(kafka_settings, unique)
+    topic = make_topic(kafka_settings, unique)
     registry = stack.component("registry")
     registry.stop()
     try:
@@ -82,7 +82,7 @@ def test_registry_outage_keeps_events_spooled_until_it_is_back(
             ProducerSettings(topic=topic, spool_dir=tmp_path / "spool"), kafka_settings, registry_settings
         )
         for i in range(200):
-            emitter.on_finish(_event(i))
+            emitter.on_finish(sample_event(i))
         assert not emitter.flush(3)
         stats = emitter.stats()
         assert stats["spooled"] == 200 and stats["produced"] == 0
@@ -90,7 +90,7 @@ def test_registry_outage_keeps_events_spooled_until_it_is_back(
         registry.start()
     assert emitter.flush(60), emitter.stats()
     emitter.close()
-    ids = _request_ids(_consume(kafka_settings, topic, 200, unique), topic, registry_settings)
+    ids = _request_ids(consume(kafka_settings, topic, 200, unique), topic, registry_settings)
     assert sorted(ids) == sorted(f"req-{i}" for i in range(200))
 
 
@@ -101,18 +101,18 @@ def test_events_spooled_by_a_killed_process_are_delivered_by_the_next_one(
     unique: str,
     tmp_path: Path,
 ):
-    topic = _topic(kafka_settings, unique)
+    topic = make_topic(kafka_settings, unique)
     spool_dir = tmp_path / "spool"
     script = f"""
 import os, signal, time
 from onfinish.producers import Emitter, ProducerSettings
 from onfinish.settings import KafkaSettings, RegistrySettings
-from tests.integration.test_producer_sdk import _event
+from tests.integration.records import consume, decode, make_topic, sample_event
 # A broker that is not there: everything stays in the spool.
 emitter = Emitter(ProducerSettings(topic={topic!r}, spool_dir=__import__("pathlib").Path({str(spool_dir)!r})),
                   KafkaSettings(bootstrap_servers="127.0.0.1:1"), RegistrySettings(url={registry_settings.url!r}))
 for i in range(300):
-    emitter.on_finish(_event(i))
+    emitter.on_finish(sample_event(i))
 deadline = time.monotonic() + 30
 while emitter.stats()["spooled"] < 300 and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -131,11 +131,11 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert "spooled 300" in result.stdout
 
     successor = Emitter(ProducerSettings(topic=topic, spool_dir=spool_dir), kafka_settings, registry_settings)
-    successor.on_finish(_event(1000))
+    successor.on_finish(sample_event(1000))
     assert successor.flush(60), successor.stats()
     stats = successor.stats()
     successor.close()
     assert stats["replayed"] == 300 and stats["produced"] == 1
-    ids = _request_ids(_consume(kafka_settings, topic, 301, unique), topic, registry_settings)
+    ids = _request_ids(consume(kafka_settings, topic, 301, unique), topic, registry_settings)
     assert sorted(ids) == sorted([f"req-{i}" for i in range(300)] + ["req-1000"])
     assert not any(spool_dir.glob("*/*.seg")), "adopted and emptied spools are removed"

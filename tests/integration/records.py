@@ -1,0 +1,80 @@
+"""What integration tests share to talk to the real stack: topics of their own, consuming, decoding."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import Consumer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from onfinish.schemas.models import OnFinishEvent
+from onfinish.settings import KafkaSettings, RegistrySettings
+from onfinish.stack.topics import TopicSpec, provision_topics
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def make_topic(kafka: KafkaSettings, name: str, partitions: int = 3) -> str:
+    """A topic of the test's own, `test.<name>`."""
+    provision_topics(
+        kafka.model_copy(update={"topic_prefix": "test", "partitions": partitions}),
+        (TopicSpec(name, "integration test"),),
+    )
+    return f"test.{name}"
+
+
+def consume(
+    kafka: KafkaSettings, topic: str, count: int, group: str, timeout_s: float = 60, settle_s: float = 2
+) -> list[Any]:
+    """Every message of `topic` from the start: `count` of them, then `settle_s` more to catch duplicates."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(messages) < count and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            messages.append(message)
+    settle = time.monotonic() + settle_s
+    while time.monotonic() < settle:
+        message = consumer.poll(0.2)
+        if message is not None and message.error() is None:
+            messages.append(message)
+    consumer.close()
+    return messages
+
+
+def decode(messages: list[Any], topic: str, registry: RegistrySettings) -> list[dict[str, Any]]:
+    """Decode with confluent-kafka's own deserializer: proof of the Confluent wire format."""
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+    return [deserializer(m.value(), SerializationContext(topic, MessageField.VALUE)) for m in messages]
+
+
+def sample_event(i: int) -> OnFinishEvent:
+    """Event `i` of a small, predictable stream: request req-i in one of seven sessions."""
+    return OnFinishEvent(
+        request_id=f"req-{i}",
+        session_id=f"sess-{i % 7}",
+        service="chat-api",
+        provider="openai",
+        model_id="gpt-4o",
+        started_at=T0 + timedelta(seconds=i),
+        finished_at=T0 + timedelta(seconds=i, milliseconds=500),
+        latency_ms=500.0,
+        ttft_ms=80.0,
+        prompt_tokens=100 + i,
+        completion_tokens=20,
+        attributes={"i": str(i)},
+        prompt_text="secret prompt",
+    )
