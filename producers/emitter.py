@@ -44,6 +44,9 @@ from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
 _BATCH = 5_000
+# What _spool returns instead of a record when the item was not spooled.
+_REJECTED = SpooledRecord(Position(-1, 0), Position(-1, 0), -1, b"", b"rejected")
+_DROPPED = SpooledRecord(Position(-1, 0), Position(-1, 0), -1, b"", b"dropped")
 _IDLE_S = 0.002
 
 
@@ -163,6 +166,8 @@ class _Worker(threading.Thread):
         self.reject_log = root / "rejected.jsonl"
         self.stopping = threading.Event()
         self.recent: deque[SpooledRecord] = deque()  # appended, not yet handed to the Kafka client
+        self._spill_lock = threading.Lock()
+        self.spilled = [0, 0, 0]  # rejected, dropped, spooled by callers while the queue was full
         self._reset_reading()
         self._backoff_until = 0.0
         self._backoff_s = 0.5
@@ -213,22 +218,42 @@ class _Worker(threading.Thread):
         taken = min(len(queue), _BATCH)
         counters.handed_off += taken
         for _ in range(taken):
-            item = queue.popleft()
-            try:
-                kind, key, value = self.encoder.encode(item)
-            except RejectedEvent as rejected:
+            record = self._spool(queue.popleft())
+            if record is _REJECTED:
                 counters.rejected += 1
-                self._reject(item, rejected.reason)
-                continue
-            record = spool.append(kind, key, value)
-            if record is not None:
+            elif record is _DROPPED:
+                counters.dropped += 1
+            else:
                 counters.spooled += 1
                 self.recent.append(record)
-            else:
-                counters.dropped += 1
-                self._warn_once("dropped", "spool full: events dropped", spool_bytes=spool.size_bytes)
         spool.flush()
         return True
+
+    def _spool(self, item: Any) -> SpooledRecord:
+        """Encode and append one item: its record, or _REJECTED, or _DROPPED when the spool is full."""
+        try:
+            kind, key, value = self.encoder.encode(item)
+        except RejectedEvent as rejected:
+            self._reject(item, rejected.reason)
+            return _REJECTED
+        spool = self.instance.spool
+        record = spool.append(kind, key, value)
+        if record is None:
+            self._warn_once("dropped", "spool full: events dropped", spool_bytes=spool.size_bytes)
+            return _DROPPED
+        return record
+
+    def spill(self, item: Any) -> None:
+        """On the caller's thread, when the hand-off queue is full: straight to the spool, not lost.
+
+        The caller pays for the encoding here (tens of microseconds instead of one), which is the
+        price of an overloaded worker; counted apart so the worker's counters stay its own.
+        """
+        with self._spill_lock:
+            record = self._spool(item)
+            self.spilled[0 if record is _REJECTED else 1 if record is _DROPPED else 2] += 1
+            if record is not _REJECTED and record is not _DROPPED:
+                self.instance.spool.flush()
 
     def _feed(self) -> bool:
         """Hand spooled records to the Kafka client, in order, up to the in-flight bound."""
@@ -290,8 +315,15 @@ class _Worker(threading.Thread):
                 recent.clear()  # the path has been down a while: let the disk hold them
             while recent and recent[0].position < start:
                 recent.popleft()
-            if recent and recent[0].position == start:
-                return [recent.popleft() for _ in range(min(limit, len(recent)))]
+            # Only a gap-free run: a caller spilling into the spool may have appended between them.
+            batch: list[SpooledRecord] = []
+            expected = start
+            while recent and len(batch) < limit and recent[0].position == expected:
+                record = recent.popleft()
+                batch.append(record)
+                expected = record.next_position
+            if batch:
+                return batch
         return list(spool.read(start, limit))
 
     def _delivered(self, sequence: int, replaying: bool, error: KafkaError | None, _: Message) -> None:
@@ -415,7 +447,11 @@ class Emitter:
                 self._start()
             queue = self._queue
             if len(queue) >= self._queue_size:
-                self.counters.dropped += 1
+                worker = self._worker
+                if isinstance(worker, _Worker):
+                    worker.spill(event)
+                else:
+                    self.counters.dropped += 1
                 return
             queue.append(event)  # handed_off is counted by the worker as it drains: nothing more here
         except Exception:
@@ -459,6 +495,13 @@ class Emitter:
         queued = len(self._queue)
         stats["queued"] = queued
         stats["handed_off"] += queued  # the worker counts what it took; the rest is still queued
+        worker = self._worker
+        if isinstance(worker, _Worker):
+            rejected, dropped, spooled = worker.spilled
+            stats["rejected"] += rejected
+            stats["dropped"] += dropped
+            stats["spooled"] += spooled
+            stats["handed_off"] += rejected + dropped + spooled
         return stats
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -139,3 +139,28 @@ os.kill(os.getpid(), signal.SIGKILL)
     ids = _request_ids(consume(kafka_settings, topic, 301, unique), topic, registry_settings)
     assert sorted(ids) == sorted([f"req-{i}" for i in range(300)] + ["req-1000"])
     assert not any(spool_dir.glob("*/*.seg")), "adopted and emptied spools are removed"
+
+
+def test_a_full_hand_off_queue_spills_to_the_spool_instead_of_dropping(
+    kafka_settings: KafkaSettings, registry_settings: RegistrySettings, unique: str, tmp_path: Path
+):
+    topic = make_topic(kafka_settings, unique)
+    settings = ProducerSettings(topic=topic, spool_dir=tmp_path / "spool", queue_size=8)
+    emitter = Emitter(settings, kafka_settings, registry_settings)
+    for i in range(2000):
+        emitter.on_finish(sample_event(i))
+    assert emitter.flush(60), emitter.stats()
+    stats = emitter.stats()
+    spilled = emitter._worker.spilled if emitter._worker else None
+    emitter.close()
+    assert spilled is not None and spilled[2] > 0, (
+        "the queue overflowed into the spool on the caller's thread"
+    )
+    assert (stats["handed_off"], stats["spooled"], stats["produced"], stats["dropped"]) == (
+        2000,
+        2000,
+        2000,
+        0,
+    )
+    ids = _request_ids(consume(kafka_settings, topic, 2000, unique), topic, registry_settings)
+    assert sorted(set(ids)) == sorted(f"req-{i}" for i in range(2000))

@@ -127,8 +127,11 @@ def test_the_fast_hand_off_gives_way_to_the_checked_one_over_the_bound(tmp_path:
         emitter.on_finish(i)
     worker._watch_bound()
     assert emitter.on_finish is emitter._checked
+    spilled: list[object] = []
+    worker.spill = spilled.append  # type: ignore[method-assign,assignment]
+    worker.spilled = [0, 0, 0]
     emitter.on_finish(4)
-    assert emitter.stats()["dropped"] == 1 and len(emitter._queue) == 4
+    assert spilled == [4] and len(emitter._queue) == 4, "over the bound, the event goes to the spool"
     for _ in range(3):
         emitter._queue.popleft()
     worker._watch_bound()
