@@ -192,25 +192,28 @@ def topics_create() -> None:
         console.print(f"{topic.name}: {verb}, {topic.partitions} partitions {topic.note}".rstrip())
 
 
-def _raw_topic(topic: str | None) -> str:
-    return topic or f"{KafkaSettings().topic_prefix}.raw"
-
-
-TopicOption = Annotated[
+PrefixOption = Annotated[
     str | None,
-    typer.Option("--topic", help="Topic whose subjects to use (default: <ONFINISH_KAFKA_TOPIC_PREFIX>.raw)."),
+    typer.Option(
+        "--topic-prefix",
+        help="Prefix of the topics whose subjects to use (default: ONFINISH_KAFKA_TOPIC_PREFIX).",
+    ),
 ]
 
 
+def _prefix(prefix: str | None) -> str:
+    return prefix or KafkaSettings().topic_prefix
+
+
 @schema_app.command("register")
-def schema_register(topic: TopicOption = None) -> None:
+def schema_register(topic_prefix: PrefixOption = None) -> None:
     """Register the contract's schemas on ONFINISH_REGISTRY_URL and set FULL_TRANSITIVE on their subjects.
 
     Registering an unchanged schema again is harmless: it keeps its id and version.
     """
     from onfinish.schemas.governance import register
 
-    registrations = _fail_cleanly(lambda: register(RegistrySettings(), _raw_topic(topic)))
+    registrations = _fail_cleanly(lambda: register(RegistrySettings(), _prefix(topic_prefix)))
     for r in registrations:
         console.print(f"[green]✓[/] {r.subject}: id {r.schema_id}, version {r.version}, {r.compatibility}")
 
@@ -218,7 +221,7 @@ def schema_register(topic: TopicOption = None) -> None:
 @schema_app.command("check")
 def schema_check(
     schema_files: Annotated[list[Path], typer.Argument(help="Changed .avsc files to check.", exists=True)],
-    topic: TopicOption = None,
+    topic_prefix: PrefixOption = None,
 ) -> None:
     """Check changed schema files against every registered version of their subject (FULL_TRANSITIVE).
 
@@ -229,7 +232,7 @@ def schema_check(
 
     failed = False
     for schema_file in schema_files:
-        result = _fail_cleanly(partial(check, RegistrySettings(), _raw_topic(topic), schema_file))
+        result = _fail_cleanly(partial(check, RegistrySettings(), _prefix(topic_prefix), schema_file))
         if not result.versions_checked and result.compatible:
             console.print(f"[green]✓[/] {schema_file}: {result.subject} has no registered version yet")
         elif result.compatible:

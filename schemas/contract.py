@@ -19,7 +19,7 @@ from typing import Any
 import fastavro
 
 from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
-from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
+from onfinish.schemas.models import EnrichedEvent, Feedback, OnFinishEvent, _Record
 
 COMPATIBILITY = "FULL_TRANSITIVE"
 AvroDatum = dict[str, Any]
@@ -35,6 +35,7 @@ class RecordType:
 
     file_name: str
     model: type[_Record]
+    topic_suffix: str = "raw"  # the record travels on <topic prefix>.<suffix>
 
     @cached_property
     def schema(self) -> dict[str, Any]:
@@ -70,6 +71,9 @@ class RecordType:
 
             return with_fastavro
 
+    def topic(self, prefix: str) -> str:
+        return f"{prefix}.{self.topic_suffix}"
+
     def subject(self, topic: str) -> str:
         return f"{topic}-{self.full_name}"
 
@@ -87,7 +91,10 @@ class RecordType:
 
 ONFINISH_EVENT = RecordType("onfinish_event.v1.avsc", OnFinishEvent)
 FEEDBACK = RecordType("feedback.v1.avsc", Feedback)
+ENRICHED_EVENT = RecordType("enriched_event.v1.avsc", EnrichedEvent, topic_suffix="enriched")
+# What producers write to onfinish.raw; the index of a type here is its kind byte in the SDK's spool.
 RECORD_TYPES: tuple[RecordType, ...] = (ONFINISH_EVENT, FEEDBACK)
+ALL_RECORD_TYPES: tuple[RecordType, ...] = (*RECORD_TYPES, ENRICHED_EVENT)
 
 
 def record_type_of(record: _Record) -> RecordType:

@@ -22,7 +22,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from onfinish.errors import OnfinishError
-from onfinish.schemas.contract import COMPATIBILITY, RECORD_TYPES, RecordType
+from onfinish.schemas.contract import ALL_RECORD_TYPES, COMPATIBILITY, RecordType
 from onfinish.settings import RegistrySettings
 
 
@@ -69,13 +69,13 @@ def _asking(settings: RegistrySettings, what: str) -> Iterator[None]:
 
 
 def register(
-    settings: RegistrySettings, topic: str, record_types: tuple[RecordType, ...] = RECORD_TYPES
+    settings: RegistrySettings, topic_prefix: str, record_types: tuple[RecordType, ...] = ALL_RECORD_TYPES
 ) -> list[Registration]:
-    """Register every record type of the contract on `topic` and pin FULL_TRANSITIVE on its subject."""
+    """Register every record type on its topic (<prefix>.raw, <prefix>.enriched) under FULL_TRANSITIVE."""
     client = _client(settings)
     registrations = []
     for record_type in record_types:
-        subject = record_type.subject(topic)
+        subject = record_type.subject(record_type.topic(topic_prefix))
         try:
             with _asking(settings, f"registering {subject}"):
                 # Set the level first, so even the first version is governed by it.
@@ -111,7 +111,7 @@ def record_type_for(schema_file: Path) -> RecordType:
     """The record type a (possibly changed) schema file belongs to, by its full name."""
     document = json.loads(schema_file.read_text())
     full_name = f"{document.get('namespace', '')}.{document.get('name', '')}"
-    for record_type in RECORD_TYPES:
+    for record_type in ALL_RECORD_TYPES:
         if record_type.full_name == full_name:
             return record_type
     raise SchemaGovernanceError(
@@ -119,10 +119,10 @@ def record_type_for(schema_file: Path) -> RecordType:
     )
 
 
-def check(settings: RegistrySettings, topic: str, schema_file: Path) -> CheckResult:
+def check(settings: RegistrySettings, topic_prefix: str, schema_file: Path) -> CheckResult:
     """Check `schema_file` against every registered version of its subject under FULL_TRANSITIVE."""
     record_type = record_type_for(schema_file)
-    subject = record_type.subject(topic)
+    subject = record_type.subject(record_type.topic(topic_prefix))
     result = CheckResult(subject=subject, schema_file=schema_file)
     client = _client(settings)
     try:

@@ -72,8 +72,8 @@ def _sdk_version() -> str:
     return __version__
 
 
-class OnFinishEvent(_Record):
-    """One LLM call at its onFinish moment (Avro io.onfinish.OnFinishEvent, version 1)."""
+class _EventFields(_Record):
+    """The fields an onFinish event and its enriched form share, in the Avro files' order."""
 
     # Required in Avro; generated here so a caller need not invent one.
     event_id: UUID = Field(default_factory=uuid4, json_schema_extra={"generated": True})
@@ -131,9 +131,6 @@ class OnFinishEvent(_Record):
     prompt_hash: Identifier | None = None
     prompt_chars: Annotated[int, Field(ge=0, le=AVRO_INT_MAX)] = 0
     completion_chars: Annotated[int, Field(ge=0, le=AVRO_INT_MAX)] = 0
-    prompt_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
-    completion_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
-
     attributes: dict[Identifier, Annotated[str, Field(max_length=MAX_ATTRIBUTE_CHARS)]] = Field(
         default_factory=dict, max_length=MAX_ATTRIBUTES
     )
@@ -156,6 +153,35 @@ class OnFinishEvent(_Record):
     def key(self) -> str:
         """The Kafka key: the session, or the request when there is no session."""
         return self.session_id or self.request_id
+
+
+class OnFinishEvent(_EventFields):
+    """One LLM call at its onFinish moment (Avro io.onfinish.OnFinishEvent, version 1)."""
+
+    # Raw content travels only when the producer's settings allow it; the processors drop it.
+    prompt_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
+    completion_text: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
+
+
+class EnrichedEvent(_EventFields):
+    """An event as it leaves the processors (Avro io.onfinish.EnrichedEvent, version 1): redacted
+    (free text masked, attributes allow-listed, user_id pseudonymised, no raw content), priced, and
+    scored."""
+
+    cost_input_usd: float = Field(ge=0, allow_inf_nan=False)
+    cost_cached_input_usd: float = Field(ge=0, allow_inf_nan=False)
+    cost_output_usd: float = Field(ge=0, allow_inf_nan=False)
+    cost_reasoning_usd: float = Field(ge=0, allow_inf_nan=False)
+    cost_usd: float = Field(ge=0, allow_inf_nan=False)
+    cost_source: Identifier
+    model_family: Identifier | None = None
+    context_window: int | None = Field(default=None, ge=0, le=AVRO_INT_MAX)
+    quality_score: float = Field(ge=0, le=1, allow_inf_nan=False)
+    cache_hit: bool = False
+    processed_at: Timestamp
+    redaction_version: int = Field(ge=0, le=AVRO_INT_MAX)
+    raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)
+    raw_offset: int = Field(ge=0, json_schema_extra={"avro": "long"})  # Kafka offsets outgrow an Avro int
 
 
 class Feedback(_Record):

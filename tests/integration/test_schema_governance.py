@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT
+from onfinish.schemas.contract import ONFINISH_EVENT
 from onfinish.schemas.governance import check, register
 from onfinish.settings import RegistrySettings
 from tests.conftest import REPO
@@ -37,18 +37,20 @@ def _changed(tmp_path: Path, change: str) -> Path:
 
 @pytest.fixture
 def topic(registry_settings: RegistrySettings, unique: str) -> str:
-    topic = f"{unique}.raw"
-    register(registry_settings, topic)
-    return topic
+    register(registry_settings, unique)
+    return unique
 
 
 def test_register_puts_both_record_types_on_one_topic_under_full_transitive(
     registry_settings: RegistrySettings, unique: str
 ):
-    topic = f"{unique}.raw"
-    first = register(registry_settings, topic)
-    again = register(registry_settings, topic)
-    assert [r.subject for r in first] == [ONFINISH_EVENT.subject(topic), FEEDBACK.subject(topic)]
+    first = register(registry_settings, unique)
+    again = register(registry_settings, unique)
+    assert [r.subject for r in first] == [
+        f"{unique}.raw-io.onfinish.OnFinishEvent",
+        f"{unique}.raw-io.onfinish.Feedback",
+        f"{unique}.enriched-io.onfinish.EnrichedEvent",
+    ]
     assert [(r.schema_id, r.version) for r in again] == [(r.schema_id, r.version) for r in first]
     client = SchemaRegistryClient({"url": registry_settings.url})
     for registration in first:
@@ -78,7 +80,7 @@ def test_check_command_exits_non_zero_with_the_reason(
     registry_settings: RegistrySettings, topic: str, tmp_path: Path
 ):
     env = {**os.environ, "ONFINISH_REGISTRY_URL": registry_settings.url}
-    command = [sys.executable, "-m", "onfinish", "schema", "check", "--topic", topic]
+    command = [sys.executable, "-m", "onfinish", "schema", "check", "--topic-prefix", topic]
     breaking = subprocess.run(
         [*command, str(_changed(tmp_path, "changed type"))],
         env=env,

@@ -11,7 +11,7 @@ import pytest
 
 from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
-from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT, RECORD_TYPES, RecordType
+from onfinish.schemas.contract import ALL_RECORD_TYPES, FEEDBACK, ONFINISH_EVENT, RecordType
 from onfinish.schemas.models import Feedback, OnFinishEvent, Status
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -23,7 +23,7 @@ def _fastavro(record_type: RecordType, datum: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("record_type", RECORD_TYPES, ids=lambda r: r.full_name)
+@pytest.mark.parametrize("record_type", ALL_RECORD_TYPES, ids=lambda r: r.full_name)
 def test_the_contract_records_are_compiled(record_type: RecordType):
     assert record_type.encode.__name__ == "encode"
     assert "def encode(r):" in record_type.encode.__source__  # type: ignore[attr-defined]
