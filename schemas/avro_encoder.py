@@ -8,8 +8,9 @@ for byte what fastavro writes (tests/schemas/test_avro_encoder.py checks that on
 and on edge cases); fastavro stays the decoder, and the encoder for any schema this compiler does
 not handle.
 
-Handled: a record of fields of type string, int, long, double, boolean, enum, array and map of
-strings, the logical types uuid and timestamp-micros, and unions of null with one of those.
+Handled: a record of fields of type string, int, long, double, boolean, enum, arrays of strings,
+ints or longs, maps of strings, the logical types uuid and timestamp-micros, and unions of null
+with one of those.
 """
 
 from __future__ import annotations
@@ -96,6 +97,18 @@ def _array_of_strings(value: list[str]) -> bytes:
     return _long(len(value)) + b"".join(_string(item) for item in value) + _END
 
 
+def _array_of_longs(value: list[int]) -> bytes:
+    if not value:
+        return _END
+    return _long(len(value)) + b"".join(_long(item) for item in value) + _END
+
+
+def _array_of_ints(value: list[int]) -> bytes:
+    if not value:
+        return _END
+    return _long(len(value)) + b"".join(_int(item) for item in value) + _END
+
+
 def _map_of_strings(value: dict[str, str]) -> bytes:
     if not value:
         return _END
@@ -112,6 +125,8 @@ _STATEMENTS = {
     "uuid": "s = str({v}).encode(); a(L(len(s))); a(s)",
     "timestamp-micros": "a(T({v}))",
     "array-of-strings": "a(AS({v}))",
+    "array-of-longs": "a(AL({v}))",
+    "array-of-ints": "a(AI({v}))",
     "map-of-strings": "a(MS({v}))",
 }
 _NAMESPACE: dict[str, Any] = {
@@ -121,6 +136,8 @@ _NAMESPACE: dict[str, Any] = {
     "B": _boolean,
     "T": _timestamp_micros,
     "AS": _array_of_strings,
+    "AL": _array_of_longs,
+    "AI": _array_of_ints,
     "MS": _map_of_strings,
     "NULL": _NULL_BRANCH,
     "VALUE": _VALUE_BRANCH,
@@ -144,8 +161,8 @@ def _statement(avro_type: Any, value: str, enums: dict[str, dict[str, bytes]]) -
         table = f"E{len(enums)}"
         enums[table] = {symbol: _long(index) for index, symbol in enumerate(avro_type["symbols"])}
         return f"a({table}[{value}])"  # an unknown symbol raises KeyError
-    if kind == "array" and avro_type["items"] == "string":
-        return _STATEMENTS["array-of-strings"].format(v=value)
+    if kind == "array" and avro_type["items"] in ("string", "long", "int"):
+        return _STATEMENTS[f"array-of-{avro_type['items']}s"].format(v=value)
     if kind == "map" and avro_type["values"] == "string":
         return _STATEMENTS["map-of-strings"].format(v=value)
     return _statement(kind, value, enums)

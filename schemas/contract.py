@@ -19,7 +19,15 @@ from typing import Any
 import fastavro
 
 from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
-from onfinish.schemas.models import EnrichedEvent, Feedback, OnFinishEvent, _Record
+from onfinish.schemas.models import (
+    Alert,
+    EnrichedEvent,
+    Feedback,
+    OnFinishEvent,
+    SessionSnapshot,
+    WindowSnapshot,
+    _Record,
+)
 
 COMPATIBILITY = "FULL_TRANSITIVE"
 AvroDatum = dict[str, Any]
@@ -92,9 +100,14 @@ class RecordType:
 ONFINISH_EVENT = RecordType("onfinish_event.v1.avsc", OnFinishEvent)
 FEEDBACK = RecordType("feedback.v1.avsc", Feedback)
 ENRICHED_EVENT = RecordType("enriched_event.v1.avsc", EnrichedEvent, topic_suffix="enriched")
+WINDOW_SNAPSHOT = RecordType("window_snapshot.v1.avsc", WindowSnapshot, topic_suffix="windows")
+SESSION_SNAPSHOT = RecordType("session_snapshot.v1.avsc", SessionSnapshot, topic_suffix="sessions")
+ALERT = RecordType("alert.v1.avsc", Alert, topic_suffix="alerts")
 # What producers write to onfinish.raw; the index of a type here is its kind byte in the SDK's spool.
 RECORD_TYPES: tuple[RecordType, ...] = (ONFINISH_EVENT, FEEDBACK)
-ALL_RECORD_TYPES: tuple[RecordType, ...] = (*RECORD_TYPES, ENRICHED_EVENT)
+# What the processors write, each on its own topic under its own subject.
+PROCESSED_RECORD_TYPES: tuple[RecordType, ...] = (ENRICHED_EVENT, WINDOW_SNAPSHOT, SESSION_SNAPSHOT, ALERT)
+ALL_RECORD_TYPES: tuple[RecordType, ...] = (*RECORD_TYPES, *PROCESSED_RECORD_TYPES)
 
 
 def record_type_of(record: _Record) -> RecordType:

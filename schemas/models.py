@@ -201,3 +201,94 @@ class Feedback(_Record):
     @property
     def key(self) -> str:
         return self.session_id or self.request_id
+
+
+Long = Annotated[int, Field(ge=0, json_schema_extra={"avro": "long"})]
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Millis = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class WindowSnapshot(_Record):
+    """One 1-minute window for one dimension set and one raw partition (Avro io.onfinish.WindowSnapshot)."""
+
+    window_id: Identifier
+    version: Long
+    raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)
+    window_start: Timestamp
+    window_end: Timestamp
+    provider: Identifier
+    model_id: Identifier
+    feature_id: str = ""
+    variant_id: str = ""
+    environment: Identifier
+    status: Identifier
+    events: Long
+    errors: Long
+    prompt_tokens: Long
+    completion_tokens: Long
+    cached_tokens: Long
+    reasoning_tokens: Long
+    cost_usd: Money
+    cache_hits: Long
+    fallbacks: Long
+    tool_use: Long
+    streamed: Long
+    quality_sum: Money
+    latency_count: Long
+    latency_sum_ms: Millis
+    latency_min_ms: Millis | None = None
+    latency_max_ms: Millis | None = None
+    latency_buckets: list[int] = Field(default_factory=list)
+    latency_counts: list[Long] = Field(default_factory=list)
+    ttft_count: Long
+    ttft_sum_ms: Millis
+    ttft_min_ms: Millis | None = None
+    ttft_max_ms: Millis | None = None
+    ttft_buckets: list[int] = Field(default_factory=list)
+    ttft_counts: list[Long] = Field(default_factory=list)
+    emitted_at: Timestamp
+
+
+class SessionSnapshot(_Record):
+    """The running state of one session (Avro io.onfinish.SessionSnapshot), on the compacted topic."""
+
+    session_id: Identifier
+    version: Long
+    raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)
+    user_id: Identifier | None = None
+    service: Identifier
+    environment: Identifier
+    first_at: Timestamp
+    last_at: Timestamp
+    duration_ms: Millis
+    turns: int = Field(ge=0, le=AVRO_INT_MAX)
+    prompt_tokens: Long
+    completion_tokens: Long
+    cached_tokens: Long
+    reasoning_tokens: Long
+    cost_usd: Money
+    errors: int = Field(ge=0, le=AVRO_INT_MAX)
+    regenerations: int = Field(ge=0, le=AVRO_INT_MAX)
+    edits: int = Field(ge=0, le=AVRO_INT_MAX)
+    models: list[Identifier] = Field(default_factory=list)
+    quality_mean: float = Field(ge=0, le=1, allow_inf_nan=False)
+    closed: bool = False
+    emitted_at: Timestamp
+
+
+class Alert(_Record):
+    """A rule breach (Avro io.onfinish.Alert), emitted once per breach."""
+
+    alert_id: Identifier
+    rule: Identifier
+    rules_version: int = Field(ge=0, le=AVRO_INT_MAX)
+    severity: Identifier
+    subject_kind: Identifier
+    subject: Identifier
+    observed: float = Field(allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)
+    provider: Identifier | None = None
+    model_id: Identifier | None = None
+    at: Timestamp
+    message: Text
+    raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)

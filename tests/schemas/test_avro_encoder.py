@@ -112,3 +112,79 @@ def test_constructs_it_does_not_handle_are_left_to_fastavro():
         compile_encoder(nested)
     with pytest.raises(UnsupportedSchema):
         compile_encoder({"type": "record", "name": "U", "fields": [{"name": "u", "type": ["int", "string"]}]})
+
+
+def test_the_processors_records_encode_as_fastavro_does():
+    from onfinish.schemas.contract import ALERT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
+    from onfinish.schemas.models import Alert, SessionSnapshot, WindowSnapshot
+
+    window = WindowSnapshot(
+        window_id="w",
+        version=2**40,
+        raw_partition=3,
+        window_start=T0,
+        window_end=T0 + timedelta(minutes=1),
+        provider="openai",
+        model_id="gpt-4o",
+        environment="production",
+        status="success",
+        events=10,
+        errors=1,
+        prompt_tokens=5000,
+        completion_tokens=700,
+        cached_tokens=1024,
+        reasoning_tokens=0,
+        cost_usd=0.0123,
+        cache_hits=1,
+        fallbacks=0,
+        tool_use=2,
+        streamed=7,
+        quality_sum=8.5,
+        latency_count=10,
+        latency_sum_ms=9000.0,
+        latency_min_ms=120.0,
+        latency_max_ms=4000.0,
+        latency_buckets=[0, 150, 392],
+        latency_counts=[1, 2**33, 7],
+        ttft_count=7,
+        ttft_sum_ms=700.0,
+        emitted_at=T0,
+    )
+    session = SessionSnapshot(
+        session_id="s",
+        version=9,
+        raw_partition=0,
+        service="chat",
+        environment="production",
+        first_at=T0,
+        last_at=T0 + timedelta(seconds=30),
+        duration_ms=30000.0,
+        turns=3,
+        prompt_tokens=1,
+        completion_tokens=2,
+        cached_tokens=0,
+        reasoning_tokens=0,
+        cost_usd=0.5,
+        errors=0,
+        regenerations=1,
+        edits=0,
+        models=["gpt-4o", "o3-mini"],
+        quality_mean=0.75,
+        emitted_at=T0,
+    )
+    alert = Alert(
+        alert_id="a",
+        rule="ttft_high",
+        rules_version=1,
+        severity="warning",
+        subject_kind="request",
+        subject="req-1",
+        observed=2100.0,
+        threshold=1500.0,
+        at=T0,
+        message="TTFT 2100 ms",
+        raw_partition=5,
+    )
+    for record_type, record in ((WINDOW_SNAPSHOT, window), (SESSION_SNAPSHOT, session), (ALERT, alert)):
+        datum = record_type.to_datum(record)
+        assert record_type.encode(datum) == _fastavro(record_type, datum)

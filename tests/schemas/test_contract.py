@@ -43,7 +43,12 @@ def _avro_shape(avro_type: Any) -> tuple[bool, Any]:
 def _python_shape(annotation: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _python_shape(typing.get_args(annotation)[0])
+        base, *metadata = typing.get_args(annotation)
+        for item in metadata:
+            extra = getattr(item, "json_schema_extra", None)
+            if isinstance(extra, dict) and "avro" in extra:
+                return _python_shape(base)[0], extra["avro"]  # an int that Avro holds as a long
+        return _python_shape(base)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         assert len(args) == 1
