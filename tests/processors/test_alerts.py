@@ -1,0 +1,79 @@
+"""Alert rules: loaded and validated from data, each breach fired once with a stable id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onfinish.errors import ConfigurationError
+from onfinish.processors.alerts import RuleBook, event_alerts, session_alerts, window_alerts
+from onfinish.processors.sessions import SessionState
+from onfinish.processors.windows import WindowKey, WindowState
+from onfinish.schemas.models import Status
+from tests.processors.test_windows import T0, _enriched
+
+BOOK = RuleBook.load()
+
+
+def test_the_default_rules_load():
+    assert BOOK.version == 1
+    assert {r.name for r in BOOK.rule} == {"ttft_high", "session_cost_high", "error_rate_high"}
+
+
+def test_slow_first_token_fires_once_per_call_with_a_stable_id():
+    slow = _enriched(1, ttft_ms=2100.0, latency_ms=2500.0)
+    (alert,) = event_alerts(BOOK, slow)
+    assert (alert.rule, alert.subject, alert.observed, alert.threshold) == ("ttft_high", "r1", 2100.0, 1500.0)
+    assert alert.message == "time to first token 2100 ms, above 1500 ms"
+    assert event_alerts(BOOK, slow)[0].alert_id == alert.alert_id
+    assert event_alerts(BOOK, _enriched(2, ttft_ms=90.0)) == []
+
+
+def test_session_cost_fires_on_the_call_that_crosses_the_threshold_only():
+    state = SessionState()
+    fired = []
+    before = None
+    for offset in range(8):
+        state.apply_event(_enriched(offset, session_id="s1", cost_usd=0.1, cost_output_usd=0.1), offset)
+        after = state.snapshot("s1", 0, T0)
+        fired += session_alerts(BOOK, before, after)
+        before = after
+    assert len(fired) == 1 and fired[0].subject == "s1" and abs(fired[0].observed - 0.6) < 1e-9
+
+
+def test_window_error_rate_needs_enough_calls_and_fires_once():
+    state, key = WindowState(), WindowKey.of(_enriched(0))
+    fired, before = [], None
+    for offset in range(40):
+        state.apply(_enriched(0, status=Status.error if offset % 2 else Status.success), offset)
+        after = state.snapshot(key, 0, T0)
+        fired += window_alerts(BOOK, before, after)
+        before = after
+    assert len(fired) == 1
+    assert fired[0].observed == 0.5 and "over 20 calls" in fired[0].message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'version = 1\n[[rule]]\nname = "x"\nkind = "event"\nmetric = "nope"\nthreshold = 1\nmessage = "m"\n',
+            "events have no field 'nope'",
+        ),
+        (
+            'version = 1\n[[rule]]\nname = "x"\nkind = "planet"\nmetric = "ttft_ms"\nthreshold = 1\nmessage = "m"\n',
+            "are invalid",
+        ),
+        (
+            'version = 1\n[[rule]]\nname = "x"\nkind = "event"\nmetric = "ttft_ms"\nthreshold = 1\nmessage = "m"\n'
+            '[[rule]]\nname = "x"\nkind = "event"\nmetric = "ttft_ms"\nthreshold = 2\nmessage = "m"\n',
+            "unique",
+        ),
+    ],
+)
+def test_invalid_rule_files_are_refused_at_start(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError, match=message):
+        RuleBook.load(path)
