@@ -1,0 +1,405 @@
+"""Redaction: the stage after which no PII or secret leaves the processors.
+
+Every free-text field of an event (error_message, finish_reason, error_type, error_code, prompt and
+completion text, attribute values) goes through :func:`redact_text` or a :class:`PatternSet`
+before the event is published; attributes outside an allow-list are dropped with
+:func:`redact_attributes`, and user ids are replaced by keyed pseudonyms with :func:`pseudonymise`.
+
+The patterns are versioned data (``data/redaction_patterns.v1.toml``): read, validated and compiled
+once at start into a :class:`PatternSet`, whose methods are then pure functions of their input.
+An invalid file raises :class:`RedactionError`, so a processor never starts with a silently
+weaker pattern set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Final, Literal, Self, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from onfinish.errors import OnfinishError
+
+PATTERNS_RESOURCE: Final = ("data", "redaction_patterns.v1.toml")
+PATTERNS_FORMAT_VERSION: Final = 1
+PSEUDONYM_PREFIX: Final = "u_"
+# 128 bits of the HMAC: collisions stay out of reach for any realistic number of users, and the
+# pseudonym still fits the 256-character identifier fields comfortably.
+PSEUDONYM_HEX_CHARS: Final = 32
+# The group a validator checks when a pattern has one; otherwise it checks the whole match.
+VALIDATED_GROUP: Final = "value"
+
+Finding: TypeAlias = tuple[str, str]
+
+
+class RedactionError(OnfinishError):
+    """The redaction patterns cannot be read or are invalid."""
+
+
+# --- Validators: checks a regex cannot express ---------------------------------------------------
+
+
+def luhn_valid(candidate: str) -> bool:
+    """Whether the digits of ``candidate`` (separators ignored) pass the Luhn check of card numbers."""
+    digits = [int(character) for character in candidate if character.isdecimal()]
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        if position % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def iban_valid(candidate: str) -> bool:
+    """Whether ``candidate`` (spaces ignored) has valid ISO 13616 check digits (mod 97 equals 1)."""
+    compact = candidate.replace(" ", "").upper()
+    if not 15 <= len(compact) <= 34 or not compact.isascii() or not compact.isalnum():
+        return False
+    rearranged = compact[4:] + compact[:4]
+    # int(character, 36) maps A..Z to 10..35, the letter values of ISO 13616.
+    return int("".join(str(int(character, 36)) for character in rearranged)) % 97 == 1
+
+
+def ipv4_octets_valid(candidate: str) -> bool:
+    """Whether ``candidate`` is four dot-separated decimal octets, each 0..255."""
+    octets = candidate.split(".")
+    return len(octets) == 4 and all(octet.isdecimal() and int(octet) <= 255 for octet in octets)
+
+
+ValidatorName: TypeAlias = Literal["luhn", "iban_mod97", "ipv4_octets"]
+FlagName: TypeAlias = Literal["IGNORECASE", "MULTILINE", "DOTALL"]
+
+_VALIDATORS: Final[Mapping[str, Callable[[str], bool]]] = {
+    "luhn": luhn_valid,
+    "iban_mod97": iban_valid,
+    "ipv4_octets": ipv4_octets_valid,
+}
+_FLAGS: Final[Mapping[str, re.RegexFlag]] = {
+    "IGNORECASE": re.IGNORECASE,
+    "MULTILINE": re.MULTILINE,
+    "DOTALL": re.DOTALL,
+}
+_GROUP_REFERENCE: Final = re.compile(r"\\g<([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+# --- The file format, validated with pydantic ---------------------------------------------------
+
+
+class _PatternEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+    regex: str = Field(min_length=1)
+    replacement: str
+    validator: ValidatorName | None = None
+    flags: tuple[FlagName, ...] = ()
+    requires: tuple[str, ...] | None = Field(default=None, min_length=1)
+    description: str = Field(min_length=1)
+
+    @field_validator("replacement")
+    @classmethod
+    def _only_group_references(cls, replacement: str) -> str:
+        # re's own template syntax (\1, \n, ...) is not allowed: a replacement is literal text plus
+        # named groups, which keeps it readable and lets the engine expand it without re internals.
+        if "\\" in _GROUP_REFERENCE.sub("", replacement):
+            raise ValueError(f"replacement {replacement!r} may contain a backslash only as \\g<group name>")
+        return replacement
+
+    @field_validator("requires")
+    @classmethod
+    def _no_empty_requirement(cls, requires: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if requires is not None and "" in requires:
+            raise ValueError("an empty string in requires would match every text")
+        return requires
+
+
+class _PatternsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int
+    pattern: list[_PatternEntry] = Field(min_length=1)
+
+    @field_validator("version")
+    @classmethod
+    def _supported_version(cls, version: int) -> int:
+        if version != PATTERNS_FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported patterns format version {version}; this onfinish reads version "
+                f"{PATTERNS_FORMAT_VERSION}"
+            )
+        return version
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        seen: set[str] = set()
+        for entry in self.pattern:
+            if entry.name in seen:
+                raise ValueError(f"duplicate pattern name {entry.name!r}")
+            seen.add(entry.name)
+        return self
+
+
+def _validation_message(error: ValidationError, raw: Any) -> str:
+    entries = raw.get("pattern") if isinstance(raw, dict) else None
+    problems = []
+    for detail in error.errors():
+        parts = []
+        for part in detail["loc"]:
+            if isinstance(part, int):
+                name = None
+                if isinstance(entries, list) and part < len(entries) and isinstance(entries[part], dict):
+                    name = entries[part].get("name")
+                parts.append(f"[{part}]" + (f" ({name!r})" if isinstance(name, str) else ""))
+            else:
+                parts.append(f".{part}" if parts else str(part))
+        where = "".join(parts)
+        context = detail.get("ctx") or {}
+        # A ValueError raised by our own validators reads better without pydantic's prefix.
+        message = str(context["error"]) if detail["type"] == "value_error" else detail["msg"]
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
+# --- Compiled patterns and the engine -----------------------------------------------------------
+
+
+class _Gate:
+    """A cheap necessary condition: a match can only exist if the text contains one of ``needles``."""
+
+    __slots__ = ("_needle", "_regex", "folded")
+
+    def __init__(self, needles: tuple[str, ...], folded: bool) -> None:
+        self.folded = folded
+        # Case-folded needles are searched in the lowered text: an IGNORECASE alternation is slow in
+        # re, a plain one of literals is scanned in C, and one needle is a substring test.
+        wanted = tuple(needle.lower() for needle in needles) if folded else needles
+        self._needle = wanted[0] if len(wanted) == 1 else None
+        self._regex = re.compile("|".join(map(re.escape, wanted)))
+
+    def admits(self, text: str, lowered: str) -> bool:
+        haystack = lowered if self.folded else text
+        if self._needle is not None:
+            return self._needle in haystack
+        return self._regex.search(haystack) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledPattern:
+    name: str
+    regex: re.Pattern[str]
+    # Literal text, or the name of a group to insert, in order; a plain str when there is no group.
+    replacement: str | tuple[tuple[bool, str], ...]
+    validate: Callable[[str], bool] | None
+    validated_group: str | int
+    gate: int | None
+
+    def masked(self, match: re.Match[str]) -> str | None:
+        """The replacement for ``match``, or None when its validator refuses the candidate."""
+        if self.validate is not None and not self.validate(match[self.validated_group]):
+            return None
+        if isinstance(self.replacement, str):
+            return self.replacement
+        return "".join((match[text] or "") if is_group else text for is_group, text in self.replacement)
+
+    def substitute(self, match: re.Match[str]) -> str:
+        masked = self.masked(match)
+        return match[0] if masked is None else masked
+
+
+def _compile(entry: _PatternEntry, gate: int | None) -> _CompiledPattern:
+    flags = re.RegexFlag(0)
+    for flag in entry.flags:
+        flags |= _FLAGS[flag]
+    try:
+        regex = re.compile(entry.regex, flags)
+    except re.error as error:
+        raise RedactionError(f"pattern {entry.name!r} has an invalid regex: {error}") from error
+    if regex.match(""):
+        raise RedactionError(f"pattern {entry.name!r} matches the empty string and would mask nothing")
+
+    parts: list[tuple[bool, str]] = []
+    position = 0
+    for reference in _GROUP_REFERENCE.finditer(entry.replacement):
+        group = reference[1]
+        if group not in regex.groupindex:
+            raise RedactionError(
+                f"pattern {entry.name!r}: replacement refers to group {group!r}, which its regex lacks"
+            )
+        if reference.start() > position:
+            parts.append((False, entry.replacement[position : reference.start()]))
+        parts.append((True, group))
+        position = reference.end()
+    if position < len(entry.replacement):
+        parts.append((False, entry.replacement[position:]))
+    replacement = entry.replacement if all(not is_group for is_group, _ in parts) else tuple(parts)
+
+    return _CompiledPattern(
+        name=entry.name,
+        regex=regex,
+        replacement=replacement,
+        validate=_VALIDATORS[entry.validator] if entry.validator is not None else None,
+        validated_group=VALIDATED_GROUP if VALIDATED_GROUP in regex.groupindex else 0,
+        gate=gate,
+    )
+
+
+class PatternSet:
+    """A validated, compiled set of redaction patterns, applied in file order.
+
+    Build it with :meth:`load` (a file, by default the one shipped with onfinish) or
+    :meth:`from_toml`. It does not change after construction, so one instance can be shared by
+    every agent and thread of a processor.
+    """
+
+    __slots__ = ("_gates", "_names", "_patterns", "_version")
+
+    def __init__(self, version: int, entries: list[_PatternEntry]) -> None:
+        conditions: dict[tuple[tuple[str, ...], bool], int] = {}
+        patterns = []
+        for entry in entries:
+            gate_index = None
+            if entry.requires is not None:
+                # Patterns that share a condition (most numeric ones need a digit) share its check.
+                condition = (tuple(sorted(set(entry.requires))), "IGNORECASE" in entry.flags)
+                gate_index = conditions.setdefault(condition, len(conditions))
+            patterns.append(_compile(entry, gate_index))
+        self._version = version
+        self._names = tuple(entry.name for entry in entries)
+        self._patterns = tuple(patterns)
+        self._gates = tuple(_Gate(needles, folded) for needles, folded in conditions)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Self:
+        """Read, validate and compile a patterns file; without a path, the one shipped with onfinish."""
+        try:
+            if path is None:
+                resource = files("onfinish.processors").joinpath(*PATTERNS_RESOURCE)
+                text = resource.read_text(encoding="utf-8")
+                source = f"packaged {'/'.join(PATTERNS_RESOURCE)}"
+            else:
+                text = path.read_text(encoding="utf-8")
+                source = str(path)
+        except (OSError, UnicodeDecodeError) as error:
+            where = path or "/".join(PATTERNS_RESOURCE)
+            raise RedactionError(f"cannot read the redaction patterns {where}: {error}") from error
+        return cls.from_toml(text, source=source)
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "<text>") -> Self:
+        """Parse, validate and compile patterns from TOML text; ``source`` names it in errors."""
+        try:
+            raw: dict[str, Any] = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise RedactionError(f"redaction patterns {source} are not valid TOML: {error}") from error
+        try:
+            document = _PatternsFile.model_validate(raw)
+        except ValidationError as error:
+            message = _validation_message(error, raw)
+            raise RedactionError(f"redaction patterns {source} are invalid: {message}") from error
+        try:
+            return cls(document.version, document.pattern)
+        except RedactionError as error:
+            raise RedactionError(f"redaction patterns {source} are invalid: {error}") from error
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The pattern names, in the order they are applied."""
+        return self._names
+
+    def redact(self, text: str) -> str:
+        """``text`` with every PII or secret the patterns find replaced by its placeholder."""
+        return self._apply(text, None)
+
+    def findings(self, text: str) -> list[Finding]:
+        """(pattern name, matched text) for every span :meth:`redact` masks, in the order masked."""
+        found: list[Finding] = []
+        self._apply(text, found)
+        return found
+
+    def _apply(self, text: str, found: list[Finding] | None) -> str:
+        # Gate results hold for the text they were computed on; a substitution resets them.
+        admitted: list[bool | None] = [None] * len(self._gates)
+        lowered: str | None = None
+        for pattern in self._patterns:
+            if pattern.gate is not None:
+                verdict = admitted[pattern.gate]
+                if verdict is None:
+                    gate = self._gates[pattern.gate]
+                    if lowered is None and gate.folded:
+                        lowered = text.lower()
+                    verdict = admitted[pattern.gate] = gate.admits(text, lowered or text)
+                if not verdict:
+                    continue
+            if found is None:
+                redacted = pattern.regex.sub(pattern.substitute, text)
+            else:
+                redacted = pattern.regex.sub(_recording(pattern, found), text)
+            if redacted != text:
+                text = redacted
+                admitted = [None] * len(self._gates)
+                lowered = None
+        return text
+
+
+def _recording(pattern: _CompiledPattern, found: list[Finding]) -> Callable[[re.Match[str]], str]:
+    def substitute(match: re.Match[str]) -> str:
+        masked = pattern.masked(match)
+        if masked is None:
+            return match[0]
+        found.append((pattern.name, match[0]))
+        return masked
+
+    return substitute
+
+
+# --- The stage's functions ----------------------------------------------------------------------
+
+
+@cache
+def default_patterns() -> PatternSet:
+    """The patterns shipped with onfinish, loaded and compiled on first use."""
+    return PatternSet.load()
+
+
+def redact_text(text: str) -> str:
+    """``text`` with PII and secrets masked by the patterns shipped with onfinish."""
+    return default_patterns().redact(text)
+
+
+def redact_attributes(
+    attributes: Mapping[str, str], allow_list: frozenset[str], patterns: PatternSet | None = None
+) -> dict[str, str]:
+    """The attributes whose keys are allow-listed, their values redacted; every other key is dropped.
+
+    Dropping unknown keys is the default because a key nobody reviewed may carry anything, and a
+    pattern set only catches what it knows the shape of.
+    """
+    pattern_set = default_patterns() if patterns is None else patterns
+    return {key: pattern_set.redact(value) for key, value in attributes.items() if key in allow_list}
+
+
+def pseudonymise(user_id: str, key: bytes) -> str:
+    """A stable pseudonym for ``user_id``: HMAC-SHA256 under ``key``, hex, prefixed and truncated.
+
+    Keyed rather than a plain hash because user ids are guessable ("user-1234"): without the key a
+    pseudonym cannot be reversed by hashing candidates. The same key gives the same pseudonym, so
+    sessions and per-user aggregates still join; rotating the key unlinks everything before it.
+    """
+    if not key:
+        raise ValueError("the pseudonymisation key must not be empty")
+    digest = hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX_CHARS]

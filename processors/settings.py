@@ -1,0 +1,78 @@
+"""Configuration of the processors (ONFINISH_PROCESSOR_*), with an embedded default for each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from onfinish.processors.quality import QualityWeights
+
+# A published default for local runs, never a secret: production sets ONFINISH_PROCESSOR_PSEUDONYM_KEY.
+DEVELOPMENT_PSEUDONYM_KEY = "onfinish-local-development-key"
+
+
+class ProcessorSettings(BaseSettings):
+    """What the processors read, keep and emit."""
+
+    model_config = SettingsConfigDict(env_prefix="ONFINISH_PROCESSOR_", extra="ignore")
+
+    app_id: str = Field(
+        default="onfinish-processors", description="Faust app id: the consumer group of the workers."
+    )
+    web_port: int = Field(default=6066, description="Port of the worker's /health and /metrics.")
+    price_catalog: Path | None = Field(
+        default=None, description="Price catalog TOML; unset means the packaged one."
+    )
+    redaction_patterns: Path | None = Field(
+        default=None, description="Redaction patterns TOML; unset means the packaged ones."
+    )
+    alert_rules: Path | None = Field(
+        default=None, description="Alert rules TOML; unset means the packaged ones."
+    )
+    attribute_allow_list: list[str] = Field(
+        default=["app.version", "tenant_id", "fallback_from", "locale", "channel", "plan", "tier", "client"],
+        description="Attribute keys that pass the processors (values redacted); every other key is dropped.",
+    )
+    pseudonym_key: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_PSEUDONYM_KEY),
+        description="Key of the keyed hash that pseudonymises user_id; set your own in production.",
+    )
+    quality_regenerated_weight: float = Field(default=0.35, ge=0, description="Weight of 'not regenerated'.")
+    quality_edited_weight: float = Field(default=0.20, ge=0, description="Weight of 'not edited'.")
+    quality_latency_weight: float = Field(default=0.15, ge=0, description="Weight of the latency signal.")
+    quality_token_efficiency_weight: float = Field(
+        default=0.30, ge=0, description="Weight of token efficiency."
+    )
+    quality_rating_weight: float = Field(default=3.0, ge=0, description="Weight of an explicit rating.")
+    quality_latency_target_ms: float = Field(
+        default=2000.0, gt=0, description="Latency with no quality penalty."
+    )
+    quality_latency_limit_ms: float = Field(
+        default=20000.0, gt=0, description="Latency at which the signal is 0."
+    )
+    allowed_lateness_s: float = Field(
+        default=120.0, ge=0, description="How late an event may arrive for its window."
+    )
+    session_gap_s: float = Field(default=1800.0, gt=0, description="Idle time that ends a session.")
+    snapshot_interval_s: float = Field(
+        default=5.0, gt=0, description="How often changed windows are emitted."
+    )
+    max_future_s: float = Field(
+        default=300.0, ge=0, description="Events finishing further ahead are refused."
+    )
+    max_past_s: float = Field(
+        default=7 * 86400.0, gt=0, description="Events finishing longer ago are refused."
+    )
+
+    def quality_weights(self) -> QualityWeights:
+        return QualityWeights(
+            regenerated=self.quality_regenerated_weight,
+            edited=self.quality_edited_weight,
+            latency=self.quality_latency_weight,
+            token_efficiency=self.quality_token_efficiency_weight,
+            rating=self.quality_rating_weight,
+            latency_target_ms=self.quality_latency_target_ms,
+            latency_limit_ms=self.quality_latency_limit_ms,
+        )

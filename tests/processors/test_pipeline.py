@@ -1,0 +1,175 @@
+"""The whole path over in-memory state: loadgen traffic in, exact aggregates out, even when
+records arrive twice or a worker crashes and replays its partition."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter, defaultdict
+from datetime import timedelta
+from typing import Any
+
+import fastavro
+
+from onfinish.processors.alerts import RuleBook
+from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
+from onfinish.processors.enrichment import Enricher
+from onfinish.processors.pipeline import Output, Pipeline
+from onfinish.processors.pricing import PriceCatalog
+from onfinish.processors.quality import QualityWeights
+from onfinish.processors.redaction import PatternSet
+from onfinish.producers.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
+from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, SESSION_SNAPSHOT, RecordType
+from onfinish.schemas.deadletter import DeadLetter
+from onfinish.schemas.models import Feedback, OnFinishEvent, Status, _Record
+
+SCHEMA_IDS = {ONFINISH_EVENT.full_name: 1, FEEDBACK.full_name: 2}
+WRITERS = {1: WriterSchema(ONFINISH_EVENT, ONFINISH_EVENT.parsed), 2: WriterSchema(FEEDBACK, FEEDBACK.parsed)}
+NOW = TRAFFIC_START + timedelta(hours=1)
+ENRICHER = Enricher(PriceCatalog.load(), QualityWeights(), PatternSet.load(), frozenset({"tenant_id"}), b"k")
+RULES = RuleBook.load()
+
+
+def _encode(record_type: RecordType, record: _Record) -> bytes:
+    return b"\x00\x00\x00\x00\x09" + record_type.encode(record_type.to_datum(record))
+
+
+def _pipeline(sessions: dict[str, Any] | None = None, windows: dict[str, Any] | None = None) -> Pipeline:
+    decoder = Decoder(WRITERS.get, bounds=TimeBounds(max_past=timedelta(days=2)), clock=lambda: NOW)
+    return Pipeline(
+        decoder,
+        ENRICHER,
+        RULES,
+        _encode,
+        {} if sessions is None else sessions,
+        {} if windows is None else windows,
+        allowed_lateness=timedelta(minutes=2),
+        clock=lambda: NOW,
+    )
+
+
+def _raw(seed: int, count: int, **profile: Any) -> tuple[list[tuple[bytes, bytes]], list[Any]]:
+    items = list(TrafficGenerator(TrafficProfile(**profile), seed=seed).items(count))
+    raw = []
+    for item in items:
+        if isinstance(item, Malformed):
+            raw.append((item.key, item.value))
+        else:
+            record_type = ONFINISH_EVENT if isinstance(item, OnFinishEvent) else FEEDBACK
+            value = b"\x00" + SCHEMA_IDS[record_type.full_name].to_bytes(4, "big")
+            raw.append((item.key.encode(), value + record_type.encode(record_type.to_datum(item))))
+    return raw, items
+
+
+def _run(pipeline: Pipeline, raw: list[tuple[bytes, bytes]], offsets: range | None = None) -> list[Output]:
+    outputs: list[Output] = []
+    for offset in offsets if offsets is not None else range(len(raw)):
+        key, value = raw[offset]
+        outputs += pipeline.process(key, value, "onfinish.raw", 0, offset)
+    return outputs + pipeline.dirty_snapshots()
+
+
+def _decode(output: Output) -> dict[str, Any]:
+    assert output.record_type is not None and output.value is not None
+    body = io.BytesIO(output.value[5:])
+    datum = fastavro.schemaless_reader(body, output.record_type.parsed, output.record_type.parsed)
+    assert isinstance(datum, dict)
+    return datum
+
+
+def _window_totals(outputs: list[Output]) -> dict[tuple[Any, ...], tuple[int, int, int]]:
+    """Latest snapshot per window id, then summed per minute and model: what ClickHouse will show."""
+    latest: dict[str, dict[str, Any]] = {}
+    for output in outputs:
+        if output.record_type is not None and output.record_type.model.__name__ == "WindowSnapshot":
+            snapshot = _decode(output)
+            if (
+                snapshot["window_id"] not in latest
+                or snapshot["version"] >= latest[snapshot["window_id"]]["version"]
+            ):
+                latest[snapshot["window_id"]] = snapshot
+    totals: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for snapshot in latest.values():
+        row = totals[(snapshot["window_start"], snapshot["model_id"])]
+        row[0] += snapshot["events"]
+        row[1] += snapshot["errors"]
+        row[2] += snapshot["prompt_tokens"]
+    return {k: tuple(v) for k, v in totals.items()}  # type: ignore[misc]
+
+
+def _expected_totals(items: list[Any]) -> dict[tuple[Any, ...], tuple[int, int, int]]:
+    totals: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for item in items:
+        if isinstance(item, OnFinishEvent):
+            minute = item.finished_at.replace(second=0, microsecond=0)
+            row = totals[(minute, item.model_id)]
+            row[0] += 1
+            row[1] += item.status is not Status.success
+            row[2] += item.prompt_tokens
+    return {k: tuple(v) for k, v in totals.items()}  # type: ignore[misc]
+
+
+def test_traffic_in_exact_aggregates_and_dead_letters_out():
+    raw, items = _raw(21, 3000, malformed_share=0.02)
+    pipeline = _pipeline()
+    outputs = _run(pipeline, raw)
+    enriched = [o for o in outputs if o.record_type is ENRICHED_EVENT]
+    assert len(enriched) == sum(isinstance(i, OnFinishEvent) for i in items)
+    assert _window_totals(outputs) == _expected_totals(items)
+    letters = [DeadLetter.from_headers(o.key, o.value, o.headers) for o in outputs if o.record_type is None]
+    assert len(letters) == sum(isinstance(i, Malformed) for i in items) > 0
+    assert Counter(letter.reason.value for letter in letters) == Counter(pipeline.counts.dead_lettered)
+    assert all(letter.source_topic == "onfinish.raw" and letter.value for letter in letters)
+    assert pipeline.counts.feedback == sum(isinstance(i, Feedback) for i in items)
+
+
+def test_every_record_delivered_twice_changes_no_aggregate():
+    raw, items = _raw(22, 1500, malformed_share=0)
+    doubled = [record for record in raw for _ in range(2)]  # each event again at the next offset
+    pipeline = _pipeline()
+    outputs = _run(pipeline, doubled)
+    assert pipeline.counts.duplicates == sum(isinstance(i, OnFinishEvent) for i in items)
+    assert _window_totals(outputs) == _expected_totals(items)
+    sessions = {}
+    for output in outputs:
+        if output.record_type is SESSION_SNAPSHOT:
+            snapshot = _decode(output)
+            sessions[snapshot["session_id"]] = snapshot
+    assert sum(s["turns"] for s in sessions.values()) == sum(isinstance(i, OnFinishEvent) for i in items)
+
+
+def test_a_crash_and_replay_of_the_partition_counts_nothing_twice():
+    raw, items = _raw(23, 2000, malformed_share=0)
+    sessions: dict[str, Any] = {}
+    windows: dict[str, Any] = {}
+    first = _pipeline(sessions, windows)
+    outputs = _run(first, raw, range(0, 1300))
+    # The state a new worker restores from the changelog, and the offset its group committed.
+    restored = _pipeline(dict(sessions), dict(windows))
+    outputs += _run(restored, raw, range(900, len(raw)))
+    assert restored.counts.replayed > 0
+    assert _window_totals(outputs) == _expected_totals(items)
+
+
+def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replayed():
+    raw, items = _raw(24, 900, malformed_share=0, feedback_share=0)
+    # Spread the events over 15 minutes so that windows close while the worker runs.
+    spread = []
+    for index, item in enumerate(items):
+        finished = TRAFFIC_START + timedelta(seconds=index)
+        item = item.model_copy(
+            update={"finished_at": finished, "started_at": finished - timedelta(milliseconds=item.latency_ms)}
+        )
+        items[index] = item
+        spread.append(
+            (
+                raw[index][0],
+                b"\x00" + (1).to_bytes(4, "big") + ONFINISH_EVENT.encode(ONFINISH_EVENT.to_datum(item)),
+            )
+        )
+    sessions: dict[str, Any] = {}
+    windows: dict[str, Any] = {}
+    first = _pipeline(sessions, windows)
+    outputs = _run(first, spread, range(0, 600))
+    restored = _pipeline(dict(sessions), dict(windows))
+    outputs += _run(restored, spread, range(100, len(spread)))  # replays windows first closed long ago
+    assert _window_totals(outputs) == _expected_totals(items)
