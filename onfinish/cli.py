@@ -251,6 +251,48 @@ def schema_check(
 
 
 @app.command()
+def process(
+    workers: Annotated[int, typer.Option(help="Worker processes to run in one consumer group.", min=1)] = 1,
+) -> None:
+    """Run processor workers: validate, deduplicate, enrich, redact, window and sessionise onfinish.raw.
+
+    Workers share the consumer group ONFINISH_PROCESSOR_APP_ID, so the partitions of onfinish.raw
+    (ONFINISH_KAFKA_PARTITIONS) are spread over them; more workers than partitions sit idle. Each
+    worker serves /health and /metrics on ONFINISH_PROCESSOR_WEB_PORT (+1 for each further worker).
+    SIGTERM or Ctrl-C stops them gracefully: finish the batch, flush, commit, leave the group.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from onfinish.processors.settings import ProcessorSettings
+
+    base_port = ProcessorSettings().web_port
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "onfinish.processors.worker", "worker"],
+            env={**os.environ, "ONFINISH_PROCESSOR_WEB_PORT": str(base_port + index)},
+        )
+        for index in range(workers)
+    ]
+    console.print(
+        f"{workers} processor worker(s) started: pids {', '.join(str(c.pid) for c in children)}; "
+        f"/health on ports {base_port}..{base_port + workers - 1}"
+    )
+
+    def stop(signum: int, _: object) -> None:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [child.wait() for child in children]
+    if any(code not in (0, -signal.SIGTERM) for code in codes):
+        raise typer.Exit(1)
+
+
+@app.command()
 def loadgen(
     rate: Annotated[
         float, typer.Option(help="Items per second (events, feedback and malformed records).", min=1)
