@@ -1,0 +1,150 @@
+"""A real processor worker between loadgen and the output topics: nothing lost, no PII out."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+
+from onfinish.producers.loadgen import LoadPlan, run_load
+from onfinish.producers.settings import ProducerSettings
+from onfinish.producers.traffic import TrafficProfile
+from onfinish.schemas.contract import ENRICHED_EVENT, WINDOW_SNAPSHOT
+from onfinish.schemas.deadletter import DeadLetter
+from onfinish.settings import KafkaSettings, RegistrySettings
+from onfinish.stack.topics import provision_topics
+from tests.conftest import REPO
+from tests.integration.records import consume
+
+WEB_PORT = 16166
+
+
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+@pytest.fixture
+def pipeline_env(
+    kafka_settings: KafkaSettings, registry_settings: RegistrySettings, unique: str
+) -> dict[str, str]:
+    provision_topics(kafka_settings.model_copy(update={"topic_prefix": unique}))
+    return {
+        **os.environ,
+        "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "ONFINISH_KAFKA_PARTITIONS": str(kafka_settings.partitions),
+        "ONFINISH_KAFKA_TOPIC_PREFIX": unique,
+        "ONFINISH_REGISTRY_URL": registry_settings.url,
+        "ONFINISH_PROCESSOR_APP_ID": f"{unique}-processors",
+        "ONFINISH_PROCESSOR_WEB_PORT": str(WEB_PORT),
+        "ONFINISH_PROCESSOR_SNAPSHOT_INTERVAL_S": "1",
+    }
+
+
+@pytest.fixture
+def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (tmp_path / "worker.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onfinish.processors.worker", "worker"],
+        env=pipeline_env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            _metrics(WEB_PORT)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    log.close()
+
+
+def _decode(record_type: Any, value: bytes) -> dict[str, Any]:
+    datum = fastavro.schemaless_reader(io.BytesIO(value[5:]), record_type.parsed, record_type.parsed)
+    assert isinstance(datum, dict)
+    return datum
+
+
+def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lettered(
+    worker: subprocess.Popen[bytes],
+    pipeline_env: dict[str, str],
+    kafka_settings: KafkaSettings,
+    registry_settings: RegistrySettings,
+    unique: str,
+    tmp_path: Path,
+):
+    plan = LoadPlan(
+        rate=1500, duration_s=2, seed=31, profile=TrafficProfile(pii_share=0.2, malformed_share=0.02)
+    )
+    report = run_load(
+        plan,
+        ProducerSettings(topic=f"{unique}.raw", spool_dir=tmp_path / "spool"),
+        kafka_settings,
+        registry_settings,
+        manifest=tmp_path / "manifest.json",
+    )
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        metrics = _metrics(WEB_PORT)
+        if metrics.get("onfinish_processor_processed_total", 0) >= report.events:
+            break
+        time.sleep(1)
+    time.sleep(3)  # a snapshot interval or two
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, "graceful shutdown"
+
+    enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check")
+    records = [_decode(ENRICHED_EVENT, m.value()) for m in enriched]
+    assert sorted(str(r["event_id"]) for r in records) == sorted(manifest["event_ids"]), "each event once"
+    raw_bytes = b"\n".join(m.value() for m in enriched)
+    assert not [pii for pii in manifest["planted_pii"] if pii.encode() in raw_bytes], (
+        "PII left the processors"
+    )
+
+    letters = [
+        DeadLetter.from_headers(m.key(), m.value(), m.headers() or [])
+        for m in consume(kafka_settings, f"{unique}.dlq", sum(report.malformed.values()), f"{unique}-dlq")
+    ]
+    assert len(letters) == sum(report.malformed.values())
+    assert all(letter.source_topic == f"{unique}.raw" and letter.reason for letter in letters)
+
+    latest: dict[str, dict[str, Any]] = {}
+    for message in consume(kafka_settings, f"{unique}.windows", 1, f"{unique}-windows", timeout_s=20):
+        snapshot = _decode(WINDOW_SNAPSHOT, message.value())
+        if (
+            snapshot["window_id"] not in latest
+            or snapshot["version"] >= latest[snapshot["window_id"]]["version"]
+        ):
+            latest[snapshot["window_id"]] = snapshot
+    by_window: dict[tuple[Any, str], int] = defaultdict(int)
+    for snapshot in latest.values():
+        by_window[(snapshot["window_start"], snapshot["model_id"])] += snapshot["events"]
+    expected: dict[tuple[Any, str], int] = defaultdict(int)
+    for record in records:
+        expected[(record["finished_at"].replace(second=0, microsecond=0), record["model_id"])] += 1
+    assert dict(by_window) == dict(expected)
