@@ -107,6 +107,8 @@ def build_app(
         producer_linger_ms=20,
         stream_buffer_maxsize=8192,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
     prefix = kafka.topic_prefix
     raw = _raw_topic(app, f"{prefix}.raw")

@@ -82,6 +82,8 @@ class Pipeline:
         self.clock = clock
         self.watermarks: dict[int, Watermark] = {}
         self.dirty_windows: set[str] = set()
+        self.closed_windows: set[str] = set()  # final snapshot sent, state kept a while longer
+        self.retention = max(allowed_lateness, timedelta(minutes=1))
         self.counts = Counts()
 
     # --- the path of one record ----------------------------------------------------------------
@@ -204,41 +206,55 @@ class Pipeline:
         watermark = self.watermarks.get(partition)
         if watermark is None:
             # A worker that took over the partition resumes from the watermark its predecessor
-            # persisted, so windows it closed stay closed when their events are replayed.
+            # persisted, so windows it closed stay closed when their events are replayed...
             stored = self.windows.get(_watermark_key(partition))
             watermark = Watermark(self.allowed_lateness, datetime.fromisoformat(stored) if stored else None)
             self.watermarks[partition] = watermark
+            # ...and it sends the snapshots of every window it restored once more: the predecessor
+            # may have died before its last snapshots left its producer.
+            self.dirty_windows |= self._partition_windows(partition)
         return watermark
 
-    def _close_windows(self, partition: int, now: datetime) -> list[Output]:
-        """Emit and drop this partition's windows that the watermark has closed."""
-        watermark = self.watermarks[partition]
+    def _partition_windows(self, partition: int) -> set[str]:
         prefix = f"{partition}|"
-        closed = [
-            k
-            for k in list(self.dirty_windows | self._window_keys(prefix))
-            if k.startswith(prefix)
-            and k != _watermark_key(partition)
-            and watermark.is_closed(WindowKey.from_text(k.split("|", 1)[1]).window_start)
-        ]
-        if not closed:
-            return []
-        # The watermark reaches the changelog before the windows leave it (a partition keeps order).
-        assert watermark.max_event_time is not None
-        self.windows[_watermark_key(partition)] = watermark.max_event_time.isoformat()
-        outputs = [self._window_snapshot(k, now) for k in closed if k in self.windows]
-        for table_key in closed:
-            self.dirty_windows.discard(table_key)
-            if table_key in self.windows:
-                del self.windows[table_key]
+        return {k for k in self.windows if k.startswith(prefix) and k != _watermark_key(partition)}
+
+    def _close_windows(self, partition: int, now: datetime) -> list[Output]:
+        """Send the final snapshot of windows the watermark closed; drop them from state later.
+
+        A closed window stays in the table for as long again as the allowed lateness (at least a
+        minute): by the time its tombstone is written, its final snapshot has long been flushed by a
+        commit, so a worker killed in between never leaves a window deleted but unreported.
+        """
+        watermark = self.watermarks[partition]
+        candidates = self.dirty_windows | self._window_keys(partition)
+        outputs: list[Output | None] = []
+        expired = []
+        for table_key in candidates:
+            if not table_key.startswith(f"{partition}|") or table_key == _watermark_key(partition):
+                continue
+            start = WindowKey.from_text(table_key.split("|", 1)[1]).window_start
+            if watermark.is_closed(start) and table_key not in self.closed_windows:
+                outputs.append(self._window_snapshot(table_key, now))
+                self.closed_windows.add(table_key)
+                self.dirty_windows.discard(table_key)
+            if watermark.is_closed(start + self.retention):
+                expired.append(table_key)
+        if expired:
+            # The watermark reaches the changelog before the windows leave it (a partition keeps order).
+            assert watermark.max_event_time is not None
+            self.windows[_watermark_key(partition)] = watermark.max_event_time.isoformat()
+            for table_key in expired:
+                self.dirty_windows.discard(table_key)
+                self.closed_windows.discard(table_key)
+                if table_key in self.windows:
+                    del self.windows[table_key]
         return [o for o in outputs if o is not None]
 
-    def _window_keys(self, prefix: str) -> set[str]:
-        # Scanning the table is only needed for windows restored from a changelog; it is cheap
-        # because a partition holds only the windows of the last few minutes.
-        return (
-            {k for k in self.windows if k.startswith(prefix)} if self.counts.processed % 1000 == 0 else set()
-        )
+    def _window_keys(self, partition: int) -> set[str]:
+        # Closed windows are no longer dirty: a scan now and then finds them for expiry. It is cheap,
+        # since a partition holds only the windows of the last few minutes.
+        return self._partition_windows(partition) if self.counts.processed % 500 == 0 else set()
 
     def dirty_snapshots(self) -> list[Output]:
         """Snapshots of the windows that changed since the last call (sent every few seconds)."""

@@ -22,6 +22,14 @@ class ProcessorSettings(BaseSettings):
         default="onfinish-processors", description="Faust app id: the consumer group of the workers."
     )
     web_port: int = Field(default=6066, description="Port of the worker's /health and /metrics.")
+    session_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="How long the group waits for a silent worker before giving its partitions away.",
+    )
+    heartbeat_interval_s: float = Field(
+        default=3.0, gt=0, description="How often a worker tells the group it lives."
+    )
     price_catalog: Path | None = Field(
         default=None, description="Price catalog TOML; unset means the packaged one."
     )

@@ -78,3 +78,28 @@ def sample_event(i: int) -> OnFinishEvent:
         attributes={"i": str(i)},
         prompt_text="secret prompt",
     )
+
+
+def consume_all(
+    kafka: KafkaSettings, topic: str, group: str, idle_s: float = 3, timeout_s: float = 60
+) -> list[Any]:
+    """Every message of `topic` from the start, until none has come for `idle_s`."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+        message = consumer.poll(0.2)
+        if message is not None and message.error() is None:
+            messages.append(message)
+            last = time.monotonic()
+    consumer.close()
+    return messages
