@@ -25,7 +25,7 @@ from onfinish.processors.decoding import Decoder, Refused
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
 from onfinish.processors.sessions import SessionState
-from onfinish.processors.windows import Watermark, WindowKey, WindowState
+from onfinish.processors.windows import Watermark, WindowKey, WindowState, window_start
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT, RecordType
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
@@ -83,6 +83,7 @@ class Pipeline:
         self.watermarks: dict[int, Watermark] = {}
         self.dirty_windows: set[str] = set()
         self.closed_windows: set[str] = set()  # final snapshot sent, state kept a while longer
+        self.close_checked: dict[int, datetime] = {}  # partition -> minute up to which closing was checked
         self.retention = max(allowed_lateness, timedelta(minutes=1))
         self.counts = Counts()
 
@@ -227,7 +228,13 @@ class Pipeline:
         commit, so a worker killed in between never leaves a window deleted but unreported.
         """
         watermark = self.watermarks[partition]
-        candidates = self.dirty_windows | self._window_keys(partition)
+        # Windows only close when the watermark enters a new minute: most events need no check.
+        assert watermark.max_event_time is not None
+        boundary = window_start(watermark.max_event_time - self.allowed_lateness)
+        if self.close_checked.get(partition) == boundary:
+            return []
+        self.close_checked[partition] = boundary
+        candidates = self.dirty_windows | self._partition_windows(partition)
         outputs: list[Output | None] = []
         expired = []
         for table_key in candidates:
@@ -250,11 +257,6 @@ class Pipeline:
                 if table_key in self.windows:
                     del self.windows[table_key]
         return [o for o in outputs if o is not None]
-
-    def _window_keys(self, partition: int) -> set[str]:
-        # Closed windows are no longer dirty: a scan now and then finds them for expiry. It is cheap,
-        # since a partition holds only the windows of the last few minutes.
-        return self._partition_windows(partition) if self.counts.processed % 500 == 0 else set()
 
     def dirty_snapshots(self) -> list[Output]:
         """Snapshots of the windows that changed since the last call (sent every few seconds)."""
