@@ -1,12 +1,11 @@
 """The Faust application: wires processors/pipeline.py to topics and tables, and nothing more.
 
-One agent reads `onfinish.raw` in batches and hands each record to the pipeline, with the record
-set as Faust's current event so that table writes land in the changelog partition of the record's
-own partition (a worker that takes the partition over restores exactly that state). Outputs are
-sent with Faust's producer, which Faust flushes before it commits the source offsets: every output
-of a committed record has been written (at least once; downstream identities make it once in
-effect). A timer sends the snapshots of windows that changed. /health and /metrics are pages of
-Faust's web server.
+One agent reads `onfinish.raw` in batches and hands each record to the pipeline. State goes to
+the tables' changelogs in the partition of the raw record it belongs to (a worker that takes the
+partition over restores exactly that state), and a batch is acked only once every changelog write
+and output of it is delivered: every output of a committed record is in Kafka (at least once;
+downstream identities make it once in effect). A timer sends the snapshots of windows that
+changed. /health and /metrics are pages of Faust's web server.
 
 Run it with `onfinish process` (which starts `--workers N` of these), or `faust -A
 onfinish.processors.app worker`.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +22,6 @@ from typing import Any
 import faust
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from faust.streams import _current_event
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -47,6 +44,35 @@ BATCH = 1000
 def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
     """A topic of bytes: the pipeline encodes and decodes itself (Confluent-framed Avro)."""
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+class ChangelogStore:
+    """A StateStore over a Faust table: the table's data, written to its changelog explicitly.
+
+    The pipeline names the raw partition of each write, which is the changelog partition a
+    successor restores for that raw partition. Every changelog write's future is kept so that the
+    worker can wait for the batch's state and outputs to be delivered before the batch is acked:
+    Faust's own flush before a commit can miss the message its producer buffer is sending at that
+    moment, and a worker killed right after such a commit would lose that state update.
+    """
+
+    def __init__(self, table: Any, pending: list[Any]) -> None:
+        self.table = table
+        self.pending = pending
+
+    def get(self, key: str) -> Any:
+        return self.table.data.get(key)
+
+    def put(self, key: str, value: Any, partition: int) -> None:
+        self.table.data[key] = value
+        self.pending.append(self.table.send_changelog(partition, key, value))
+
+    def delete(self, key: str, partition: int) -> None:
+        self.table.data.pop(key, None)
+        self.pending.append(self.table.send_changelog(partition, key, None, value_serializer="raw"))
+
+    def keys(self) -> list[str]:
+        return list(self.table.data.keys())
 
 
 class OutputSchemas:
@@ -133,48 +159,51 @@ def build_app(
         frozenset(settings.attribute_allow_list),
         settings.pseudonym_key.get_secret_value().encode(),
     )
+    pending: list[Any] = []  # futures of this batch's changelog writes and outputs
     pipeline = Pipeline(
         decoder,
         enricher,
         RuleBook.load(settings.alert_rules),
         schemas.encode,
-        sessions,
-        windows,
+        ChangelogStore(sessions, pending),
+        ChangelogStore(windows, pending),
         allowed_lateness=timedelta(seconds=settings.allowed_lateness_s),
         clock=lambda: datetime.now(UTC),
     )
     app.onfinish_pipeline = pipeline  # type: ignore[attr-defined]
 
-    def send(batch: Iterable[Output]) -> None:
+    def send(batch: Iterable[Output], into: list[Any]) -> None:
         for output in batch:
             topic = dlq if output.record_type is None else outputs[output.record_type.full_name]
-            topic.send_soon(key=output.key, value=output.value, headers=output.headers or None)
+            into.append(topic.send_soon(key=output.key, value=output.value, headers=output.headers or None))
 
     @app.agent(raw)
     async def process(stream: Any) -> None:  # faust's stub of Stream lacks take_events
         async for events in stream.take_events(BATCH, within=0.2):
             for event in events:
-                # Table writes go to the changelog partition of the current event: this record's.
-                _current_event.set(weakref.ref(event))
                 message = event.message
                 while True:
                     try:
-                        send(
-                            pipeline.process(
-                                message.key, message.value, message.topic, message.partition, message.offset
-                            )
+                        outputs = pipeline.process(
+                            message.key, message.value, message.topic, message.partition, message.offset
                         )
+                        send(outputs, pending)
                         break
                     except RegistryUnavailable as exc:
                         # Not the record's fault: it waits (and its partition with it) until the
                         # registry answers again.
                         log.warning("schema registry unavailable; retrying", extra={"error": str(exc)[:200]})
                         await asyncio.sleep(1.0)
+            # The batch is acked (and later committed) only once its state and outputs are in Kafka.
+            batch, pending[:] = list(pending), []
+            await asyncio.gather(*batch)
 
     @app.timer(interval=settings.snapshot_interval_s)
     async def emit_window_snapshots() -> None:
         try:
-            send(pipeline.dirty_snapshots())
+            sent: list[Any] = []
+            send(pipeline.dirty_snapshots(), sent)
+            await asyncio.gather(*sent)
         except RegistryUnavailable:
             log.warning("schema registry unavailable; window snapshots wait")
 

@@ -15,10 +15,10 @@ Exactly-once in effect, without Kafka transactions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from onfinish.processors.alerts import RuleBook, event_alerts, session_alerts, window_alerts
 from onfinish.processors.decoding import Decoder, Refused
@@ -31,6 +31,41 @@ from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
 
 Encode = Callable[[RecordType, _Record], bytes]
+
+
+class StateStore(Protocol):
+    """Keyed state that survives the worker: a Faust table's changelog in the worker, a dict in tests.
+
+    Writes name the raw partition the state belongs to: its changelog partition, which the worker
+    that takes that raw partition over restores.
+    """
+
+    def get(self, key: str) -> Any: ...
+
+    def put(self, key: str, value: Any, partition: int) -> None: ...
+
+    def delete(self, key: str, partition: int) -> None: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
+class DictStore:
+    """A StateStore over a plain dict (tests, benchmarks)."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data: dict[str, Any] = {} if data is None else data
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: str, value: Any, partition: int) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str, partition: int) -> None:
+        self.data.pop(key, None)
+
+    def keys(self) -> Iterable[str]:
+        return list(self.data)
 
 
 @dataclass(frozen=True)
@@ -66,8 +101,8 @@ class Pipeline:
         enricher: Enricher,
         rules: RuleBook,
         encode: Encode,
-        sessions: MutableMapping[str, Any],
-        windows: MutableMapping[str, Any],
+        sessions: StateStore,
+        windows: StateStore,
         *,
         allowed_lateness: timedelta,
         clock: Callable[[], datetime],
@@ -147,7 +182,7 @@ class Pipeline:
                 Output(SESSION_SNAPSHOT, session_key.encode(), self.encode(SESSION_SNAPSHOT, after))
             )
             outputs += [self._alert(alert) for alert in session_alerts(self.rules, before, after)]
-            self.sessions[session_key] = session.to_state()
+            self.sessions.put(session_key, session.to_state(), partition)
         else:
             self.counts.replayed += 1
 
@@ -171,7 +206,7 @@ class Pipeline:
         before = state.snapshot(key, partition, now) if state.events else None
         if not state.apply(enriched, offset):
             return []
-        self.windows[table_key] = state.to_state()
+        self.windows.put(table_key, state.to_state(), partition)
         self.dirty_windows.add(table_key)
         after = state.snapshot(key, partition, now)
         return [self._alert(alert) for alert in window_alerts(self.rules, before, after)]
@@ -195,7 +230,7 @@ class Pipeline:
         ):
             self.counts.replayed += 1
             return []
-        self.sessions[session_key] = session.to_state()
+        self.sessions.put(session_key, session.to_state(), partition)
         if session.state.turns == 0:
             return []  # feedback about a call this worker has not seen (yet): nothing to show
         snapshot = session.state.snapshot(session_key, partition, self.clock())
@@ -218,7 +253,8 @@ class Pipeline:
 
     def _partition_windows(self, partition: int) -> set[str]:
         prefix = f"{partition}|"
-        return {k for k in self.windows if k.startswith(prefix) and k != _watermark_key(partition)}
+        keys = self.windows.keys()  # a StateStore, not a dict
+        return {k for k in keys if k.startswith(prefix) and k != _watermark_key(partition)}
 
     def _close_windows(self, partition: int, now: datetime) -> list[Output]:
         """Send the final snapshot of windows the watermark closed; drop them from state later.
@@ -250,12 +286,11 @@ class Pipeline:
         if expired:
             # The watermark reaches the changelog before the windows leave it (a partition keeps order).
             assert watermark.max_event_time is not None
-            self.windows[_watermark_key(partition)] = watermark.max_event_time.isoformat()
+            self.windows.put(_watermark_key(partition), watermark.max_event_time.isoformat(), partition)
             for table_key in expired:
                 self.dirty_windows.discard(table_key)
                 self.closed_windows.discard(table_key)
-                if table_key in self.windows:
-                    del self.windows[table_key]
+                self.windows.delete(table_key, partition)
         return [o for o in outputs if o is not None]
 
     def dirty_snapshots(self) -> list[Output]:

@@ -13,7 +13,7 @@ import fastavro
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.pipeline import Output, Pipeline
+from onfinish.processors.pipeline import DictStore, Output, Pipeline
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
@@ -40,8 +40,8 @@ def _pipeline(sessions: dict[str, Any] | None = None, windows: dict[str, Any] | 
         ENRICHER,
         RULES,
         _encode,
-        {} if sessions is None else sessions,
-        {} if windows is None else windows,
+        DictStore(sessions),
+        DictStore(windows),
         allowed_lateness=timedelta(minutes=2),
         clock=lambda: NOW,
     )
