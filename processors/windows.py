@@ -56,17 +56,7 @@ class WindowKey:
 
     def window_id(self, partition: int) -> str:
         """Deterministic identity of this window's snapshot from one raw partition."""
-        parts = (
-            str(partition),
-            self.window_start.isoformat(),
-            self.provider,
-            self.model_id,
-            self.feature_id,
-            self.variant_id,
-            self.environment,
-            self.status,
-        )
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{partition}\x1f{self.as_text()}".encode()).hexdigest()[:32]
 
     def as_text(self) -> str:
         """A stable text form, for table keys."""

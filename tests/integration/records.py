@@ -18,6 +18,19 @@ from onfinish.stack.topics import TopicSpec, provision_topics
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
+def _from_the_start(kafka: KafkaSettings, topic: str, group: str) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    return consumer
+
+
 def make_topic(kafka: KafkaSettings, name: str, partitions: int = 3) -> str:
     """A topic of the test's own, `test.<name>`."""
     provision_topics(
@@ -31,15 +44,7 @@ def consume(
     kafka: KafkaSettings, topic: str, count: int, group: str, timeout_s: float = 60, settle_s: float = 2
 ) -> list[Any]:
     """Every message of `topic` from the start: `count` of them, then `settle_s` more to catch duplicates."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
+    consumer = _from_the_start(kafka, topic, group)
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(messages) < count and time.monotonic() < deadline:
@@ -84,15 +89,7 @@ def consume_all(
     kafka: KafkaSettings, topic: str, group: str, idle_s: float = 3, timeout_s: float = 60
 ) -> list[Any]:
     """Every message of `topic` from the start, until none has come for `idle_s`."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
+    consumer = _from_the_start(kafka, topic, group)
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     last = time.monotonic()

@@ -83,6 +83,19 @@ def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.
     log.close()
 
 
+def _latest_windows(kafka: KafkaSettings, prefix: str) -> dict[str, dict[str, Any]]:
+    """The latest snapshot of every window id: what ClickHouse will keep."""
+    latest: dict[str, dict[str, Any]] = {}
+    for message in consume_all(kafka, f"{prefix}.windows", f"{prefix}-windows"):
+        snapshot = _decode(WINDOW_SNAPSHOT, message.value())
+        if (
+            snapshot["window_id"] not in latest
+            or snapshot["version"] >= latest[snapshot["window_id"]]["version"]
+        ):
+            latest[snapshot["window_id"]] = snapshot
+    return latest
+
+
 def _decode(record_type: Any, value: bytes) -> dict[str, Any]:
     datum = fastavro.schemaless_reader(io.BytesIO(value[5:]), record_type.parsed, record_type.parsed)
     assert isinstance(datum, dict)
@@ -133,14 +146,7 @@ def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lette
     assert len(letters) == sum(report.malformed.values())
     assert all(letter.source_topic == f"{unique}.raw" and letter.reason for letter in letters)
 
-    latest: dict[str, dict[str, Any]] = {}
-    for message in consume_all(kafka_settings, f"{unique}.windows", f"{unique}-windows"):
-        snapshot = _decode(WINDOW_SNAPSHOT, message.value())
-        if (
-            snapshot["window_id"] not in latest
-            or snapshot["version"] >= latest[snapshot["window_id"]]["version"]
-        ):
-            latest[snapshot["window_id"]] = snapshot
+    latest = _latest_windows(kafka_settings, unique)
     by_window: dict[tuple[Any, str], int] = defaultdict(int)
     for snapshot in latest.values():
         by_window[(snapshot["window_start"], snapshot["model_id"])] += snapshot["events"]
@@ -236,14 +242,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
                 process.kill()
                 process.wait(10)
 
-    latest: dict[str, dict[str, Any]] = {}
-    for message in consume_all(kafka_settings, f"{unique}.windows", f"{unique}-windows"):
-        snapshot = _decode(WINDOW_SNAPSHOT, message.value())
-        if (
-            snapshot["window_id"] not in latest
-            or snapshot["version"] >= latest[snapshot["window_id"]]["version"]
-        ):
-            latest[snapshot["window_id"]] = snapshot
+    latest = _latest_windows(kafka_settings, unique)
     assert sum(s["events"] for s in latest.values()) == report.events, (
         "each event counted once in the windows"
     )
