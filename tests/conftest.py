@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from hypothesis import settings
+
 from onfinish.settings import StackSettings
+
+# No per-example deadline (a loaded 2-core CI machine is not a slow implementation), and in CI the
+# same examples every run: a property test there either always passes or always fails.
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 REPO = Path(__file__).resolve().parents[1]
 
