@@ -128,7 +128,7 @@ def build_app(
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
         web_port=settings.web_port,
-        web_host="127.0.0.1",
+        web_host=settings.web_host,
         producer_acks=-1,
         producer_linger_ms=20,
         stream_buffer_maxsize=8192,

@@ -22,6 +22,9 @@ class ProcessorSettings(BaseSettings):
         default="onfinish-processors", description="Faust app id: the consumer group of the workers."
     )
     web_port: int = Field(default=6066, description="Port of the worker's /health and /metrics.")
+    web_host: str = Field(
+        default="127.0.0.1", description="Address /health and /metrics listen on (0.0.0.0 in a container)."
+    )
     session_timeout_s: float = Field(
         default=20.0,
         gt=0,
