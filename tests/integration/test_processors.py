@@ -42,6 +42,17 @@ def _metrics(port: int) -> dict[str, float]:
     return values
 
 
+def _wait_ready(port: int, timeout_s: float = 60) -> None:
+    """Until the worker answers on its web port (its start-up takes a few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            _metrics(port)
+            return
+        except OSError:
+            time.sleep(0.5)
+
+
 @pytest.fixture
 def pipeline_env(
     kafka_settings: KafkaSettings, registry_settings: RegistrySettings, unique: str
@@ -61,26 +72,12 @@ def pipeline_env(
 
 @pytest.fixture
 def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "onfinish.processors.worker", "worker"],
-        env=pipeline_env,
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            _metrics(WEB_PORT)
-            break
-        except OSError:
-            time.sleep(0.5)
+    process = _start_worker(pipeline_env, tmp_path / "worker.log")
+    _wait_ready(WEB_PORT)
     yield process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
-    log.close()
 
 
 def _latest_windows(kafka: KafkaSettings, prefix: str) -> dict[str, dict[str, Any]]:
@@ -184,13 +181,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     first = _start_worker(env, tmp_path / "first.log")
     second: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                _metrics(WEB_PORT)
-                break
-            except OSError:
-                time.sleep(0.5)
+        _wait_ready(WEB_PORT)
         plan = LoadPlan(
             rate=800, duration_s=6, seed=32, profile=TrafficProfile(malformed_share=0, feedback_share=0.05)
         )
