@@ -27,7 +27,7 @@ from bench.report import Figure
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, WriterSchema
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.pipeline import DictStore, Pipeline
+from onfinish.processors.pipeline import DictStore, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
@@ -177,8 +177,11 @@ def session_memory() -> Figure:
     values = [b"\x00\x00\x00\x00\x01" + ONFINISH_EVENT.encode(ONFINISH_EVENT.to_datum(e)) for e in events]
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    for offset, value in enumerate(values):
-        pipeline.process(None, value, "bench", 0, offset)
+    for start in range(0, len(values), 1000):  # the worker's batches
+        batch = pipeline.batch()
+        for offset in range(start, min(start + 1000, len(values))):
+            batch.add(RawRecord(None, values[offset], "bench", 0, offset))
+        batch.finish()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     sessions = len(list(pipeline.sessions.keys()))

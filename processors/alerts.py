@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Mapping
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -102,7 +103,7 @@ def _alert(
 
 
 def _value(record: object, metric: str) -> float | None:
-    value = getattr(record, metric, None)
+    value = record.get(metric) if isinstance(record, Mapping) else getattr(record, metric, None)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -128,8 +129,8 @@ def event_alerts(book: RuleBook, event: EnrichedEvent) -> list[Alert]:
     return alerts
 
 
-def session_alerts(book: RuleBook, before: SessionSnapshot | None, after: SessionSnapshot) -> list[Alert]:
-    """Session rules that the latest call made true (false before it)."""
+def session_alerts(book: RuleBook, before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Alert]:
+    """Session rules that the latest calls made true (false before them), over snapshot datums."""
     alerts = []
     for rule in book.of_kind("session"):
         now = _value(after, rule.metric)
@@ -140,25 +141,25 @@ def session_alerts(book: RuleBook, before: SessionSnapshot | None, after: Sessio
                     book,
                     rule,
                     "session",
-                    after.session_id,
+                    after["session_id"],
                     now,
-                    after.last_at,
-                    after.raw_partition,
+                    after["last_at"],
+                    after["raw_partition"],
                     None,
-                    after.models[-1] if after.models else None,
+                    after["models"][-1] if after["models"] else None,
                 )
             )
     return alerts
 
 
-def window_alerts(book: RuleBook, before: WindowSnapshot | None, after: WindowSnapshot) -> list[Alert]:
-    """Window rules that this window's latest update made true (false before it)."""
+def window_alerts(book: RuleBook, before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Alert]:
+    """Window rules that this window's latest updates made true (false before them), over snapshot datums."""
 
-    def measure(snapshot: WindowSnapshot | None, rule: Rule) -> float | None:
-        if snapshot is None or snapshot.events < rule.min_events:
+    def measure(snapshot: Mapping[str, Any] | None, rule: Rule) -> float | None:
+        if snapshot is None or snapshot["events"] < rule.min_events:
             return None
         if rule.metric == "error_rate":
-            return snapshot.errors / snapshot.events if snapshot.events else None
+            return snapshot["errors"] / snapshot["events"] if snapshot["events"] else None
         return _value(snapshot, rule.metric)
 
     alerts = []
@@ -170,13 +171,13 @@ def window_alerts(book: RuleBook, before: WindowSnapshot | None, after: WindowSn
                     book,
                     rule,
                     "window",
-                    after.window_id,
+                    after["window_id"],
                     now,
-                    after.window_start,
-                    after.raw_partition,
-                    after.provider,
-                    after.model_id,
-                    events=after.events,
+                    after["window_start"],
+                    after["raw_partition"],
+                    after["provider"],
+                    after["model_id"],
+                    events=after["events"],
                 )
             )
     return alerts

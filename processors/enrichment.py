@@ -46,8 +46,7 @@ class Enricher:
             fields["user_id"] = pseudonymise(event.user_id, self.pseudonym_key)
         # Every input was validated on the way in and every computed value is in range by
         # construction, so the record is built without a second validation pass.
-        return EnrichedEvent.model_construct(
-            **fields,
+        fields.update(
             cost_input_usd=float(cost.input_usd),
             cost_cached_input_usd=float(cost.cached_input_usd),
             cost_output_usd=float(cost.output_usd),
@@ -63,3 +62,4 @@ class Enricher:
             raw_partition=partition,
             raw_offset=offset,
         )
+        return EnrichedEvent.construct_complete(fields)

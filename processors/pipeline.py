@@ -1,48 +1,62 @@
-"""The processors' whole path for one raw record, over table-like state: what a worker does.
+"""The processors' whole path, over table-like state: what a worker does with a batch of records.
 
 decode and validate -> deduplicate -> enrich and redact -> session -> window -> alerts, with
 every output (enriched event, dead letter, snapshots, alerts) returned as `Output`s for the caller
-to send. State lives in two mappings the caller provides (Faust tables in the worker, dicts in
+to send. State lives in two stores the caller provides (Faust tables in the worker, dicts in
 tests): sessions keyed by the Kafka key, and windows keyed by raw partition and window key.
+
+A worker hands the pipeline its records a consumer batch at a time (`Pipeline.batch()`): each
+record changes live state objects in memory, and the batch's end writes every state it touched
+once, sends one snapshot per touched session and evaluates session and window rules once. The
+cost of state serialisation, snapshots and rules is therefore paid per touched key and batch, not
+per event; a batch of one record behaves exactly like the per-record path (`Pipeline.process`).
 
 Exactly-once in effect, without Kafka transactions:
 - a record is identified by its raw (partition, offset); session and window states ignore offsets
   they already applied, so replaying a partition after a crash changes nothing;
 - duplicates of an event (the same event_id at another offset, e.g. an SDK re-send) are found in
   the session state, which remembers the first offset of each event_id, and are dropped;
-- snapshots are full state with a deterministic identity, so re-emitting one replaces it.
+- snapshots are full state with a deterministic identity, so re-emitting one replaces it;
+- the worker acks a batch only once all its outputs and state writes are delivered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from onfinish.processors.alerts import RuleBook, event_alerts, session_alerts, window_alerts
-from onfinish.processors.decoding import Decoder, Refused
+from onfinish.processors.decoding import Decoder, Refused, RegistryUnavailable
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
 from onfinish.processors.sessions import SessionState
 from onfinish.processors.windows import Watermark, WindowKey, WindowState, window_start
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT, RecordType
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
-from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
+from onfinish.schemas.models import Alert, EnrichedEvent, Feedback, OnFinishEvent
 
-Encode = Callable[[RecordType, _Record], bytes]
+Datum = dict[str, Any]
+Encode = Callable[[RecordType, Datum], bytes]
 
 
 class StateStore(Protocol):
-    """Keyed state that survives the worker: a Faust table's changelog in the worker, a dict in tests.
+    """Keyed state that survives the worker: a Faust table and its changelog in the worker.
 
-    Writes name the raw partition the state belongs to: its changelog partition, which the worker
-    that takes that raw partition over restores.
+    A store holds each key's live value in memory, or the persisted form a restore brought back
+    (the pipeline turns that into a live value on first use and `remember`s it). Writes name the
+    raw partition the state belongs to: its changelog partition, which the worker that takes that
+    raw partition over restores.
     """
 
     def get(self, key: str) -> Any: ...
 
-    def put(self, key: str, value: Any, partition: int) -> None: ...
+    def put(self, key: str, value: Any, state: Any, partition: int) -> None:
+        """Keep `value` in memory and persist `state`, its JSON form."""
+
+    def remember(self, key: str, value: Any) -> None:
+        """Replace the in-memory value only (a restored state made live)."""
 
     def delete(self, key: str, partition: int) -> None: ...
 
@@ -50,22 +64,44 @@ class StateStore(Protocol):
 
 
 class DictStore:
-    """A StateStore over a plain dict (tests, benchmarks)."""
+    """A StateStore over dicts (tests, benchmarks): `data` as a table holds it, `changelog` as
+    Kafka would keep it (the persisted forms, what a restore starts from)."""
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, data: dict[str, Any] | None = None, *, changelog: dict[str, Any] | None = None
+    ) -> None:
         self.data: dict[str, Any] = {} if data is None else data
+        self.changelog = changelog
 
     def get(self, key: str) -> Any:
         return self.data.get(key)
 
-    def put(self, key: str, value: Any, partition: int) -> None:
+    def put(self, key: str, value: Any, state: Any, partition: int) -> None:
+        self.data[key] = value
+        if self.changelog is not None:
+            self.changelog[key] = state
+
+    def remember(self, key: str, value: Any) -> None:
         self.data[key] = value
 
     def delete(self, key: str, partition: int) -> None:
         self.data.pop(key, None)
+        if self.changelog is not None:
+            self.changelog.pop(key, None)
 
     def keys(self) -> Iterable[str]:
         return list(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record read from the raw topic."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -121,124 +157,35 @@ class Pipeline:
         self.close_checked: dict[int, datetime] = {}  # partition -> minute up to which closing was checked
         self.retention = max(allowed_lateness, timedelta(minutes=1))
         self.counts = Counts()
+        self._window_rules = bool(rules.of_kind("window"))
 
-    # --- the path of one record ----------------------------------------------------------------
+    def batch(self) -> Batch:
+        """Start a batch: `add` its records in offset order, then `finish` it."""
+        return Batch(self)
 
     def process(
         self, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int
     ) -> list[Output]:
-        try:
-            record = self.decoder.decode(value)
-        except Refused as refused:
-            return [
-                self._dead_letter(
-                    Stage.decode if refused.reason is not Reason.contract_violation else Stage.validate,
-                    refused.reason,
-                    refused.message,
-                    key,
-                    value,
-                    topic,
-                    partition,
-                    offset,
-                )
-            ]
-        try:
-            if isinstance(record, Feedback):
-                return self._feedback(record, partition, offset)
-            return self._event(record, partition, offset)
-        except Exception as exc:  # a bug must not stop the worker: the record goes to the DLQ
-            return [
-                self._dead_letter(
-                    Stage.enrich,
-                    Reason.processing_error,
-                    f"{type(exc).__name__}: {exc}",
-                    key,
-                    value,
-                    topic,
-                    partition,
-                    offset,
-                )
-            ]
+        """One record as a batch of its own."""
+        batch = self.batch()
+        batch.add(RawRecord(key, value, topic, partition, offset))
+        return batch.finish()
 
-    def _event(self, event: OnFinishEvent, partition: int, offset: int) -> list[Output]:
-        session_key = _session_key(event)
-        session = self._session(session_key)
-        event_id = str(event.event_id)
-        first_offset = session.event_offsets.get(event_id)
-        if first_offset is not None and first_offset != offset:
-            self.counts.duplicates += 1
-            return []
-        now = self.clock()
-        enriched = self.enricher.enrich(event, partition, offset, now)
-        outputs = [Output(ENRICHED_EVENT, event.key.encode(), self.encode(ENRICHED_EVENT, enriched))]
-        outputs += [self._alert(alert) for alert in event_alerts(self.rules, enriched)]
-
-        before = session.state.snapshot(session_key, partition, now) if session.state.turns else None
-        if session.state.apply_event(enriched, offset):
-            session.event_offsets[event_id] = offset
-            session.behaviours[event.request_id] = Behaviour.of(event)
-            after = session.state.snapshot(session_key, partition, now)
-            outputs.append(
-                Output(SESSION_SNAPSHOT, session_key.encode(), self.encode(SESSION_SNAPSHOT, after))
-            )
-            outputs += [self._alert(alert) for alert in session_alerts(self.rules, before, after)]
-            self.sessions.put(session_key, session.to_state(), partition)
-        else:
-            self.counts.replayed += 1
-
-        watermark = self._watermark(partition)
-        window_key = WindowKey.of(enriched)
-        if watermark.is_closed(window_key.window_start):
-            self.counts.late += 1  # still in the events table; its closed window is not reopened
-        else:
-            outputs += self._window(window_key, enriched, partition, offset, now)
-        watermark.observe(event.finished_at)
-        outputs += self._close_windows(partition, now)
-        self.counts.processed += 1
-        return outputs
-
-    def _window(
-        self, key: WindowKey, enriched: Any, partition: int, offset: int, now: datetime
-    ) -> list[Output]:
-        table_key = f"{partition}|{key.as_text()}"
-        stored = self.windows.get(table_key)
-        state = WindowState.from_state(stored) if stored is not None else WindowState()
-        before = state.snapshot(key, partition, now) if state.events else None
-        if not state.apply(enriched, offset):
-            return []
-        self.windows.put(table_key, state.to_state(), partition)
-        self.dirty_windows.add(table_key)
-        after = state.snapshot(key, partition, now)
-        return [self._alert(alert) for alert in window_alerts(self.rules, before, after)]
-
-    def _feedback(self, feedback: Feedback, partition: int, offset: int) -> list[Output]:
-        self.counts.feedback += 1
-        session_key = _session_key(feedback)
-        session = self._session(session_key)
-        behaviour = session.behaviours.get(feedback.request_id)
-        quality = None
-        if behaviour is not None:
-            behaviour = merge_feedback(behaviour, feedback)
-            session.behaviours[feedback.request_id] = behaviour
-            quality = score_behaviour(behaviour, self.enricher.weights)
-        if not session.state.apply_feedback(
-            feedback.request_id,
-            regenerated=feedback.regenerated,
-            edited=feedback.edited,
-            quality=quality,
-            offset=offset,
-        ):
-            self.counts.replayed += 1
-            return []
-        self.sessions.put(session_key, session.to_state(), partition)
-        if session.state.turns == 0:
-            return []  # feedback about a call this worker has not seen (yet): nothing to show
-        snapshot = session.state.snapshot(session_key, partition, self.clock())
-        return [Output(SESSION_SNAPSHOT, session_key.encode(), self.encode(SESSION_SNAPSHOT, snapshot))]
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the in-memory state of partitions this worker no longer owns (their state is in the
+        changelog, for the worker that took them)."""
+        prefixes = tuple(f"{p}|" for p in partitions)
+        if not prefixes:
+            return
+        for partition in partitions:
+            self.watermarks.pop(partition, None)
+            self.close_checked.pop(partition, None)
+        self.dirty_windows = {k for k in self.dirty_windows if not k.startswith(prefixes)}
+        self.closed_windows = {k for k in self.closed_windows if not k.startswith(prefixes)}
 
     # --- windows over time ---------------------------------------------------------------------
 
-    def _watermark(self, partition: int) -> Watermark:
+    def watermark(self, partition: int) -> Watermark:
         watermark = self.watermarks.get(partition)
         if watermark is None:
             # A worker that took over the partition resumes from the watermark its predecessor
@@ -253,45 +200,63 @@ class Pipeline:
 
     def _partition_windows(self, partition: int) -> set[str]:
         prefix = f"{partition}|"
+        watermark_key = _watermark_key(partition)
         keys = self.windows.keys()  # a StateStore, not a dict
-        return {k for k in keys if k.startswith(prefix) and k != _watermark_key(partition)}
+        return {k for k in keys if k.startswith(prefix) and k != watermark_key}
 
-    def _close_windows(self, partition: int, now: datetime) -> list[Output]:
-        """Send the final snapshot of windows the watermark closed; drop them from state later.
+    def _closing(self, partition: int, now: datetime) -> tuple[list[Output], list[str], list[str]]:
+        """Final snapshots of windows the watermark closed, the windows closed and those expired.
 
         A closed window stays in the table for as long again as the allowed lateness (at least a
-        minute): by the time its tombstone is written, its final snapshot has long been flushed by a
-        commit, so a worker killed in between never leaves a window deleted but unreported.
+        minute): by the time its tombstone is written, its final snapshot has long been flushed by
+        a commit, so a worker killed in between never leaves a window deleted but unreported.
         """
+        boundary = self._close_boundary(partition)
+        # Windows only close when the watermark enters a new minute: most batches need no check.
+        if boundary is None or self.close_checked.get(partition) == boundary:
+            return [], [], []
         watermark = self.watermarks[partition]
-        # Windows only close when the watermark enters a new minute: most events need no check.
-        assert watermark.max_event_time is not None
-        boundary = window_start(watermark.max_event_time - self.allowed_lateness)
-        if self.close_checked.get(partition) == boundary:
-            return []
-        self.close_checked[partition] = boundary
-        candidates = self.dirty_windows | self._partition_windows(partition)
-        outputs: list[Output | None] = []
-        expired = []
-        for table_key in candidates:
-            if not table_key.startswith(f"{partition}|") or table_key == _watermark_key(partition):
-                continue
+        prefix = f"{partition}|"
+        candidates = {k for k in self.dirty_windows if k.startswith(prefix)} | self._partition_windows(
+            partition
+        )
+        outputs: list[Output] = []
+        closed: list[str] = []
+        expired: list[str] = []
+        for table_key in sorted(candidates):
             start = WindowKey.from_text(table_key.split("|", 1)[1]).window_start
             if watermark.is_closed(start) and table_key not in self.closed_windows:
-                outputs.append(self._window_snapshot(table_key, now))
-                self.closed_windows.add(table_key)
-                self.dirty_windows.discard(table_key)
+                output = self._window_snapshot(table_key, now)
+                if output is not None:
+                    outputs.append(output)
+                closed.append(table_key)
             if watermark.is_closed(start + self.retention):
                 expired.append(table_key)
+        return outputs, closed, expired
+
+    def _close_boundary(self, partition: int) -> datetime | None:
+        moment = self.watermarks[partition].max_event_time
+        return None if moment is None else window_start(moment - self.allowed_lateness)
+
+    def _close(self, partition: int, closed: list[str], expired: list[str]) -> None:
+        """Record what `_closing` found, once its snapshots are encoded."""
+        boundary = self._close_boundary(partition)
+        if boundary is None or self.close_checked.get(partition) == boundary:
+            return
+        self.close_checked[partition] = boundary
+        for table_key in closed:
+            self.closed_windows.add(table_key)
+            self.dirty_windows.discard(table_key)
         if expired:
             # The watermark reaches the changelog before the windows leave it (a partition keeps order).
-            assert watermark.max_event_time is not None
-            self.windows.put(_watermark_key(partition), watermark.max_event_time.isoformat(), partition)
+            moment = self.watermarks[partition].max_event_time
+            assert moment is not None
+            stamp = moment.isoformat()
+            self.windows.put(_watermark_key(partition), stamp, stamp, partition)
             for table_key in expired:
                 self.dirty_windows.discard(table_key)
                 self.closed_windows.discard(table_key)
                 self.windows.delete(table_key, partition)
-        return [o for o in outputs if o is not None]
 
     def dirty_snapshots(self) -> list[Output]:
         """Snapshots of the windows that changed since the last call (sent every few seconds)."""
@@ -301,37 +266,198 @@ class Pipeline:
         return [o for o in outputs if o is not None]
 
     def _window_snapshot(self, table_key: str, now: datetime) -> Output | None:
-        stored = self.windows.get(table_key)
-        if stored is None:
+        state = self.window_state(table_key)
+        if state is None or state.version < 0:
             return None
         partition, text = table_key.split("|", 1)
-        key = WindowKey.from_text(text)
-        snapshot = WindowState.from_state(stored).snapshot(key, int(partition), now)
-        return Output(WINDOW_SNAPSHOT, snapshot.window_id.encode(), self.encode(WINDOW_SNAPSHOT, snapshot))
+        datum = state.datum(WindowKey.from_text(text), int(partition), now)
+        return Output(WINDOW_SNAPSHOT, datum["window_id"].encode(), self.encode(WINDOW_SNAPSHOT, datum))
 
-    # --- helpers -------------------------------------------------------------------------------
+    # --- state ---------------------------------------------------------------------------------
 
-    def _session(self, session_key: str) -> _Session:
+    def session(self, session_key: str) -> _Session:
         stored = self.sessions.get(session_key)
-        return _Session.from_state(stored) if stored is not None else _Session()
+        if stored is None:
+            return _Session()
+        if isinstance(stored, _Session):
+            return stored
+        live = _Session.from_state(stored)
+        self.sessions.remember(session_key, live)
+        return live
 
-    def _alert(self, alert: Any) -> Output:
-        return Output(ALERT, alert.alert_id.encode(), self.encode(ALERT, alert))
+    def window_state(self, table_key: str) -> WindowState | None:
+        stored = self.windows.get(table_key)
+        if stored is None or isinstance(stored, WindowState):
+            return stored
+        live = WindowState.from_state(stored)
+        self.windows.remember(table_key, live)
+        return live
 
-    def _dead_letter(
-        self,
-        stage: Stage,
-        reason: Reason,
-        message: str,
-        key: bytes | None,
-        value: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-    ) -> Output:
+    # --- outputs -------------------------------------------------------------------------------
+
+    def alert_output(self, alert: Alert) -> Output:
+        return Output(ALERT, alert.alert_id.encode(), self.encode(ALERT, ALERT.to_datum(alert)))
+
+    def dead_letter(self, stage: Stage, reason: Reason, message: str, record: RawRecord) -> Output:
         self.counts.dead_lettered[reason.value] = self.counts.dead_lettered.get(reason.value, 0) + 1
-        letter = DeadLetter(stage, reason, message, key, value, topic, partition, offset)
-        return Output(None, key, value, letter.headers())
+        letter = DeadLetter(
+            stage, reason, message, record.key, record.value, record.topic, record.partition, record.offset
+        )
+        return Output(None, record.key, record.value, letter.headers())
+
+
+class Batch:
+    """The records of one consumer batch, applied to live state; `finish` writes what they touched.
+
+    `add` and `finish` may raise RegistryUnavailable (an output's schema could not be registered,
+    or a writer schema fetched); both leave state as it was before the call, so the worker retries
+    the same call once the registry answers.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.outputs: list[Output] = []
+        # session key -> (session, raw partition, its snapshot datum and version before the batch)
+        self.sessions: dict[str, tuple[_Session, int, Datum | None, int]] = {}
+        # window table key -> (state, window key, raw partition, its summary before the batch)
+        self.windows: dict[str, tuple[WindowState, WindowKey, int, Datum | None]] = {}
+        self.partitions: set[int] = set()
+        self.now = pipeline.clock()
+
+    def add(self, record: RawRecord) -> None:
+        pipeline = self.pipeline
+        try:
+            decoded = pipeline.decoder.decode(record.value)
+        except Refused as refused:
+            stage = Stage.decode if refused.reason is not Reason.contract_violation else Stage.validate
+            self.outputs.append(pipeline.dead_letter(stage, refused.reason, refused.message, record))
+            return
+        try:
+            if isinstance(decoded, Feedback):
+                self._feedback(decoded, record.partition, record.offset)
+            else:
+                self._event(decoded, record.partition, record.offset)
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:  # a bug must not stop the worker: the record goes to the DLQ
+            message = f"{type(exc).__name__}: {exc}"
+            self.outputs.append(pipeline.dead_letter(Stage.enrich, Reason.processing_error, message, record))
+
+    def _touch_session(self, session_key: str, partition: int) -> _Session:
+        entry = self.sessions.get(session_key)
+        if entry is None:
+            session = self.pipeline.session(session_key)
+            before = session.state.datum(session_key, partition, self.now) if session.state.turns else None
+            entry = self.sessions[session_key] = (session, partition, before, session.state.version)
+        return entry[0]
+
+    def _event(self, event: OnFinishEvent, partition: int, offset: int) -> None:
+        pipeline = self.pipeline
+        session_key = _session_key(event)
+        session = self._touch_session(session_key, partition)
+        event_id = str(event.event_id)
+        first_offset = session.event_offsets.get(event_id)
+        if first_offset is not None and first_offset != offset:
+            pipeline.counts.duplicates += 1
+            return
+        enriched = pipeline.enricher.enrich(event, partition, offset, self.now)
+        # Everything that may fail for want of the registry comes before any change of state.
+        outputs = [
+            Output(
+                ENRICHED_EVENT,
+                event.key.encode(),
+                pipeline.encode(ENRICHED_EVENT, ENRICHED_EVENT.to_datum(enriched)),
+            )
+        ]
+        outputs += [pipeline.alert_output(alert) for alert in event_alerts(pipeline.rules, enriched)]
+        self.outputs += outputs
+        self.partitions.add(partition)
+
+        if session.state.apply_event(enriched, offset):
+            session.event_offsets[event_id] = offset
+            session.behaviours[event.request_id] = Behaviour.of(event)
+        else:
+            pipeline.counts.replayed += 1
+
+        watermark = pipeline.watermark(partition)
+        window_key = WindowKey.of(enriched)
+        if watermark.is_closed(window_key.window_start):
+            pipeline.counts.late += 1  # still in the events table; its closed window is not reopened
+        else:
+            self._window(window_key, enriched, partition, offset)
+        watermark.observe(event.finished_at)
+        pipeline.counts.processed += 1
+
+    def _window(self, key: WindowKey, enriched: EnrichedEvent, partition: int, offset: int) -> None:
+        table_key = f"{partition}|{key.as_text()}"
+        entry = self.windows.get(table_key)
+        if entry is None:
+            state = self.pipeline.window_state(table_key)
+            if state is None:
+                state = WindowState()
+                self.pipeline.windows.remember(table_key, state)
+                before = None
+            else:
+                before = state.summary(key, partition) if self.pipeline._window_rules else None
+            entry = self.windows[table_key] = (state, key, partition, before)
+        entry[0].apply(enriched, offset)
+
+    def _feedback(self, feedback: Feedback, partition: int, offset: int) -> None:
+        pipeline = self.pipeline
+        pipeline.counts.feedback += 1
+        session = self._touch_session(_session_key(feedback), partition)
+        behaviour = session.behaviours.get(feedback.request_id)
+        quality = None
+        if behaviour is not None:
+            behaviour = merge_feedback(behaviour, feedback)
+            quality = score_behaviour(behaviour, pipeline.enricher.weights)
+        if not session.state.apply_feedback(
+            feedback.request_id,
+            regenerated=feedback.regenerated,
+            edited=feedback.edited,
+            quality=quality,
+            offset=offset,
+        ):
+            pipeline.counts.replayed += 1
+            return
+        if behaviour is not None:
+            session.behaviours[feedback.request_id] = behaviour
+
+    def finish(self) -> list[Output]:
+        """The batch's outputs, once every state it touched is written."""
+        pipeline = self.pipeline
+        rules = pipeline.rules
+        outputs = list(self.outputs)
+        writes: list[tuple[str, _Session, int]] = []
+        for session_key, (session, partition, before, version) in self.sessions.items():
+            if session.state.version == version:
+                continue  # nothing changed (every record a replay or a duplicate)
+            writes.append((session_key, session, partition))
+            if session.state.turns == 0:
+                continue  # feedback about a call this worker has not seen (yet): nothing to show
+            after = session.state.datum(session_key, partition, self.now)
+            outputs.append(
+                Output(SESSION_SNAPSHOT, session_key.encode(), pipeline.encode(SESSION_SNAPSHOT, after))
+            )
+            outputs += [pipeline.alert_output(alert) for alert in session_alerts(rules, before, after)]
+        if pipeline._window_rules:
+            for state, key, partition, before in self.windows.values():
+                if state.events:
+                    after = state.summary(key, partition)
+                    outputs += [pipeline.alert_output(alert) for alert in window_alerts(rules, before, after)]
+        closing = [(p, pipeline._closing(p, self.now)) for p in sorted(self.partitions)]
+        for _, (closed_outputs, _, _) in closing:
+            outputs += closed_outputs
+        # Every output is encoded: from here on nothing waits for the registry.
+        for session_key, session, partition in writes:
+            pipeline.sessions.put(session_key, session, session.to_state(), partition)
+        for table_key, (state, _, partition, _) in self.windows.items():
+            if state.version >= 0:
+                pipeline.windows.put(table_key, state, state.to_state(), partition)
+                pipeline.dirty_windows.add(table_key)
+        for partition, (_, closed, expired) in closing:
+            pipeline._close(partition, closed, expired)
+        return outputs
 
 
 def _watermark_key(partition: int) -> str:
@@ -354,7 +480,7 @@ class _Session:
         }
 
     @classmethod
-    def from_state(cls, stored: dict[str, Any]) -> _Session:
+    def from_state(cls, stored: Mapping[str, Any]) -> _Session:
         return cls(
             state=SessionState.from_state(stored["session"]),
             event_offsets=dict(stored["events"]),

@@ -88,33 +88,38 @@ class SessionState:
     def is_over(self, event_time: datetime, gap: timedelta = DEFAULT_GAP) -> bool:
         return self.last_at is not None and event_time - self.last_at > gap
 
-    def snapshot(self, session_id: str, partition: int, emitted_at: datetime) -> SessionSnapshot:
+    def datum(self, session_id: str, partition: int, emitted_at: datetime) -> dict[str, Any]:
+        """The session's snapshot as an Avro datum of SessionSnapshot: what the worker encodes and sends."""
         assert self.first_at is not None and self.last_at is not None, "a session has at least one call"
         calls = self.calls.values()
-        return SessionSnapshot(
-            session_id=session_id,
-            version=max(self.version, 0),
-            raw_partition=partition,
-            user_id=self.user_id,
-            service=self.service,
-            environment=self.environment,
-            first_at=self.first_at,
-            last_at=self.last_at,
-            duration_ms=(self.last_at - self.first_at).total_seconds() * 1000,
-            turns=self.turns,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            cached_tokens=self.cached_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-            cost_usd=round(self.cost_usd, 9),
-            errors=self.errors,
-            regenerations=sum(c.regenerated for c in calls),
-            edits=sum(c.edited for c in calls),
-            models=list(self.models),
-            quality_mean=sum(c.quality for c in calls) / len(calls) if calls else 0.0,
-            closed=self.closed,
-            emitted_at=emitted_at,
-        )
+        return {
+            "session_id": session_id,
+            "version": max(self.version, 0),
+            "raw_partition": partition,
+            "user_id": self.user_id,
+            "service": self.service,
+            "environment": self.environment,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "duration_ms": (self.last_at - self.first_at).total_seconds() * 1000,
+            "turns": self.turns,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": round(self.cost_usd, 9),
+            "errors": self.errors,
+            "regenerations": sum(c.regenerated for c in calls),
+            "edits": sum(c.edited for c in calls),
+            "models": list(self.models),
+            "quality_mean": sum(c.quality for c in calls) / len(calls) if calls else 0.0,
+            "closed": self.closed,
+            "emitted_at": emitted_at,
+        }
+
+    def snapshot(self, session_id: str, partition: int, emitted_at: datetime) -> SessionSnapshot:
+        """The snapshot as a validated contract record (the worker sends :meth:`datum` unvalidated)."""
+        return SessionSnapshot.model_validate(self.datum(session_id, partition, emitted_at))
 
     def to_state(self) -> dict[str, Any]:
         """A compact, JSON-able form for the worker's table and its changelog."""

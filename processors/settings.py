@@ -70,6 +70,17 @@ class ProcessorSettings(BaseSettings):
     snapshot_interval_s: float = Field(
         default=5.0, gt=0, description="How often changed windows are emitted."
     )
+    batch_size: int = Field(
+        default=1000,
+        ge=1,
+        description="Most raw records handled as one batch (state written once per batch).",
+    )
+    batch_within_s: float = Field(
+        default=0.2, gt=0, description="Longest wait for a batch to fill before it is handled as it is."
+    )
+    producer_linger_ms: float = Field(
+        default=20.0, ge=0, description="How long outputs wait to be sent together (librdkafka linger.ms)."
+    )
     max_future_s: float = Field(
         default=300.0, ge=0, description="Events finishing further ahead are refused."
     )

@@ -120,47 +120,76 @@ class WindowState:
             self.ttft.add(event.ttft_ms)
         return True
 
-    def snapshot(self, key: WindowKey, partition: int, emitted_at: datetime) -> WindowSnapshot:
+    def datum(self, key: WindowKey, partition: int, emitted_at: datetime) -> dict[str, Any]:
+        """The window's snapshot as an Avro datum of WindowSnapshot: what the worker encodes and sends."""
         latency_buckets, latency_counts = self.latency.to_sparse()
         ttft_buckets, ttft_counts = self.ttft.to_sparse()
-        return WindowSnapshot(
-            window_id=key.window_id(partition),
+        return {
+            "window_id": key.window_id(partition),
+            "version": max(self.version, 0),
+            "raw_partition": partition,
+            "window_start": key.window_start,
+            "window_end": key.window_start + WINDOW,
+            "provider": key.provider,
+            "model_id": key.model_id,
+            "feature_id": key.feature_id,
+            "variant_id": key.variant_id,
+            "environment": key.environment,
+            "status": key.status,
+            "events": self.events,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": round(self.cost_usd, 9),
+            "cache_hits": self.cache_hits,
+            "fallbacks": self.fallbacks,
+            "tool_use": self.tool_use,
+            "streamed": self.streamed,
+            "quality_sum": self.quality_sum,
+            "latency_count": self.latency.count,
+            "latency_sum_ms": self.latency.sum,
+            "latency_min_ms": self.latency.min,
+            "latency_max_ms": self.latency.max,
+            "latency_buckets": latency_buckets,
+            "latency_counts": latency_counts,
+            "ttft_count": self.ttft.count,
+            "ttft_sum_ms": self.ttft.sum,
+            "ttft_min_ms": self.ttft.min,
+            "ttft_max_ms": self.ttft.max,
+            "ttft_buckets": ttft_buckets,
+            "ttft_counts": ttft_counts,
+            "emitted_at": emitted_at,
+        }
+
+    def summary(self, key: WindowKey, partition: int) -> dict[str, Any]:
+        """What window rules look at: the snapshot's identity and numbers, without the bucket arrays."""
+        summary = {name: getattr(self, name) for name in _SCALARS}
+        for name in ("latency", "ttft"):
+            histogram: Histogram = getattr(self, name)
+            summary.update(
+                {
+                    f"{name}_count": histogram.count,
+                    f"{name}_sum_ms": histogram.sum,
+                    f"{name}_min_ms": histogram.min,
+                    f"{name}_max_ms": histogram.max,
+                }
+            )
+        summary.update(
             version=max(self.version, 0),
+            cost_usd=round(self.cost_usd, 9),
+            window_id=key.window_id(partition),
             raw_partition=partition,
             window_start=key.window_start,
-            window_end=key.window_start + WINDOW,
             provider=key.provider,
             model_id=key.model_id,
-            feature_id=key.feature_id,
-            variant_id=key.variant_id,
-            environment=key.environment,
-            status=key.status,
-            events=self.events,
-            errors=self.errors,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            cached_tokens=self.cached_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-            cost_usd=round(self.cost_usd, 9),
-            cache_hits=self.cache_hits,
-            fallbacks=self.fallbacks,
-            tool_use=self.tool_use,
-            streamed=self.streamed,
-            quality_sum=self.quality_sum,
-            latency_count=self.latency.count,
-            latency_sum_ms=self.latency.sum,
-            latency_min_ms=self.latency.min,
-            latency_max_ms=self.latency.max,
-            latency_buckets=latency_buckets,
-            latency_counts=latency_counts,
-            ttft_count=self.ttft.count,
-            ttft_sum_ms=self.ttft.sum,
-            ttft_min_ms=self.ttft.min,
-            ttft_max_ms=self.ttft.max,
-            ttft_buckets=ttft_buckets,
-            ttft_counts=ttft_counts,
-            emitted_at=emitted_at,
         )
+        return summary
+
+    def snapshot(self, key: WindowKey, partition: int, emitted_at: datetime) -> WindowSnapshot:
+        """The snapshot as a validated contract record (the worker sends :meth:`datum` unvalidated)."""
+        return WindowSnapshot.model_validate(self.datum(key, partition, emitted_at))
 
     def to_state(self) -> dict[str, Any]:
         """A compact, JSON-able form for the worker's table and its changelog."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 from uuid import UUID, uuid4
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -64,6 +64,23 @@ class Status(StrEnum):
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False, use_enum_values=False)
+
+    @classmethod
+    def construct_complete(cls, fields: dict[str, Any]) -> Self:
+        """A record from values already known valid, one for every field: no validation, no copy.
+
+        What ``model_construct`` does for a complete set of values, without its per-field walk for
+        defaults and aliases (a sixth of an event's processing time). ``fields`` becomes the
+        record's ``__dict__``; a test checks the result equals ``model_construct``'s.
+        """
+        if fields.keys() != cls.model_fields.keys():
+            raise ValueError(f"{cls.__name__} needs exactly its fields")
+        record = cls.__new__(cls)
+        object.__setattr__(record, "__dict__", fields)
+        object.__setattr__(record, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(record, "__pydantic_extra__", None)
+        object.__setattr__(record, "__pydantic_private__", None)
+        return record
 
 
 def _sdk_version() -> str:

@@ -36,7 +36,7 @@ def test_session_cost_fires_on_the_call_that_crosses_the_threshold_only():
     before = None
     for offset in range(8):
         state.apply_event(_enriched(offset, session_id="s1", cost_usd=0.1, cost_output_usd=0.1), offset)
-        after = state.snapshot("s1", 0, T0)
+        after = state.datum("s1", 0, T0)
         fired += session_alerts(BOOK, before, after)
         before = after
     assert len(fired) == 1 and fired[0].subject == "s1" and abs(fired[0].observed - 0.6) < 1e-9
@@ -47,7 +47,7 @@ def test_window_error_rate_needs_enough_calls_and_fires_once():
     fired, before = [], None
     for offset in range(40):
         state.apply(_enriched(0, status=Status.error if offset % 2 else Status.success), offset)
-        after = state.snapshot(key, 0, T0)
+        after = state.summary(key, 0)
         fired += window_alerts(BOOK, before, after)
         before = after
     assert len(fired) == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
@@ -34,11 +36,23 @@ def test_enriched_records_pass_the_contract_and_encode():
     for offset, event in enumerate(events):
         enriched = ENRICHER.enrich(event, 3, offset, NOW)
         validated = EnrichedEvent.model_validate(enriched.__dict__)  # the full contract's checks
+        assert enriched == validated == EnrichedEvent.model_construct(**enriched.__dict__)
+        assert enriched.model_fields_set == validated.model_fields_set
         assert ENRICHED_EVENT.encode(ENRICHED_EVENT.to_datum(validated))
         assert validated.cost_source.startswith("catalog:")
         assert validated.cost_usd > 0 or validated.prompt_tokens + validated.completion_tokens == 0
         assert 0 <= validated.quality_score <= 1
         assert (validated.raw_partition, validated.raw_offset, validated.processed_at) == (3, offset, NOW)
+
+
+def test_a_record_constructed_complete_needs_every_field():
+    enriched = ENRICHER.enrich(_events(5)[1][0], 0, 0, NOW)
+    fields = dict(enriched.__dict__)
+    del fields["quality_score"]
+    with pytest.raises(ValueError, match="exactly its fields"):
+        EnrichedEvent.construct_complete(fields)
+    with pytest.raises(ValueError, match="exactly its fields"):
+        EnrichedEvent.construct_complete({**enriched.__dict__, "surprise": 1})
 
 
 def test_no_planted_pii_and_no_raw_content_survive():

@@ -9,18 +9,19 @@ from datetime import timedelta
 from typing import Any
 
 import fastavro
+import pytest
 
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
+from onfinish.processors.decoding import Decoder, RegistryUnavailable, TimeBounds, WriterSchema
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.pipeline import DictStore, Output, Pipeline
+from onfinish.processors.pipeline import DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.producers.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, SESSION_SNAPSHOT, RecordType
 from onfinish.schemas.deadletter import DeadLetter
-from onfinish.schemas.models import Feedback, OnFinishEvent, Status, _Record
+from onfinish.schemas.models import Feedback, OnFinishEvent, Status
 
 SCHEMA_IDS = {ONFINISH_EVENT.full_name: 1, FEEDBACK.full_name: 2}
 WRITERS = {1: WriterSchema(ONFINISH_EVENT, ONFINISH_EVENT.parsed), 2: WriterSchema(FEEDBACK, FEEDBACK.parsed)}
@@ -29,19 +30,25 @@ ENRICHER = Enricher(PriceCatalog.load(), QualityWeights(), PatternSet.load(), fr
 RULES = RuleBook.load()
 
 
-def _encode(record_type: RecordType, record: _Record) -> bytes:
-    return b"\x00\x00\x00\x00\x09" + record_type.encode(record_type.to_datum(record))
+def _encode(record_type: RecordType, datum: dict[str, Any]) -> bytes:
+    # Every output must be a valid record of its contract model, as the worker sends it unvalidated.
+    record_type.model.model_validate(datum)
+    return b"\x00\x00\x00\x00\x09" + record_type.encode(datum)
 
 
 def _pipeline(sessions: dict[str, Any] | None = None, windows: dict[str, Any] | None = None) -> Pipeline:
+    """A pipeline whose state is restored from, and written to, the `sessions` and `windows`
+    changelogs (a new worker when they hold something)."""
+    sessions = {} if sessions is None else sessions
+    windows = {} if windows is None else windows
     decoder = Decoder(WRITERS.get, bounds=TimeBounds(max_past=timedelta(days=2)), clock=lambda: NOW)
     return Pipeline(
         decoder,
         ENRICHER,
         RULES,
         _encode,
-        DictStore(sessions),
-        DictStore(windows),
+        DictStore(dict(sessions), changelog=sessions),
+        DictStore(dict(windows), changelog=windows),
         allowed_lateness=timedelta(minutes=2),
         clock=lambda: NOW,
     )
@@ -60,11 +67,18 @@ def _raw(seed: int, count: int, **profile: Any) -> tuple[list[tuple[bytes, bytes
     return raw, items
 
 
-def _run(pipeline: Pipeline, raw: list[tuple[bytes, bytes]], offsets: range | None = None) -> list[Output]:
+def _run(
+    pipeline: Pipeline, raw: list[tuple[bytes, bytes]], offsets: range | None = None, batch_size: int = 1
+) -> list[Output]:
+    """Feed the records at `offsets` in batches of `batch_size`, as a worker's consumer batches."""
     outputs: list[Output] = []
-    for offset in offsets if offsets is not None else range(len(raw)):
-        key, value = raw[offset]
-        outputs += pipeline.process(key, value, "onfinish.raw", 0, offset)
+    offsets = offsets if offsets is not None else range(len(raw))
+    for start in range(0, len(offsets), batch_size):
+        batch = pipeline.batch()
+        for offset in offsets[start : start + batch_size]:
+            key, value = raw[offset]
+            batch.add(RawRecord(key, value, "onfinish.raw", 0, offset))
+        outputs += batch.finish()
     return outputs + pipeline.dirty_snapshots()
 
 
@@ -108,10 +122,14 @@ def _expected_totals(items: list[Any]) -> dict[tuple[Any, ...], tuple[int, int, 
     return {k: tuple(v) for k, v in totals.items()}  # type: ignore[misc]
 
 
-def test_traffic_in_exact_aggregates_and_dead_letters_out():
+BATCH_SIZES = pytest.mark.parametrize("batch_size", [1, 7, 500])
+
+
+@BATCH_SIZES
+def test_traffic_in_exact_aggregates_and_dead_letters_out(batch_size: int):
     raw, items = _raw(21, 3000, malformed_share=0.02)
     pipeline = _pipeline()
-    outputs = _run(pipeline, raw)
+    outputs = _run(pipeline, raw, batch_size=batch_size)
     enriched = [o for o in outputs if o.record_type is ENRICHED_EVENT]
     assert len(enriched) == sum(isinstance(i, OnFinishEvent) for i in items)
     assert _window_totals(outputs) == _expected_totals(items)
@@ -122,11 +140,12 @@ def test_traffic_in_exact_aggregates_and_dead_letters_out():
     assert pipeline.counts.feedback == sum(isinstance(i, Feedback) for i in items)
 
 
-def test_every_record_delivered_twice_changes_no_aggregate():
+@BATCH_SIZES
+def test_every_record_delivered_twice_changes_no_aggregate(batch_size: int):
     raw, items = _raw(22, 1500, malformed_share=0)
     doubled = [record for record in raw for _ in range(2)]  # each event again at the next offset
     pipeline = _pipeline()
-    outputs = _run(pipeline, doubled)
+    outputs = _run(pipeline, doubled, batch_size=batch_size)
     assert pipeline.counts.duplicates == sum(isinstance(i, OnFinishEvent) for i in items)
     assert _window_totals(outputs) == _expected_totals(items)
     sessions = {}
@@ -137,20 +156,22 @@ def test_every_record_delivered_twice_changes_no_aggregate():
     assert sum(s["turns"] for s in sessions.values()) == sum(isinstance(i, OnFinishEvent) for i in items)
 
 
-def test_a_crash_and_replay_of_the_partition_counts_nothing_twice():
+@BATCH_SIZES
+def test_a_crash_and_replay_of_the_partition_counts_nothing_twice(batch_size: int):
     raw, items = _raw(23, 2000, malformed_share=0)
     sessions: dict[str, Any] = {}
     windows: dict[str, Any] = {}
     first = _pipeline(sessions, windows)
-    outputs = _run(first, raw, range(0, 1300))
+    outputs = _run(first, raw, range(0, 1300), batch_size)
     # The state a new worker restores from the changelog, and the offset its group committed.
     restored = _pipeline(dict(sessions), dict(windows))
-    outputs += _run(restored, raw, range(900, len(raw)))
+    outputs += _run(restored, raw, range(900, len(raw)), batch_size)
     assert restored.counts.replayed > 0
     assert _window_totals(outputs) == _expected_totals(items)
 
 
-def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replayed():
+@BATCH_SIZES
+def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replayed(batch_size: int):
     raw, items = _raw(24, 900, malformed_share=0, feedback_share=0)
     # Spread the events over 15 minutes so that windows close while the worker runs.
     spread = []
@@ -169,7 +190,48 @@ def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replaye
     sessions: dict[str, Any] = {}
     windows: dict[str, Any] = {}
     first = _pipeline(sessions, windows)
-    outputs = _run(first, spread, range(0, 600))
+    outputs = _run(first, spread, range(0, 600), batch_size)
     restored = _pipeline(dict(sessions), dict(windows))
-    outputs += _run(restored, spread, range(100, len(spread)))  # replays windows first closed long ago
+    outputs += _run(
+        restored, spread, range(100, len(spread)), batch_size
+    )  # replays windows first closed long ago
+    assert _window_totals(outputs) == _expected_totals(items)
+
+
+def test_a_registry_outage_mid_batch_loses_nothing_and_counts_nothing_twice():
+    """Encoding fails now and then (the registry is away); the worker retries the same call."""
+    raw, items = _raw(25, 1200, malformed_share=0)
+    calls = [0]
+
+    def flaky(record_type: RecordType, datum: dict[str, Any]) -> bytes:
+        # Fails every 53rd call, in the middle of batches and of their finish.
+        calls[0] += 1
+        if calls[0] % 53 == 0:
+            raise RegistryUnavailable("registry away")
+        return _encode(record_type, datum)
+
+    pipeline = _pipeline()
+    pipeline.encode = flaky
+    outputs: list[Output] = []
+    failures = 0
+
+    def retried(step: Any) -> Any:
+        nonlocal failures
+        while True:
+            try:
+                return step()
+            except RegistryUnavailable:
+                failures += 1
+
+    for start in range(0, len(raw), 20):
+        batch = pipeline.batch()
+        for offset in range(start, min(start + 20, len(raw))):
+            record = RawRecord(raw[offset][0], raw[offset][1], "onfinish.raw", 0, offset)
+            retried(lambda: batch.add(record))  # noqa: B023 - called at once
+        outputs += retried(batch.finish)
+        outputs += retried(pipeline.dirty_snapshots)
+    assert failures > 10
+    assert len([o for o in outputs if o.record_type is ENRICHED_EVENT]) == sum(
+        isinstance(i, OnFinishEvent) for i in items
+    )
     assert _window_totals(outputs) == _expected_totals(items)

@@ -77,6 +77,14 @@ def test_aggregates_match_an_independent_computation():
     latencies = sorted(e.latency_ms for e in events)
     p95 = quantile_from_counts(_dense(snapshot.latency_buckets, snapshot.latency_counts), 0.95)
     assert p95 is not None and abs(p95 - latencies[47]) / latencies[47] <= 0.02
+    # What window rules see is the snapshot without its bucket arrays.
+    summary = state.summary(WindowKey.of(events[0]), 0)
+    full = snapshot.model_dump()
+    assert all(summary[name] == full[name] for name in summary)
+    assert {n for n in full if n not in summary} == {
+        *("window_end", "feature_id", "variant_id", "environment", "status", "emitted_at"),
+        *("latency_buckets", "latency_counts", "ttft_buckets", "ttft_counts"),
+    }
 
 
 def _dense(indexes: list[int], counts: list[int]) -> list[int]:
