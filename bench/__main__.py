@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import foundation, processors, sdk
+from bench import foundation, processors, sdk, sinks
 from bench.report import markdown_table, update_readme, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     stack, figures = foundation.stack_start(foundation.stack_settings(ROOT / ".onfinish-bench"))
     try:
-        for name, bench in (("foundation", foundation.run), ("sdk", sdk.run), ("processors", processors.run)):
+        for name, bench in (
+            ("foundation", foundation.run),
+            ("sdk", sdk.run),
+            ("processors", processors.run),
+            ("sinks", sinks.run),
+        ):
             print(f"== {name}", file=sys.stderr, flush=True)
             figures += bench(stack)
     finally:

@@ -293,6 +293,32 @@ def process(
 
 
 @app.command()
+def sink(
+    families: Annotated[
+        str, typer.Option(help="Table families to write, comma-separated: events, rollups, dlq.")
+    ] = "events,rollups,dlq",
+) -> None:
+    """Run a sink worker: onfinish.enriched, .windows, .sessions, .alerts and .dlq into ClickHouse.
+
+    Each family (events; rollups = windows, sessions, alerts; dlq) is a consumer group of its own,
+    ONFINISH_SINK_GROUP_PREFIX-<family>. Migrations are applied at start. Offsets are committed
+    only after ClickHouse accepted the batch, and a batch inserted twice is dropped by ClickHouse.
+    With the embedded ClickHouse (no ONFINISH_CLICKHOUSE_DSN) this process owns the data directory
+    and serves read-only SQL on ONFINISH_SINK_QUERY_PORT for the CLI, the dashboard and analysts.
+    /health and /metrics on ONFINISH_SINK_WEB_PORT. SIGTERM or Ctrl-C: finish the batch, commit, stop.
+    """
+    from onfinish.sinks.settings import FAMILIES
+    from onfinish.sinks.worker import main as run_sink
+
+    chosen = [name.strip() for name in families.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(FAMILIES))
+    if unknown or not chosen:
+        raise OnfinishError(f"unknown table families {unknown}; choose from {', '.join(FAMILIES)}")
+    console.print(f"sink worker: {', '.join(chosen)} (Ctrl-C stops it)")
+    run_sink(chosen)
+
+
+@app.command()
 def loadgen(
     rate: Annotated[
         float, typer.Option(help="Items per second (events, feedback and malformed records).", min=1)
@@ -414,7 +440,17 @@ def demo(
 @app.command()
 def config() -> None:
     """List every setting: its environment variable, default and meaning."""
-    classes: tuple[type[BaseSettings], ...] = (*ALL_SETTINGS, LogSettings)
+    from onfinish.processors.settings import ProcessorSettings
+    from onfinish.producers.settings import ProducerSettings
+    from onfinish.sinks.settings import SinkSettings
+
+    classes: tuple[type[BaseSettings], ...] = (
+        *ALL_SETTINGS,
+        ProducerSettings,
+        ProcessorSettings,
+        SinkSettings,
+        LogSettings,
+    )
     for settings_class in classes:
         table = Table(title=settings_class.__name__, show_lines=False)
         for column in ("variable", "default", "description"):

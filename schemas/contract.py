@@ -56,6 +56,11 @@ class RecordType:
         return f"{self.schema['namespace']}.{self.schema['name']}"
 
     @cached_property
+    def field_names(self) -> tuple[str, ...]:
+        """The record's field names, in schema order."""
+        return tuple(str(field["name"]) for field in self.schema["fields"])
+
+    @cached_property
     def schema_str(self) -> str:
         """The schema as registered: compact JSON of the file."""
         return json.dumps(self.schema, separators=(",", ":"))

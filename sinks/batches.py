@@ -1,0 +1,212 @@
+"""From a batch of Kafka records to what is inserted: pure, so every rule is tested without Kafka.
+
+A sink batch holds records of one table family. Each record becomes one of:
+- an *Avro pass-through*: the enriched events' Confluent-framed values, concatenated and inserted
+  as ClickHouse's `AvroConfluent` format (ClickHouse decodes them, in C++, with the writer schema
+  from the registry): the path that carries most rows;
+- a *row* built in Python (windows, sessions, alerts: few rows, and windows need their sparse
+  histograms made dense);
+- a *dead letter* for the `dlq` table: records of the `onfinish.dlq` topic, and any record this
+  sink cannot store (not framed, unknown schema id, a schema of another record type, undecodable),
+  with the reason, so a poison record never blocks its partition.
+
+The insert deduplication token of a table's insert names the offsets it covers, so a batch that
+is inserted again after a crash between insert and commit is dropped by ClickHouse.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import fastavro
+
+from onfinish.schemas.contract import ALL_RECORD_TYPES, RecordType
+from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.sinks.tables import TABLES, TableSpec, dlq_row
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """What a sink uses of a consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(frozen=True)
+class Writer:
+    """A registered schema records were written with, and the contract record it is."""
+
+    record_type: RecordType
+    parsed: Any
+
+
+# Returns the writer of a schema id, None when the registry does not know it or it is not a
+# contract record; raises when the registry cannot be asked (the batch then waits).
+WriterLookup = Callable[[int], Writer | None]
+
+
+class RegistryWriters:
+    """Writer schemas by id, fetched from the registry once."""
+
+    def __init__(self, fetch_schema_str: Callable[[int], str | None]) -> None:
+        self._fetch = fetch_schema_str
+        self._cache: dict[int, Writer | None] = {}
+
+    def __call__(self, schema_id: int) -> Writer | None:
+        if schema_id not in self._cache:
+            text = self._fetch(schema_id)
+            writer = None
+            if text is not None:
+                document = json.loads(text)
+                name = f"{document.get('namespace', '')}.{document.get('name', '')}"
+                record_type = next((r for r in ALL_RECORD_TYPES if r.full_name == name), None)
+                if record_type is not None:
+                    writer = Writer(record_type, fastavro.parse_schema(document))
+            self._cache[schema_id] = writer
+        return self._cache[schema_id]
+
+
+@dataclass
+class Insert:
+    """What one batch inserts into one table."""
+
+    table: str
+    rows: list[list[Any]] = field(default_factory=list)
+    avro: list[bytes] = field(default_factory=list)  # Confluent-framed values, for AvroConfluent
+    ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # first and last offset
+
+    def cover(self, record: KafkaRecord) -> None:
+        key = (record.topic, record.partition)
+        first, last = self.ranges.get(key, (record.offset, record.offset))
+        self.ranges[key] = (min(first, record.offset), max(last, record.offset))
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) + len(self.avro)
+
+    def token(self) -> str:
+        """The insert deduplication token: the table and the offsets this insert covers."""
+        covered = ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.ranges.items()))
+        return f"{self.table}|{covered}"
+
+
+@dataclass
+class Batch:
+    """A batch split into inserts per table (the `dlq` insert included)."""
+
+    inserts: dict[str, Insert] = field(default_factory=dict)
+    dead_lettered: dict[str, int] = field(default_factory=dict)  # reason -> count (this sink's own)
+
+    def insert_for(self, table: str) -> Insert:
+        insert = self.inserts.get(table)
+        if insert is None:
+            insert = self.inserts[table] = Insert(table)
+        return insert
+
+
+class BatchBuilder:
+    """Splits records into inserts; `avro_tables` are the tables fed as AvroConfluent."""
+
+    def __init__(
+        self,
+        lookup: WriterLookup,
+        topic_tables: dict[str, TableSpec],
+        dlq_topic: str,
+        *,
+        avro_tables: frozenset[str] = frozenset({"events"}),
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.lookup = lookup
+        self.topic_tables = topic_tables
+        self.dlq_topic = dlq_topic
+        self.avro_tables = avro_tables
+        self.clock = clock
+
+    def build(self, records: Sequence[KafkaRecord], *, decode_all: bool = False) -> Batch:
+        """The batch's inserts; `decode_all` decodes pass-through records in Python into rows (used
+        when ClickHouse refused a pass-through insert: the record that made it fail is found and
+        dead-lettered, the others are inserted as rows)."""
+        batch = Batch()
+        now = self.clock()
+        for record in records:
+            if record.topic == self.dlq_topic:
+                letter = DeadLetter.from_headers(record.key, record.value, record.headers or [])
+                insert = batch.insert_for("dlq")
+                insert.rows.append(dlq_row(letter, now))
+                insert.cover(record)
+                continue
+            spec = self.topic_tables[record.topic]
+            refusal = self._add(batch, spec, record, decode_all)
+            if refusal is not None:
+                reason, message = refusal
+                batch.dead_lettered[reason.value] = batch.dead_lettered.get(reason.value, 0) + 1
+                letter = DeadLetter(
+                    Stage.sink,
+                    reason,
+                    message,
+                    record.key,
+                    record.value,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+                insert = batch.insert_for("dlq")
+                insert.rows.append(dlq_row(letter, now))
+                insert.cover(record)
+        return batch
+
+    def _add(
+        self, batch: Batch, spec: TableSpec, record: KafkaRecord, decode_all: bool
+    ) -> tuple[Reason, str] | None:
+        value = record.value
+        if not value:
+            return Reason.empty, "the record has no value"
+        if value[0] != 0 or len(value) < 5:
+            return Reason.not_confluent_framed, f"first byte {value[0]:#04x}, expected the magic byte 0x00"
+        schema_id = int.from_bytes(value[1:5], "big")
+        writer = self.lookup(schema_id)
+        if writer is None:
+            return Reason.unknown_schema_id, f"schema id {schema_id} is not a schema of the contract"
+        if writer.record_type.full_name != spec.record_type.full_name:
+            return (
+                Reason.unknown_record_type,
+                f"a {writer.record_type.full_name} on the topic of {spec.record_type.full_name}",
+            )
+        insert = batch.insert_for(spec.name)
+        if spec.name in self.avro_tables and not decode_all:
+            insert.avro.append(value)
+            insert.cover(record)
+            return None
+        body = io.BytesIO(value)
+        body.seek(5)
+        try:
+            datum = fastavro.schemaless_reader(body, writer.parsed, spec.record_type.parsed)
+            if body.tell() != len(value):
+                return Reason.undecodable, f"{len(value) - body.tell()} bytes left after the record"
+            if not isinstance(datum, dict):
+                return Reason.undecodable, "the body is not a record"
+            row = spec.to_row(datum, record.partition, record.offset)
+        except UnicodeDecodeError as exc:
+            return Reason.invalid_encoding, f"invalid UTF-8 in a string: {exc.reason}"
+        except (EOFError, StopIteration, IndexError) as exc:
+            return Reason.truncated, f"the body ends early ({type(exc).__name__})"
+        except Exception as exc:  # fastavro and row building raise assorted errors on garbage
+            return Reason.undecodable, f"{type(exc).__name__}: {str(exc)[:200]}"
+        insert.rows.append(row)
+        insert.cover(record)
+        return None
+
+
+def topic_tables(topic_prefix: str) -> dict[str, TableSpec]:
+    """Each output topic of the processors and the table its records go to."""
+    return {spec.record_type.topic(topic_prefix): spec for spec in TABLES.values()}

@@ -1,0 +1,50 @@
+"""Settings of the sink workers (ONFINISH_SINK_*), each with an embedded default."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FAMILIES = ("events", "rollups", "dlq")
+
+
+class SinkSettings(BaseSettings):
+    """How sink workers batch, retry and show themselves."""
+
+    model_config = SettingsConfigDict(env_prefix="ONFINISH_SINK_", extra="ignore")
+
+    group_prefix: str = Field(
+        default="onfinish-sinks",
+        description="Consumer groups are <prefix>-events, <prefix>-rollups and <prefix>-dlq.",
+    )
+    families: list[str] = Field(
+        default=list(FAMILIES),
+        description="Table families this worker writes: events, rollups (windows, sessions, alerts), dlq.",
+    )
+    batch_rows: int = Field(default=50_000, ge=1, description="Most records in one insert batch.")
+    batch_seconds: float = Field(
+        default=1.0, gt=0, description="Longest a batch waits to fill before it is inserted as it is."
+    )
+    retry_initial_s: float = Field(
+        default=0.5, gt=0, description="First pause before retrying an insert ClickHouse did not accept."
+    )
+    retry_max_s: float = Field(default=30.0, gt=0, description="Longest pause between insert retries.")
+    events_ttl_days: int = Field(default=90, ge=1, description="Days the events table keeps rows.")
+    web_host: str = Field(default="127.0.0.1", description="Interface of the worker's /health and /metrics.")
+    web_port: int = Field(default=6166, description="Port of the worker's /health and /metrics.")
+    query_host: str = Field(
+        default="127.0.0.1", description="Interface of the read-only SQL endpoint (embedded mode)."
+    )
+    fault_exit_after_batches: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Fault drills only: the process exits hard after storing this many batches, before "
+            "committing the last (0 = never). Proves that a crash between insert and commit loses "
+            "and doubles nothing."
+        ),
+    )
+    query_port: int = Field(
+        default=8124,
+        description="Port of the read-only SQL endpoint the embedded ClickHouse's owner serves; 0 = none.",
+    )

@@ -1,0 +1,444 @@
+"""Sink workers: Kafka topics into ClickHouse tables, offsets committed only after ClickHouse took them.
+
+One process runs a thread per table family (events; rollups: windows, sessions, alerts; dlq), each
+a consumer group of its own (`<prefix>-<family>`), so that a slow family never holds back another
+and each can be scaled on its own. A family thread:
+1. consumes records until the batch is full (`batch_rows`) or old (`batch_seconds`);
+2. splits it into inserts (sinks/batches.py): enriched events pass through as AvroConfluent,
+   rollups become rows, anything unstorable becomes a `dlq` row with its reason;
+3. inserts each table's part with an insert deduplication token naming its offsets, retrying with
+   backoff for as long as ClickHouse does not accept it (the consumer is paused meanwhile, so the
+   group keeps the partitions and nothing is lost or skipped);
+4. commits the offsets, synchronously.
+A worker killed between 3 and 4 re-inserts the same batch on restart (same records, same token)
+and ClickHouse drops it; the replacing tables collapse anything that still arrives twice.
+
+In embedded mode (chDB) this process owns the data directory, so it also serves the read-only SQL
+endpoint (sinks/query.py) that the CLI, the dashboard and analysts use. /health and /metrics are
+served on `web_port`. SIGTERM or SIGINT: every family finishes its batch, commits and closes.
+
+Run it with `onfinish sink` or `python -m onfinish.sinks.worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import confluent_kafka
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from onfinish.errors import OnfinishError
+from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
+from onfinish.sinks.batches import Batch, BatchBuilder, Insert, KafkaRecord, RegistryWriters, topic_tables
+from onfinish.sinks.migrate import apply_migrations
+from onfinish.sinks.settings import SinkSettings
+from onfinish.sinks.tables import DLQ_COLUMNS, TABLES
+from onfinish.stack import clickhouse
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+log = logging.getLogger(__name__)
+
+
+class RegistryUnavailable(OnfinishError):
+    """The registry could not be asked: the batch waits for it."""
+
+
+class SinkMetrics:
+    """The worker's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rows = Counter("onfinish_sink_rows", "Rows inserted.", ["table"], registry=self.registry)
+        self.batches = Counter(
+            "onfinish_sink_batches", "Batches committed.", ["family"], registry=self.registry
+        )
+        self.batch_seconds = Histogram(
+            "onfinish_sink_batch_seconds",
+            "Time from a batch's first record to its commit.",
+            ["family"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "onfinish_sink_insert_failures",
+            "Inserts ClickHouse did not accept (retried).",
+            ["family"],
+            registry=self.registry,
+        )
+        self.dead_lettered = Counter(
+            "onfinish_sink_dead_lettered",
+            "Records this sink could not store (in the dlq table).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.lag = Gauge("onfinish_sink_lag", "Records not yet consumed.", ["family"], registry=self.registry)
+
+
+def _fetch_schema(client: SchemaRegistryClient) -> Callable[[int], str | None]:
+    def fetch(schema_id: int) -> str | None:
+        try:
+            return str(client.get_schema(schema_id).schema_str)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return None
+            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
+        except Exception as exc:  # transport errors
+            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
+
+    return fetch
+
+
+class FamilySink:
+    """One table family: its consumer group, batches, inserts and commits."""
+
+    def __init__(
+        self,
+        family: str,
+        settings: SinkSettings,
+        kafka: KafkaSettings,
+        registry: RegistrySettings,
+        connect: Callable[[], Client],
+        metrics: SinkMetrics,
+    ) -> None:
+        self.family = family
+        self.settings = settings
+        self.kafka = kafka
+        self.connect = connect
+        self.metrics = metrics
+        prefix = kafka.topic_prefix
+        tables = topic_tables(prefix)
+        wanted = {"events": ("events",), "rollups": ("windows_1m", "sessions", "alerts"), "dlq": ()}[family]
+        self.topics = [topic for topic, spec in tables.items() if spec.name in wanted]
+        if family == "dlq":
+            self.topics = [f"{prefix}.dlq"]
+        self.builder = BatchBuilder(
+            RegistryWriters(
+                _fetch_schema(SchemaRegistryClient({"url": registry.url, "timeout": registry.timeout_s}))
+            ),
+            tables,
+            f"{prefix}.dlq",
+            clock=lambda: datetime.now(UTC),
+        )
+        self.registry_url = registry.url
+        self.consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": f"{settings.group_prefix}-{family}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "client.id": f"{settings.group_prefix}-{family}",
+                "max.poll.interval.ms": 600_000,
+            }
+        )
+        self.client: Client | None = None
+        self.pending: list[Any] = []  # consumed messages of the batch being built
+        self.stored_batches = 0
+        self.batch_started = 0.0
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
+        lag_measured = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() - lag_measured > 2.0:
+                    # Measured here: the consumer is not to be used from the web server's threads.
+                    self.metrics.lag.labels(self.family).set(_lag(self.consumer))
+                    lag_measured = time.monotonic()
+                room = self.settings.batch_rows - len(self.pending)
+                messages = self.consumer.consume(num_messages=max(room, 1), timeout=0.2)
+                for message in messages:
+                    if message.error() is None:
+                        if not self.pending:
+                            self.batch_started = time.monotonic()
+                        self.pending.append(message)
+                    else:
+                        log.warning("consumer error", extra={"error": str(message.error())[:200]})
+                if self.pending and (
+                    len(self.pending) >= self.settings.batch_rows
+                    or time.monotonic() - self.batch_started >= self.settings.batch_seconds
+                ):
+                    self._flush(stop)
+            if self.pending:
+                self._flush(stop, stopping=True)
+        finally:
+            self.consumer.close()
+            if self.client is not None:
+                self.client.close()
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Store what was consumed before the partitions go: the next owner starts after it.
+        if self.pending:
+            self._flush(threading.Event(), stopping=True)
+
+    def _flush(self, stop: threading.Event, *, stopping: bool = False) -> None:
+        messages, self.pending = self.pending, []
+        records = [
+            KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
+            for m in messages
+        ]
+        self._store(records, stop, stopping)
+        self.stored_batches += 1
+        if self.stored_batches == self.settings.fault_exit_after_batches:
+            log.warning("fault drill: exiting between insert and commit")
+            os._exit(86)
+        offsets: dict[tuple[str, int], int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            offsets[key] = max(offsets.get(key, -1), record.offset)
+        self.consumer.commit(
+            offsets=[confluent_kafka.TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()],
+            asynchronous=False,
+        )
+        self.metrics.batches.labels(self.family).inc()
+        self.metrics.batch_seconds.labels(self.family).observe(time.monotonic() - self.batch_started)
+
+    def _store(self, records: list[KafkaRecord], stop: threading.Event, stopping: bool) -> None:
+        """Insert the batch; returns once ClickHouse took all of it (retrying, paused, meanwhile)."""
+        delay = self.settings.retry_initial_s
+        decode_all = False
+        paused = False
+        try:
+            while True:
+                try:
+                    batch = self.builder.build(records, decode_all=decode_all)
+                    self._insert(batch)
+                    for reason, count in batch.dead_lettered.items():
+                        self.metrics.dead_lettered.labels(reason).inc(count)
+                    return
+                except RegistryUnavailable as exc:
+                    log.warning(
+                        "schema registry unavailable; the batch waits", extra={"error": str(exc)[:200]}
+                    )
+                except _PassThroughRefused:
+                    # Find the record ClickHouse could not read: decode them all here, once.
+                    if not decode_all:
+                        decode_all = True
+                        continue
+                except Exception as exc:  # ClickHouse unreachable, locked, or refusing
+                    self.metrics.failures.labels(self.family).inc()
+                    log.warning(
+                        "ClickHouse did not accept the batch; retrying",
+                        extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
+                    )
+                    if self.client is not None:
+                        try:
+                            self.client.close()
+                        finally:
+                            self.client = None
+                if not paused and not stopping:
+                    self.consumer.pause(self.consumer.assignment())
+                    paused = True
+                self._wait(delay, stop if not stopping else None)
+                delay = min(delay * 2, self.settings.retry_max_s)
+        finally:
+            if paused:
+                self.consumer.resume(self.consumer.assignment())
+
+    def _wait(self, seconds: float, stop: threading.Event | None) -> None:
+        """Pause between retries, polling so the group keeps this consumer (it is paused)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.consumer.poll(min(0.2, max(deadline - time.monotonic(), 0)))
+
+    def _insert(self, batch: Batch) -> None:
+        if self.client is None:
+            self.client = self.connect()
+        client = self.client
+        for insert in batch.inserts.values():
+            # Replacing tables collapse duplicates at merge time and FINAL; sorting them out at every
+            # insert as well costs a fifth of the insert rate.
+            settings = {"insert_deduplication_token": insert.token(), "optimize_on_insert": 0}
+            if insert.avro:
+                self._insert_avro(client, insert, settings)
+            if insert.rows:
+                columns = (
+                    list(DLQ_COLUMNS) if insert.table == "dlq" else list(_spec_named(insert.table).columns)
+                )
+                client.insert(insert.table, insert.rows, column_names=columns, settings=settings)
+            self.metrics.rows.labels(insert.table).inc(insert.count)
+
+    def _insert_avro(self, client: Client, insert: Insert, settings: dict[str, Any]) -> None:
+        try:
+            client.raw_insert(
+                insert.table,
+                column_names=list(_spec_named(insert.table).record_type.field_names),
+                insert_block=b"".join(insert.avro),
+                fmt="AvroConfluent",
+                settings={
+                    **settings,
+                    "format_avro_schema_registry_url": self.registry_url,
+                    "input_format_skip_unknown_fields": 1,
+                },
+            )
+        except Exception as exc:
+            if _is_data_error(exc):
+                raise _PassThroughRefused(str(exc)[:300]) from exc
+            raise
+
+
+class _PassThroughRefused(Exception):
+    """ClickHouse could not read an AvroConfluent insert: some record in it is at fault."""
+
+
+def _is_data_error(exc: Exception) -> bool:
+    text = str(exc)
+    return any(
+        marker in text
+        for marker in ("CANNOT_PARSE", "INCORRECT_DATA", "Avro", "avro", "CANNOT_READ", "TYPE_MISMATCH")
+    )
+
+
+def _spec_named(table: str) -> Any:
+    return next(spec for spec in TABLES.values() if spec.name == table)
+
+
+# --- the process -------------------------------------------------------------------------------
+
+
+class _WebHandler(BaseHTTPRequestHandler):
+    metrics: SinkMetrics
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            body = b'{"status": "ok"}'
+            content_type = "application/json"
+        elif self.path == "/metrics":
+            body = generate_latest(self.metrics.registry)
+            content_type = "text/plain; version=0.0.4"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _lag(consumer: Any) -> float:
+    """Records of the assigned partitions not yet consumed, from the client's cached watermarks."""
+    try:
+        positions = consumer.position(consumer.assignment())
+        highs = [consumer.get_watermark_offsets(tp, cached=True)[1] for tp in positions]
+    except (confluent_kafka.KafkaException, RuntimeError):  # closed, or between assignments
+        return 0.0
+    return float(
+        sum(max(high - tp.offset, 0) for tp, high in zip(positions, highs, strict=True) if tp.offset >= 0)
+    )
+
+
+def run(
+    settings: SinkSettings | None = None,
+    kafka: KafkaSettings | None = None,
+    registry: RegistrySettings | None = None,
+    clickhouse_settings: ClickHouseSettings | None = None,
+    stack: StackSettings | None = None,
+    *,
+    stop: threading.Event | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run the sink worker until `stop` is set (or SIGTERM/SIGINT when run as a program)."""
+    settings = settings or SinkSettings()
+    kafka = kafka or KafkaSettings()
+    registry = registry or RegistrySettings()
+    clickhouse_settings = clickhouse_settings or ClickHouseSettings()
+    stack = stack or StackSettings()
+    stop = stop or threading.Event()
+
+    def connect() -> Client:
+        return clickhouse.connect(clickhouse_settings, stack)
+
+    owner = _connect_with_retry(connect, stop, settings)
+    if owner is None:
+        return
+    apply_migrations(owner, events_ttl_days=settings.events_ttl_days)
+    metrics = SinkMetrics()
+    families = [
+        FamilySink(family, settings, kafka, registry, connect, metrics) for family in settings.families
+    ]
+    handler = type("Handler", (_WebHandler,), {"metrics": metrics})
+    web = ThreadingHTTPServer((settings.web_host, settings.web_port), handler)
+    servers: list[Any] = [web]
+    threading.Thread(target=web.serve_forever, name="sink-web", daemon=True).start()
+    embedded = clickhouse_settings.resolved_dsn(stack).startswith("chdb:")
+    if embedded and settings.query_port:
+        from onfinish.sinks.query import QueryServer
+
+        query = QueryServer(owner, settings.query_host, settings.query_port)
+        query.start()
+        servers.append(query)
+    threads = [
+        threading.Thread(target=family.run, args=(stop,), name=f"sink-{family.family}", daemon=True)
+        for family in families
+    ]
+    for thread in threads:
+        thread.start()
+    if ready is not None:
+        ready()
+    try:
+        while any(thread.is_alive() for thread in threads) and not stop.is_set():
+            stop.wait(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        for server in servers:
+            if hasattr(server, "shutdown"):
+                server.shutdown()
+            else:
+                server.stop()
+        owner.close()
+
+
+def _connect_with_retry(
+    connect: Callable[[], Client], stop: threading.Event, settings: SinkSettings
+) -> Client | None:
+    delay = settings.retry_initial_s
+    while not stop.is_set():
+        try:
+            return connect()
+        except Exception as exc:  # locked by another process, or a server that is not up yet
+            log.warning(
+                "ClickHouse not reachable; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay}
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, settings.retry_max_s)
+    return None
+
+
+def main(families: Iterable[str] | None = None) -> None:
+    from onfinish.logs import LogSettings, configure_logging
+
+    configure_logging(LogSettings())
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    settings = SinkSettings()
+    if families is not None:
+        settings = settings.model_copy(update={"families": list(families)})
+    run(settings, stop=stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Splitting a sink batch: pass-through Avro, rows, and dead letters with their reasons."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from onfinish.processors.windows import WindowKey, WindowState
+from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, WINDOW_SNAPSHOT, RecordType
+from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.sinks.batches import BatchBuilder, KafkaRecord, Writer, topic_tables
+from onfinish.sinks.tables import EVENTS, WINDOWS
+from tests.processors.test_windows import _enriched
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+IDS = {1: ENRICHED_EVENT, 2: WINDOW_SNAPSHOT, 3: ALERT}
+
+
+def _lookup(schema_id: int) -> Writer | None:
+    record_type = IDS.get(schema_id)
+    return None if record_type is None else Writer(record_type, record_type.parsed)
+
+
+def _framed(schema_id: int, record_type: RecordType, datum: dict) -> bytes:  # type: ignore[type-arg]
+    return b"\x00" + schema_id.to_bytes(4, "big") + record_type.encode(datum)
+
+
+def _builder() -> BatchBuilder:
+    return BatchBuilder(_lookup, topic_tables("p"), "p.dlq", clock=lambda: NOW)
+
+
+def _window_value() -> bytes:
+    state = WindowState()
+    event = _enriched(0, latency_ms=120.0, ttft_ms=40.0)
+    state.apply(event, 5)
+    return _framed(2, WINDOW_SNAPSHOT, state.datum(WindowKey.of(event), 3, NOW))
+
+
+def test_events_pass_through_and_windows_become_dense_rows():
+    event = ENRICHED_EVENT.to_datum(_enriched(1))
+    records = [
+        KafkaRecord("p.enriched", 0, 10, b"k", _framed(1, ENRICHED_EVENT, event)),
+        KafkaRecord("p.enriched", 0, 11, b"k", _framed(1, ENRICHED_EVENT, event)),
+        KafkaRecord("p.windows", 2, 7, b"w", _window_value()),
+    ]
+    batch = _builder().build(records)
+    assert set(batch.inserts) == {"events", "windows_1m"}
+    assert batch.inserts["events"].avro == [records[0].value, records[1].value]
+    assert batch.inserts["events"].rows == []
+    (row,) = batch.inserts["windows_1m"].rows
+    named = dict(zip(WINDOWS.columns, row, strict=True))
+    assert len(named["latency_counts"]) == 393 and sum(named["latency_counts"]) == 1
+    assert (named["kafka_partition"], named["kafka_offset"], named["events"]) == (2, 7, 1)
+
+
+def test_decode_all_turns_pass_through_records_into_rows():
+    value = _framed(1, ENRICHED_EVENT, ENRICHED_EVENT.to_datum(_enriched(1)))
+    batch = _builder().build([KafkaRecord("p.enriched", 1, 3, b"k", value)], decode_all=True)
+    (row,) = batch.inserts["events"].rows
+    assert batch.inserts["events"].avro == []
+    assert dict(zip(EVENTS.columns, row, strict=True))["request_id"] == "r1"
+
+
+def test_unstorable_records_become_dead_letters_with_their_reason():
+    good = _framed(1, ENRICHED_EVENT, ENRICHED_EVENT.to_datum(_enriched(1)))
+    records = [
+        KafkaRecord("p.enriched", 0, 1, b"a", None),
+        KafkaRecord("p.enriched", 0, 2, b"b", b"{json}"),
+        KafkaRecord("p.enriched", 0, 3, b"c", b"\x00\x00\x00\x00\x63rest"),
+        KafkaRecord("p.enriched", 0, 4, b"d", _window_value()),
+        KafkaRecord("p.windows", 0, 5, b"e", _window_value()[:-9]),
+        KafkaRecord("p.enriched", 0, 6, b"f", good),
+    ]
+    batch = _builder().build(records)
+    reasons = [row[1] for row in batch.inserts["dlq"].rows]
+    assert reasons == [
+        Reason.empty.value,
+        Reason.not_confluent_framed.value,
+        Reason.unknown_schema_id.value,
+        Reason.unknown_record_type.value,
+        Reason.truncated.value,
+    ]
+    assert {row[0] for row in batch.inserts["dlq"].rows} == {Stage.sink.value}
+    assert batch.dead_lettered == {reason: 1 for reason in reasons}
+    assert batch.inserts["events"].avro == [good]
+
+
+def test_dead_letters_of_the_dlq_topic_keep_the_stage_and_reason_that_refused_them():
+    letter = DeadLetter(
+        Stage.validate, Reason.contract_violation, "latency_ms: < 0", b"k", b"v", "p.raw", 4, 9
+    )
+    batch = _builder().build([KafkaRecord("p.dlq", 1, 0, b"k", b"v", letter.headers())])
+    (row,) = batch.inserts["dlq"].rows
+    assert row[:6] == ["validate", "contract_violation", "latency_ms: < 0", "p.raw", 4, 9]
+    assert batch.dead_lettered == {}, "the processors counted it already"
+
+
+def test_the_deduplication_token_names_the_offsets_of_the_insert():
+    value = _framed(1, ENRICHED_EVENT, ENRICHED_EVENT.to_datum(_enriched(1)))
+    records = [KafkaRecord("p.enriched", p, o, b"k", value) for p, o in ((1, 9), (0, 4), (1, 7), (0, 5))]
+    token = _builder().build(records).inserts["events"].token()
+    assert token == "events|p.enriched:0:4-5,p.enriched:1:7-9"
+    assert _builder().build(list(reversed(records))).inserts["events"].token() == token
+    later = _builder().build([*records, KafkaRecord("p.enriched", 1, 10, b"k", value)])
+    assert later.inserts["events"].token() != token
