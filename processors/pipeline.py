@@ -33,7 +33,14 @@ from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
 from onfinish.processors.sessions import SessionState
 from onfinish.processors.windows import Watermark, WindowKey, WindowState, window_start
-from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT, RecordType
+from onfinish.schemas.contract import (
+    ALERT,
+    ENRICHED_EVENT,
+    QUALITY_UPDATE,
+    SESSION_SNAPSHOT,
+    WINDOW_SNAPSHOT,
+    RecordType,
+)
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import Alert, EnrichedEvent, Feedback, OnFinishEvent
 
@@ -404,22 +411,40 @@ class Batch:
 
     def _feedback(self, feedback: Feedback, partition: int, offset: int) -> None:
         pipeline = self.pipeline
-        pipeline.counts.feedback += 1
-        session = self._touch_session(_session_key(feedback), partition)
+        session_key = _session_key(feedback)
+        session = self._touch_session(session_key, partition)
+        if offset <= session.state.version:
+            pipeline.counts.feedback += 1
+            pipeline.counts.replayed += 1
+            return
         behaviour = session.behaviours.get(feedback.request_id)
         quality = None
         if behaviour is not None:
             behaviour = merge_feedback(behaviour, feedback)
             quality = score_behaviour(behaviour, pipeline.enricher.weights)
-        if not session.state.apply_feedback(
+            # The event was stored with the score it had then: this update replaces it downstream.
+            update = {
+                "request_id": feedback.request_id,
+                "session_id": feedback.session_id,
+                "quality_score": quality,
+                "regenerated": behaviour.regenerated,
+                "edited": behaviour.edited,
+                "rating": behaviour.rating,
+                "version": offset,
+                "raw_partition": partition,
+                "updated_at": self.now,
+            }
+            self.outputs.append(
+                Output(QUALITY_UPDATE, session_key.encode(), pipeline.encode(QUALITY_UPDATE, update))
+            )
+        pipeline.counts.feedback += 1
+        session.state.apply_feedback(
             feedback.request_id,
             regenerated=feedback.regenerated,
             edited=feedback.edited,
             quality=quality,
             offset=offset,
-        ):
-            pipeline.counts.replayed += 1
-            return
+        )
         if behaviour is not None:
             session.behaviours[feedback.request_id] = behaviour
 

@@ -42,6 +42,8 @@ Finding: TypeAlias = tuple[str, str]
 
 # Rounds of redaction until a fixpoint; two suffice for every overlap the tests found.
 _MAX_ROUNDS = 4
+_CACHED_TEXT_CHARS = 256  # results of texts up to this long are remembered...
+_CACHE_ENTRIES = 4096  # ...this many of them
 
 
 class RedactionError(OnfinishError):
@@ -265,7 +267,7 @@ class PatternSet:
     every agent and thread of a processor.
     """
 
-    __slots__ = ("_gates", "_names", "_patterns", "_version")
+    __slots__ = ("_cache", "_gates", "_names", "_patterns", "_version")
 
     def __init__(self, version: int, entries: list[_PatternEntry]) -> None:
         conditions: dict[tuple[tuple[str, ...], bool], int] = {}
@@ -281,6 +283,9 @@ class PatternSet:
         self._names = tuple(entry.name for entry in entries)
         self._patterns = tuple(patterns)
         self._gates = tuple(_Gate(needles, folded) for needles, folded in conditions)
+        # Free text repeats (error codes and messages, finish reasons): results of short texts are
+        # kept, a bounded number of them, and the whole cache dropped when full. Never logged.
+        self._cache: dict[str, str] = {}
 
     @classmethod
     def load(cls, path: Path | None = None) -> Self:
@@ -331,11 +336,19 @@ class PatternSet:
         swallowed a neighbour (an IBAN followed by a phone number) and match once the neighbour is
         masked. Clean text takes one round, so the common case costs nothing more.
         """
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        original = text
         redacted = self._apply(text, None)
         rounds = 1
         while redacted != text and rounds < _MAX_ROUNDS:
             text, redacted = redacted, self._apply(redacted, None)
             rounds += 1
+        if len(original) <= _CACHED_TEXT_CHARS:
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[original] = redacted
         return redacted
 
     def findings(self, text: str) -> list[Finding]:

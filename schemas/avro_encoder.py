@@ -44,12 +44,14 @@ def _zigzag_varint(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [_zigzag_varint(i) for i in range(-64, 64)]
+# Counts, token numbers, partitions and string lengths are mostly small: their encodings are kept.
+_SMALL_LIMIT = 16384
+_SMALL = [_zigzag_varint(i) for i in range(-_SMALL_LIMIT, _SMALL_LIMIT)]
 
 
 def _long(value: int) -> bytes:
-    if -64 <= value < 64:
-        return _SMALL[value + 64]
+    if -_SMALL_LIMIT <= value < _SMALL_LIMIT:
+        return _SMALL[value + _SMALL_LIMIT]
     return _zigzag_varint(value)
 
 

@@ -24,6 +24,7 @@ from onfinish.schemas.models import (
     EnrichedEvent,
     Feedback,
     OnFinishEvent,
+    QualityUpdate,
     SessionSnapshot,
     WindowSnapshot,
     _Record,
@@ -108,10 +109,18 @@ ENRICHED_EVENT = RecordType("enriched_event.v1.avsc", EnrichedEvent, topic_suffi
 WINDOW_SNAPSHOT = RecordType("window_snapshot.v1.avsc", WindowSnapshot, topic_suffix="windows")
 SESSION_SNAPSHOT = RecordType("session_snapshot.v1.avsc", SessionSnapshot, topic_suffix="sessions")
 ALERT = RecordType("alert.v1.avsc", Alert, topic_suffix="alerts")
+# Feedback that arrives after its event changes the event's score: an update next to the events.
+QUALITY_UPDATE = RecordType("quality_update.v1.avsc", QualityUpdate, topic_suffix="enriched")
 # What producers write to onfinish.raw; the index of a type here is its kind byte in the SDK's spool.
 RECORD_TYPES: tuple[RecordType, ...] = (ONFINISH_EVENT, FEEDBACK)
 # What the processors write, each on its own topic under its own subject.
-PROCESSED_RECORD_TYPES: tuple[RecordType, ...] = (ENRICHED_EVENT, WINDOW_SNAPSHOT, SESSION_SNAPSHOT, ALERT)
+PROCESSED_RECORD_TYPES: tuple[RecordType, ...] = (
+    ENRICHED_EVENT,
+    QUALITY_UPDATE,
+    WINDOW_SNAPSHOT,
+    SESSION_SNAPSHOT,
+    ALERT,
+)
 ALL_RECORD_TYPES: tuple[RecordType, ...] = (*RECORD_TYPES, *PROCESSED_RECORD_TYPES)
 
 

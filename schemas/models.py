@@ -309,3 +309,18 @@ class Alert(_Record):
     at: Timestamp
     message: Text
     raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)
+
+
+class QualityUpdate(_Record):
+    """A call's quality after later Feedback (Avro io.onfinish.QualityUpdate): replaces the score its
+    event was stored with; the latest version (raw offset of the feedback) wins."""
+
+    request_id: Identifier
+    session_id: Identifier | None = None
+    quality_score: float = Field(ge=0, le=1, allow_inf_nan=False)
+    regenerated: bool
+    edited: bool
+    rating: Rating | None = None
+    version: Long
+    raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)
+    updated_at: Timestamp

@@ -120,7 +120,7 @@ class BatchBuilder:
     def __init__(
         self,
         lookup: WriterLookup,
-        topic_tables: dict[str, TableSpec],
+        topic_tables: dict[str, dict[str, TableSpec]],
         dlq_topic: str,
         *,
         avro_tables: frozenset[str] = frozenset({"events"}),
@@ -145,8 +145,7 @@ class BatchBuilder:
                 insert.rows.append(dlq_row(letter, now))
                 insert.cover(record)
                 continue
-            spec = self.topic_tables[record.topic]
-            refusal = self._add(batch, spec, record, decode_all)
+            refusal = self._add(batch, self.topic_tables[record.topic], record, decode_all)
             if refusal is not None:
                 reason, message = refusal
                 batch.dead_lettered[reason.value] = batch.dead_lettered.get(reason.value, 0) + 1
@@ -166,7 +165,7 @@ class BatchBuilder:
         return batch
 
     def _add(
-        self, batch: Batch, spec: TableSpec, record: KafkaRecord, decode_all: bool
+        self, batch: Batch, specs: dict[str, TableSpec], record: KafkaRecord, decode_all: bool
     ) -> tuple[Reason, str] | None:
         value = record.value
         if not value:
@@ -177,10 +176,12 @@ class BatchBuilder:
         writer = self.lookup(schema_id)
         if writer is None:
             return Reason.unknown_schema_id, f"schema id {schema_id} is not a schema of the contract"
-        if writer.record_type.full_name != spec.record_type.full_name:
+        spec = specs.get(writer.record_type.full_name)
+        if spec is None:
+            carried = ", ".join(sorted(specs))
             return (
                 Reason.unknown_record_type,
-                f"a {writer.record_type.full_name} on the topic of {spec.record_type.full_name}",
+                f"a {writer.record_type.full_name} on {record.topic} ({carried})",
             )
         insert = batch.insert_for(spec.name)
         if spec.name in self.avro_tables and not decode_all:
@@ -207,6 +208,9 @@ class BatchBuilder:
         return None
 
 
-def topic_tables(topic_prefix: str) -> dict[str, TableSpec]:
-    """Each output topic of the processors and the table its records go to."""
-    return {spec.record_type.topic(topic_prefix): spec for spec in TABLES.values()}
+def topic_tables(topic_prefix: str) -> dict[str, dict[str, TableSpec]]:
+    """Each output topic of the processors, and the table of each record type it carries."""
+    tables: dict[str, dict[str, TableSpec]] = {}
+    for full_name, spec in TABLES.items():
+        tables.setdefault(spec.record_type.topic(topic_prefix), {})[full_name] = spec
+    return tables

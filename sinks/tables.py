@@ -22,7 +22,14 @@ from operator import itemgetter
 from typing import Any
 
 from onfinish.processors.histograms import DEFAULT_GRID
-from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT, RecordType
+from onfinish.schemas.contract import (
+    ALERT,
+    ENRICHED_EVENT,
+    QUALITY_UPDATE,
+    SESSION_SNAPSHOT,
+    WINDOW_SNAPSHOT,
+    RecordType,
+)
 from onfinish.schemas.deadletter import DeadLetter
 
 RowBuilder = Callable[[dict[str, Any], int, int], list[Any]]
@@ -124,9 +131,10 @@ EVENTS = _spec("events", ENRICHED_EVENT)
 WINDOWS = TableSpec("windows_1m", WINDOW_SNAPSHOT, WINDOW_COLUMNS, window_row)
 SESSIONS = _spec("sessions", SESSION_SNAPSHOT)
 ALERTS = _spec("alerts", ALERT)
+EVENT_QUALITY = _spec("event_quality", QUALITY_UPDATE)
 
 TABLES: dict[str, TableSpec] = {
-    spec.record_type.full_name: spec for spec in (EVENTS, WINDOWS, SESSIONS, ALERTS)
+    spec.record_type.full_name: spec for spec in (EVENTS, EVENT_QUALITY, WINDOWS, SESSIONS, ALERTS)
 }
 """The sink tables by the full name of the record type they store."""
 

@@ -119,8 +119,14 @@ class FamilySink:
         self.metrics = metrics
         prefix = kafka.topic_prefix
         tables = topic_tables(prefix)
-        wanted = {"events": ("events",), "rollups": ("windows_1m", "sessions", "alerts"), "dlq": ()}[family]
-        self.topics = [topic for topic, spec in tables.items() if spec.name in wanted]
+        wanted = {
+            "events": ("events", "event_quality"),
+            "rollups": ("windows_1m", "sessions", "alerts"),
+            "dlq": (),
+        }[family]
+        self.topics = [
+            topic for topic, specs in tables.items() if any(spec.name in wanted for spec in specs.values())
+        ]
         if family == "dlq":
             self.topics = [f"{prefix}.dlq"]
         self.builder = BatchBuilder(

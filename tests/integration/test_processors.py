@@ -17,11 +17,13 @@ from typing import Any
 
 import fastavro
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from onfinish.producers.loadgen import LoadPlan, run_load
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.traffic import TrafficProfile
-from onfinish.schemas.contract import ENRICHED_EVENT, WINDOW_SNAPSHOT
+from onfinish.schemas.contract import ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.settings import KafkaSettings, RegistrySettings
 from onfinish.stack.topics import provision_topics
@@ -93,6 +95,16 @@ def _latest_windows(kafka: KafkaSettings, prefix: str) -> dict[str, dict[str, An
     return latest
 
 
+def _events(messages: list[Any], registry: RegistrySettings, prefix: str) -> list[dict[str, Any]]:
+    """The enriched events among `messages` (onfinish.enriched also carries quality updates)."""
+    client = SchemaRegistryClient({"url": registry.url})
+    subject = ENRICHED_EVENT.subject(ENRICHED_EVENT.topic(prefix))
+    schema_id = client.get_latest_version(subject).schema_id
+    assert schema_id is not None
+    header = b"\x00" + schema_id.to_bytes(4, "big")
+    return [_decode(ENRICHED_EVENT, m.value()) for m in messages if m.value()[:5] == header]
+
+
 def _decode(record_type: Any, value: bytes) -> dict[str, Any]:
     datum = fastavro.schemaless_reader(io.BytesIO(value[5:]), record_type.parsed, record_type.parsed)
     assert isinstance(datum, dict)
@@ -129,7 +141,7 @@ def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lette
     assert worker.wait(60) == 0, "graceful shutdown"
 
     enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check")
-    records = [_decode(ENRICHED_EVENT, m.value()) for m in enriched]
+    records = _events(enriched, registry_settings, unique)
     assert sorted(str(r["event_id"]) for r in records) == sorted(manifest["event_ids"]), "each event once"
     raw_bytes = b"\n".join(m.value() for m in enriched)
     assert not [pii for pii in manifest["planted_pii"] if pii.encode() in raw_bytes], (
@@ -221,7 +233,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
                 timeout_s=8,
                 settle_s=0,
             )
-            seen = {str(_decode(ENRICHED_EVENT, m.value())["event_id"]) for m in messages}
+            seen = {str(e["event_id"]) for e in _events(messages, registry_settings, unique)}
         missing = set(manifest["event_ids"]) - seen
         assert not missing, f"{len(missing)} of {len(manifest['event_ids'])} events lost"
         time.sleep(4)  # the last window snapshots
@@ -237,3 +249,51 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     assert sum(s["events"] for s in latest.values()) == report.events, (
         "each event counted once in the windows"
     )
+
+
+def test_every_event_delivered_twice_changes_no_aggregate(
+    worker: subprocess.Popen[bytes],
+    kafka_settings: KafkaSettings,
+    registry_settings: RegistrySettings,
+    unique: str,
+    tmp_path: Path,
+):
+    """A duplicating producer: every raw record sent again (same key, so the same partition)."""
+    plan = LoadPlan(rate=1000, duration_s=2, seed=33, profile=TrafficProfile(malformed_share=0))
+    report = run_load(
+        plan,
+        ProducerSettings(topic=f"{unique}.raw", spool_dir=tmp_path / "spool"),
+        kafka_settings,
+        registry_settings,
+        manifest=tmp_path / "manifest.json",
+    )
+    raw = consume_all(kafka_settings, f"{unique}.raw", f"{unique}-raw")
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers})
+    for message in raw:
+        producer.produce(f"{unique}.raw", message.value(), message.key(), headers=message.headers())
+    assert producer.flush(60) == 0
+
+    deadline = time.monotonic() + 90
+    while _metrics(WEB_PORT).get("onfinish_processor_duplicates_total", 0) < report.events:
+        assert time.monotonic() < deadline, _metrics(WEB_PORT)
+        time.sleep(1)
+    time.sleep(3)  # a snapshot interval or two
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check")
+    assert sorted(str(e["event_id"]) for e in _events(enriched, registry_settings, unique)) == sorted(
+        manifest["event_ids"]
+    ), "each event once on the enriched topic"
+    latest = _latest_windows(kafka_settings, unique)
+    assert sum(s["events"] for s in latest.values()) == report.events, "each event counted once"
+    sessions: dict[str, dict[str, Any]] = {}
+    for message in consume_all(kafka_settings, f"{unique}.sessions", f"{unique}-sessions"):
+        snapshot = _decode(SESSION_SNAPSHOT, message.value())
+        if (
+            snapshot["session_id"] not in sessions
+            or snapshot["version"] >= sessions[snapshot["session_id"]]["version"]
+        ):
+            sessions[snapshot["session_id"]] = snapshot
+    assert sum(s["turns"] for s in sessions.values()) == report.events

@@ -50,6 +50,7 @@ def test_register_puts_both_record_types_on_one_topic_under_full_transitive(
         f"{unique}.raw-io.onfinish.OnFinishEvent",
         f"{unique}.raw-io.onfinish.Feedback",
         f"{unique}.enriched-io.onfinish.EnrichedEvent",
+        f"{unique}.enriched-io.onfinish.QualityUpdate",
         f"{unique}.windows-io.onfinish.WindowSnapshot",
         f"{unique}.sessions-io.onfinish.SessionSnapshot",
         f"{unique}.alerts-io.onfinish.Alert",

@@ -7,6 +7,7 @@ own process, owns a chDB directory and answers the test's SQL through its read-o
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -36,6 +38,7 @@ from onfinish.schemas.contract import (
     ENRICHED_EVENT,
     FEEDBACK,
     ONFINISH_EVENT,
+    QUALITY_UPDATE,
     SESSION_SNAPSHOT,
     WINDOW_SNAPSHOT,
     RecordType,
@@ -61,7 +64,7 @@ class _Outputs:
             record_type.full_name: client.register_schema(
                 record_type.subject(record_type.topic(prefix)), Schema(record_type.schema_str, "AVRO")
             )
-            for record_type in (ENRICHED_EVENT, WINDOW_SNAPSHOT, SESSION_SNAPSHOT, ALERT)
+            for record_type in (ENRICHED_EVENT, QUALITY_UPDATE, WINDOW_SNAPSHOT, SESSION_SNAPSHOT, ALERT)
         }
         now = datetime.now(UTC)
         items = list(
@@ -138,6 +141,13 @@ def _start_sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
+
+
+def _request_of(value: bytes | None) -> str:
+    assert value is not None
+    datum = fastavro.schemaless_reader(io.BytesIO(value[5:]), QUALITY_UPDATE.parsed, QUALITY_UPDATE.parsed)
+    assert isinstance(datum, dict)
+    return str(datum["request_id"])
 
 
 def _sink_metric(name: str) -> float:
@@ -260,6 +270,10 @@ def test_rows_in_equal_rows_out_and_a_second_delivery_changes_nothing(
     assert errors == sum(e.status is not Status.success for e in events)
     sessions = query.query("SELECT sum(turns) FROM sessions FINAL").rows[0][0]
     assert sessions == len(events)
+    updated = {o.value for o in outputs.of(QUALITY_UPDATE)}
+    assert updated, "the traffic has feedback about calls seen before it"
+    requests = {row[0] for row in query.query("SELECT request_id FROM event_quality FINAL").rows}
+    assert requests == {_request_of(value) for value in updated}
 
     before = _snapshot_of_results(query)
     outputs.send(kafka_settings)  # every record once more, at new offsets

@@ -19,7 +19,14 @@ from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.producers.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
-from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, SESSION_SNAPSHOT, RecordType
+from onfinish.schemas.contract import (
+    ENRICHED_EVENT,
+    FEEDBACK,
+    ONFINISH_EVENT,
+    QUALITY_UPDATE,
+    SESSION_SNAPSHOT,
+    RecordType,
+)
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import Feedback, OnFinishEvent, Status
 
@@ -235,3 +242,42 @@ def test_a_registry_outage_mid_batch_loses_nothing_and_counts_nothing_twice():
         isinstance(i, OnFinishEvent) for i in items
     )
     assert _window_totals(outputs) == _expected_totals(items)
+
+
+def test_feedback_after_its_event_updates_the_events_score_once():
+    event = next(
+        i for i in TrafficGenerator(TrafficProfile(), seed=26).items(50) if isinstance(i, OnFinishEvent)
+    )
+    event = event.model_copy(
+        update={"status": Status.success, "regenerated": False, "edited": False, "rating": None}
+    )
+    feedback = Feedback(
+        request_id=event.request_id,
+        session_id=event.session_id,
+        regenerated=True,
+        rating=-1,
+        at=event.finished_at + timedelta(seconds=5),
+    )
+    raw = [
+        (
+            event.key.encode(),
+            b"\x00" + (1).to_bytes(4, "big") + ONFINISH_EVENT.encode(ONFINISH_EVENT.to_datum(event)),
+        ),
+        (
+            feedback.key.encode(),
+            b"\x00" + (2).to_bytes(4, "big") + FEEDBACK.encode(FEEDBACK.to_datum(feedback)),
+        ),
+    ]
+    sessions: dict[str, Any] = {}
+    pipeline = _pipeline(sessions)
+    outputs = _run(pipeline, raw)
+    (stored,) = [_decode(o) for o in outputs if o.record_type is ENRICHED_EVENT]
+    (update,) = [_decode(o) for o in outputs if o.record_type is QUALITY_UPDATE]
+    assert update["request_id"] == event.request_id and update["version"] == 1
+    assert (update["regenerated"], update["rating"]) == (True, -1)
+    assert update["quality_score"] < stored["quality_score"]
+    session = [_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT][-1]
+    assert session["quality_mean"] == update["quality_score"] and session["regenerations"] == 1
+    # The same feedback replayed by a worker that restored the session: no second update.
+    again = _run(_pipeline(dict(sessions)), raw, range(1, 2))
+    assert not [o for o in again if o.record_type is QUALITY_UPDATE]

@@ -14,7 +14,7 @@ from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.sinks import migrate
 from onfinish.sinks.migrate import Migration, apply_events_ttl, apply_migrations, load_migrations, render
 
-TABLES = {"events", "windows_1m", "sessions", "alerts", "dlq"}
+TABLES = {"events", "event_quality", "windows_1m", "sessions", "alerts", "dlq"}
 VIEWS = {
     "model_hourly",
     "model_daily",
@@ -23,6 +23,7 @@ VIEWS = {
     "top_error_codes",
     "quality_by_model_variant",
     "dlq_by_reason",
+    "scored_events",
 }
 _databases = itertools.count()
 
@@ -59,8 +60,8 @@ def _events_ddl(client: Client) -> str:
 
 def test_migrations_apply_once_and_are_recorded(client):
     migrations = load_migrations()
-    assert [m.name for m in migrations] == ["0001_tables", "0002_views"]
-    assert apply_migrations(client) == ["0001_tables", "0002_views"]
+    assert [m.name for m in migrations] == ["0001_tables", "0002_views", "0003_event_quality"]
+    assert apply_migrations(client) == [m.name for m in migrations]
     assert apply_migrations(client) == []
     recorded = client.query("SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version")
     assert recorded.result_rows == [(m.version, m.name, m.checksum) for m in migrations]
@@ -93,21 +94,21 @@ def test_an_applied_migration_that_changed_is_refused(client, monkeypatch):
 def test_a_new_migration_is_applied_after_the_recorded_ones(client, monkeypatch):
     apply_migrations(client)
     extra = Migration(
-        3, "0003_extra", "CREATE TABLE IF NOT EXISTS extra (x UInt8) ENGINE = MergeTree ORDER BY x;"
+        99, "0099_extra", "CREATE TABLE IF NOT EXISTS extra (x UInt8) ENGINE = MergeTree ORDER BY x;"
     )
     monkeypatch.setattr(migrate, "load_migrations", lambda: [*load_migrations(), extra])
-    assert apply_migrations(client) == ["0003_extra"]
+    assert apply_migrations(client) == ["0099_extra"]
     assert "extra" in _objects(client)
     assert apply_migrations(client) == []
 
 
 def test_a_half_applied_migration_runs_again(client, monkeypatch):
-    tables, views = load_migrations()
+    tables, views, *later = load_migrations()
     monkeypatch.setattr(migrate, "load_migrations", lambda: [tables])
     assert apply_migrations(client) == ["0001_tables"]
     client.command(views.statements()[0])  # a migrator that stopped after the first view
     monkeypatch.undo()
-    assert apply_migrations(client) == ["0002_views"]
+    assert apply_migrations(client) == ["0002_views", *(m.name for m in later)]
     assert {n for n, e in _objects(client).items() if e == "View"} == VIEWS
 
 

@@ -125,7 +125,13 @@ def count(client: Client, table: str, final: bool = False) -> int:
 
 
 def test_specs_cover_the_processed_records_and_match_the_tables(client):
-    assert {spec.name for spec in TABLES.values()} == {"events", "windows_1m", "sessions", "alerts"}
+    assert {spec.name for spec in TABLES.values()} == {
+        "events",
+        "event_quality",
+        "windows_1m",
+        "sessions",
+        "alerts",
+    }
     assert all(name == spec.record_type.full_name for name, spec in TABLES.items())
     for spec in [*TABLES.values(), None]:
         table, columns = ("dlq", DLQ_COLUMNS) if spec is None else (spec.name, spec.columns)

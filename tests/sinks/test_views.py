@@ -19,7 +19,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from onfinish.processors.histograms import Histogram, quantile_from_counts
-from onfinish.schemas.contract import ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
+from onfinish.schemas.contract import ENRICHED_EVENT, QUALITY_UPDATE, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import Status
 from onfinish.sinks.migrate import apply_migrations
@@ -380,10 +380,38 @@ def test_top_error_codes_counts_failed_calls(client, events):
     assert sum(r["count"] for r in actual) == len(failed)
 
 
-def test_quality_by_model_variant(client, events):
+def test_quality_by_model_variant_applies_the_latest_feedback(client, events):
+    # Later feedback about every fourth call: an older and a newer update, inserted newest first.
+    updates = {}
+    for event in events[::4]:
+        update = {
+            "request_id": event["request_id"],
+            "session_id": event["session_id"],
+            "quality_score": 0.11,
+            "regenerated": True,
+            "edited": False,
+            "rating": -1,
+            "version": 20,
+            "raw_partition": 0,
+            "updated_at": NOW,
+        }
+        updates[event["request_id"]] = update
+    older = [{**u, "quality_score": 0.99, "rating": 1, "version": 10} for u in updates.values()]
+    spec = TABLES[QUALITY_UPDATE.full_name]
+    for batch in (list(updates.values()), older):
+        client.insert(spec.name, rows_of(spec, batch), column_names=list(spec.columns))
+    scored = [
+        {
+            **e,
+            **{k: updates[e["request_id"]][k] for k in ("quality_score", "regenerated", "edited", "rating")},
+        }
+        if e["request_id"] in updates
+        else e
+        for e in events
+    ]
     expected = []
     for (day, model, variant), rows in _group(
-        events, lambda e: (e["finished_at"].date(), e["model_id"], e["variant_id"] or "")
+        scored, lambda e: (e["finished_at"].date(), e["model_id"], e["variant_id"] or "")
     ).items():
         ratings = [e["rating"] for e in rows if e["rating"] is not None]
         expected.append(
