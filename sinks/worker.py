@@ -146,6 +146,11 @@ class FamilySink:
                 "auto.offset.reset": "earliest",
                 "client.id": f"{settings.group_prefix}-{family}",
                 "max.poll.interval.ms": 600_000,
+                # Large fetches: a batch is tens of thousands of records.
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "queued.max.messages.kbytes": 256 * 1024,
+                "fetch.wait.max.ms": 100,
             }
         )
         self.client: Client | None = None
