@@ -28,6 +28,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -156,11 +158,15 @@ class FamilySink:
         self.client: Client | None = None
         self.pending: list[Any] = []  # consumed messages of the batch being built
         self.stored_batches = 0
+        self.inflight: _InFlight | None = None  # the batch being inserted
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{family}-insert")
+        self.stop = threading.Event()
         self.batch_started = 0.0
 
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self.stop = stop
         self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
         lag_measured = 0.0
         try:
@@ -170,100 +176,130 @@ class FamilySink:
                     self.metrics.lag.labels(self.family).set(_lag(self.consumer))
                     lag_measured = time.monotonic()
                 room = self.settings.batch_rows - len(self.pending)
-                messages = self.consumer.consume(num_messages=max(room, 1), timeout=0.2)
-                for message in messages:
-                    if message.error() is None:
-                        if not self.pending:
-                            self.batch_started = time.monotonic()
-                        self.pending.append(message)
-                    else:
-                        log.warning("consumer error", extra={"error": str(message.error())[:200]})
+                self._collect(self.consumer.consume(num_messages=max(room, 1), timeout=0.2))
+                if self.inflight is not None and self.inflight.future.done():
+                    self._complete()
                 if self.pending and (
                     len(self.pending) >= self.settings.batch_rows
                     or time.monotonic() - self.batch_started >= self.settings.batch_seconds
                 ):
-                    self._flush(stop)
-            if self.pending:
-                self._flush(stop, stopping=True)
+                    if self.inflight is not None:
+                        self._complete()  # one batch in flight at a time, committed in order
+                    self._submit()
+            self._drain()
+        except _Stopped:
+            log.info("stopped with a batch not stored; it is consumed again on restart")
         finally:
+            self.executor.shutdown(wait=True)
             self.consumer.close()
             if self.client is not None:
                 self.client.close()
 
-    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        # Store what was consumed before the partitions go: the next owner starts after it.
-        if self.pending:
-            self._flush(threading.Event(), stopping=True)
+    def _collect(self, messages: Iterable[Any]) -> None:
+        """Keep consumed records for the next batch (never drop one: a later commit would skip it)."""
+        for message in messages:
+            if message.error() is None:
+                if not self.pending:
+                    self.batch_started = time.monotonic()
+                self.pending.append(message)
+            else:
+                log.warning("consumer error", extra={"error": str(message.error())[:200]})
 
-    def _flush(self, stop: threading.Event, *, stopping: bool = False) -> None:
+    def _submit(self) -> None:
+        """Hand the pending records to the insert thread; consuming goes on meanwhile."""
         messages, self.pending = self.pending, []
         records = [
             KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
             for m in messages
         ]
-        self._store(records, stop, stopping)
+        future = self.executor.submit(self._store, records)
+        self.inflight = _InFlight(future, records, self.batch_started)
+
+    def _complete(self) -> None:
+        """Wait for the batch in flight, then commit its offsets (on this, the consumer's, thread)."""
+        inflight = self.inflight
+        assert inflight is not None
+        paused = False
+        while not inflight.future.done():
+            # ClickHouse is slow or away: stop fetching, but keep polling so the group keeps us.
+            if not paused:
+                self.consumer.pause(self.consumer.assignment())
+                paused = True
+            message = self.consumer.poll(0.2)
+            if message is not None:
+                self._collect([message])
+        if paused:
+            self.consumer.resume(self.consumer.assignment())
+        if inflight.committed:  # a rebalance during the wait committed it already
+            return
+        self._commit(inflight)
+
+    def _commit(self, inflight: _InFlight) -> None:
+        self.inflight = None
+        inflight.future.result()  # raises _Stopped when the batch was given up at shutdown
         self.stored_batches += 1
         if self.stored_batches == self.settings.fault_exit_after_batches:
             log.warning("fault drill: exiting between insert and commit")
             os._exit(86)
         offsets: dict[tuple[str, int], int] = {}
-        for record in records:
+        for record in inflight.records:
             key = (record.topic, record.partition)
             offsets[key] = max(offsets.get(key, -1), record.offset)
         self.consumer.commit(
             offsets=[confluent_kafka.TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()],
             asynchronous=False,
         )
+        inflight.committed = True
         self.metrics.batches.labels(self.family).inc()
-        self.metrics.batch_seconds.labels(self.family).observe(time.monotonic() - self.batch_started)
+        self.metrics.batch_seconds.labels(self.family).observe(time.monotonic() - inflight.started)
 
-    def _store(self, records: list[KafkaRecord], stop: threading.Event, stopping: bool) -> None:
-        """Insert the batch; returns once ClickHouse took all of it (retrying, paused, meanwhile)."""
+    def _drain(self) -> None:
+        """Store and commit everything consumed: at shutdown, and before partitions are revoked."""
+        if self.inflight is not None:
+            self.inflight.future.result()
+            self._commit(self.inflight)
+        if self.pending:
+            self._submit()
+            assert self.inflight is not None
+            self.inflight.future.result()
+            self._commit(self.inflight)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Runs inside poll: the next owner starts after what this worker stored and committed.
+        self._drain()
+
+    def _store(self, records: list[KafkaRecord]) -> None:
+        """Insert a batch (on the insert thread); returns once ClickHouse took all of it."""
         delay = self.settings.retry_initial_s
         decode_all = False
-        paused = False
-        try:
-            while True:
-                try:
-                    batch = self.builder.build(records, decode_all=decode_all)
-                    self._insert(batch)
-                    for reason, count in batch.dead_lettered.items():
-                        self.metrics.dead_lettered.labels(reason).inc(count)
-                    return
-                except RegistryUnavailable as exc:
-                    log.warning(
-                        "schema registry unavailable; the batch waits", extra={"error": str(exc)[:200]}
-                    )
-                except _PassThroughRefused:
-                    # Find the record ClickHouse could not read: decode them all here, once.
-                    if not decode_all:
-                        decode_all = True
-                        continue
-                except Exception as exc:  # ClickHouse unreachable, locked, or refusing
-                    self.metrics.failures.labels(self.family).inc()
-                    log.warning(
-                        "ClickHouse did not accept the batch; retrying",
-                        extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
-                    )
-                    if self.client is not None:
-                        try:
-                            self.client.close()
-                        finally:
-                            self.client = None
-                if not paused and not stopping:
-                    self.consumer.pause(self.consumer.assignment())
-                    paused = True
-                self._wait(delay, stop if not stopping else None)
-                delay = min(delay * 2, self.settings.retry_max_s)
-        finally:
-            if paused:
-                self.consumer.resume(self.consumer.assignment())
-
-    def _wait(self, seconds: float, stop: threading.Event | None) -> None:
-        """Pause between retries, polling so the group keeps this consumer (it is paused)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.consumer.poll(min(0.2, max(deadline - time.monotonic(), 0)))
+        while True:
+            try:
+                batch = self.builder.build(records, decode_all=decode_all)
+                self._insert(batch)
+                for reason, count in batch.dead_lettered.items():
+                    self.metrics.dead_lettered.labels(reason).inc(count)
+                return
+            except RegistryUnavailable as exc:
+                log.warning("schema registry unavailable; the batch waits", extra={"error": str(exc)[:200]})
+            except _PassThroughRefused:
+                # Find the record ClickHouse could not read: decode them all here, once.
+                if not decode_all:
+                    decode_all = True
+                    continue
+            except Exception as exc:  # ClickHouse unreachable, locked, or refusing
+                self.metrics.failures.labels(self.family).inc()
+                log.warning(
+                    "ClickHouse did not accept the batch; retrying",
+                    extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
+                )
+                if self.client is not None:
+                    try:
+                        self.client.close()
+                    finally:
+                        self.client = None
+            if self.stop.wait(delay):
+                raise _Stopped
+            delay = min(delay * 2, self.settings.retry_max_s)
 
     def _insert(self, batch: Batch) -> None:
         if self.client is None:
@@ -299,6 +335,20 @@ class FamilySink:
             if _is_data_error(exc):
                 raise _PassThroughRefused(str(exc)[:300]) from exc
             raise
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """A batch handed to the insert thread, and what its commit needs."""
+
+    future: Future[None]
+    records: list[KafkaRecord]
+    started: float
+    committed: bool = False
+
+
+class _Stopped(Exception):
+    """The worker stopped while ClickHouse refused a batch: it is left uncommitted."""
 
 
 class _PassThroughRefused(Exception):
