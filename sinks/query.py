@@ -28,6 +28,10 @@ these facts checked):
   restoring `SET` is itself refused (and only logged at debug level), so the owner's handle stays
   read-only and the sink worker can no longer write. Hence check 3, and no other client method.
 
+The same server serves the live dashboard (sinks/dashboard.py and its page): `GET /` is the page,
+and the page's panels are named queries that run down the same read-only path, so the dashboard
+can read nothing that `/query` would refuse.
+
 The endpoint has no authentication: bind it to loopback (the default) and let the owner's host
 decide who may reach it.
 """
@@ -61,6 +65,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, Error
 
 from onfinish.errors import ConfigurationError, OnfinishError
+from onfinish.sinks import dashboard
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +506,19 @@ def render_csv(result: QueryResult) -> bytes:
 # --- The server ------------------------------------------------------------------------------------
 
 _RENDERERS = {"json": ("application/json", render_json), "csv": ("text/csv; charset=utf-8", render_csv)}
+_DASHBOARD_PATHS = frozenset({"/", "/dashboard/data", "/dashboard/models"})
+
+
+# The page uses nothing from elsewhere: scripts and styles are inline, data comes from this server.
+_PAGE_HEADERS = (
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+        "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +526,7 @@ class _Response:
     status: HTTPStatus
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _json_response(status: HTTPStatus, document: dict[str, JsonValue]) -> _Response:
@@ -524,6 +543,11 @@ class QueryServer:
     Endpoints: `POST /query` (SQL as the body) or `GET /query?sql=...`, each with an optional
     `format=json` (default) or `format=csv`; `GET /health`. A refused query answers 403, a
     ClickHouse error 400, with `{"error": "..."}`.
+
+    The live dashboard: `GET /` is its page; `GET /dashboard/data?panel=<name>&since=<minutes>&model=<id>`
+    runs one of its named queries (sinks/dashboard.py) and answers like `/query`; `GET
+    /dashboard/models?since=<minutes>` lists the models seen, for its filter. A bad panel, range or
+    model answers 400.
 
     Queries are serialised with a lock: clickhouse-connect's chDB backend already runs one call at
     a time per handle, but its HTTP client refuses concurrent queries within one session, and one
@@ -639,6 +663,10 @@ class QueryServer:
             if method != "GET":
                 return _error_response(HTTPStatus.METHOD_NOT_ALLOWED, "use GET /health")
             return _json_response(HTTPStatus.OK, {"status": "ok"})
+        if parts.path in _DASHBOARD_PATHS:
+            if method != "GET":
+                return _error_response(HTTPStatus.METHOD_NOT_ALLOWED, f"use GET {parts.path}")
+            return self._dashboard(parts.path, parse_qs(parts.query, keep_blank_values=True))
         if parts.path != "/query":
             return _error_response(HTTPStatus.NOT_FOUND, f"no such endpoint: {parts.path}")
         params = parse_qs(parts.query, keep_blank_values=True)
@@ -655,6 +683,29 @@ class QueryServer:
         else:
             return _error_response(HTTPStatus.METHOD_NOT_ALLOWED, "use GET or POST /query")
         return self._answer(sql, output)
+
+    def _dashboard(self, path: str, params: dict[str, list[str]]) -> _Response:
+        """The dashboard's page, one of its panels, or its list of models."""
+        if path == "/":
+            try:
+                page = dashboard.page()
+            except OSError as exc:
+                log.error("dashboard page missing", extra={"error": str(exc)})
+                return _error_response(
+                    HTTPStatus.INTERNAL_SERVER_ERROR, "the dashboard page is not installed"
+                )
+            return _Response(HTTPStatus.OK, "text/html; charset=utf-8", page, _PAGE_HEADERS)
+        try:
+            panel_filter = dashboard.parse_filter(
+                params.get("since", [None])[-1], params.get("model", [None])[-1]
+            )
+            if path == "/dashboard/models":
+                sql = dashboard.models(panel_filter)
+            else:
+                sql = dashboard.panel_sql(params.get("panel", [""])[-1], panel_filter)
+        except dashboard.InvalidDashboardRequest as exc:
+            return _error_response(HTTPStatus.BAD_REQUEST, str(exc))
+        return self._answer(sql, "json")
 
     def _answer(self, sql: str, output: str) -> _Response:
         logged_sql = sql[:MAX_LOGGED_SQL_CHARS]
@@ -728,6 +779,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in response.headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(response.body)
 
