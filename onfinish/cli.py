@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 try:
     import typer
@@ -26,6 +28,9 @@ from onfinish import __version__
 from onfinish.errors import OnfinishError
 from onfinish.logs import LogSettings, configure_logging
 from onfinish.settings import ALL_SETTINGS, ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
+
+if TYPE_CHECKING:
+    from onfinish.analytics import Querier
 
 console = Console()
 errors = Console(stderr=True)
@@ -68,6 +73,16 @@ schema_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(schema_app, name="schema")
+dlq_app = typer.Typer(
+    help=(
+        "Look into the dead letters: records a stage refused (undecodable, breaking the contract, "
+        "a processing bug), kept with their stage, reason and original bytes in ClickHouse's dlq "
+        "table by `onfinish sink`, and send fixed ones back with `replay`.\n\n"
+        "Example: `onfinish dlq list --since 7d`, then `onfinish dlq show --reason truncated`."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
 
 
 def _fail_cleanly(action: Callable[[], T]) -> T:
@@ -396,45 +411,131 @@ def loadgen(
 
 @app.command()
 def demo(
-    keep_running: Annotated[
+    once: Annotated[
         bool,
         typer.Option(
-            "--keep-running/--stop", help="Leave the stack running afterwards (default) or stop it."
+            "--once",
+            help="A bounded run: stop the workers after the report; exit 1 unless all sent is stored.",
         ),
-    ] = True,
+    ] = False,
+    rate: Annotated[float, typer.Option(help="Loadgen items per second.", min=1)] = 300,
+    duration: Annotated[float, typer.Option(help="Seconds of traffic.", min=1)] = 20,
+    workers: Annotated[int, typer.Option(help="Processor workers.", min=1)] = 1,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the traffic model (default: a new one each run; the same seed sends the same"
+            " events again, which the pipeline then drops as duplicates)."
+        ),
+    ] = None,
 ) -> None:
-    """Bring the local stack up and prove a real round trip through it.
+    """The whole pipeline on this machine, in a few minutes: stack, workers, traffic, report, dashboard.
 
-    One Avro record is registered with the schema registry, produced to Kafka, consumed and decoded,
-    then written to ClickHouse and read back; each step is printed with the time it took.
+    Brings the local stack up (Kafka, the schema registry, embedded ClickHouse), starts a sink worker
+    (it applies the migrations and serves read-only SQL and the dashboard) and processor workers,
+    sends realistic LLM telemetry through the SDK for --duration seconds (with PII and malformed
+    records among it), waits until ClickHouse holds every event and every malformed record's dead
+    letter, prints the report and the dashboard's address, and keeps the workers running until
+    Ctrl-C. With --once it stops them and exits, 0 when the totals match what was sent.
+    Workers' logs are in ONFINISH_STACK_HOME/logs.
     """
-    from onfinish.roundtrip import run_round_trip
+    import signal as signals
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from onfinish import analytics
+    from onfinish.demo import Demo
     from onfinish.stack.stack import Stack
 
     stack_settings = _stack()
     stack = Stack(stack_settings)
     console.rule("onfinish demo")
+    began = time.monotonic()
     with _spinner("Starting the local stack") as progress:
-        report = _fail_cleanly(lambda: stack.up(progress))
+        up = _fail_cleanly(lambda: stack.up(progress))
     console.print(
-        f"[green]✓[/] stack up in {report.seconds:.1f}s: "
-        + ", ".join(f"{s.name} (pid {s.pid})" for s in report.started)
-        + ", ClickHouse embedded"
+        f"[green]✓[/] stack up [dim]({up.seconds:.1f}s)[/]: Kafka, schema registry, ClickHouse embedded"
     )
-    kafka = KafkaSettings(bootstrap_servers=stack_settings.kafka_bootstrap)
-    registry = RegistrySettings(url=stack_settings.registry_url)
-    with console.status("Sending one record through registry, Kafka and ClickHouse"):
-        trip = _fail_cleanly(lambda: run_round_trip(kafka, registry, ClickHouseSettings(), stack_settings))
-    for step, seconds in trip.steps:
-        console.print(f"[green]✓[/] {step} [dim]({seconds * 1000:.0f} ms)[/]")
-    console.print(f"Round trip of probe {trip.probe_id} complete.")
-    if keep_running:
-        console.print(
-            "The stack keeps running: `onfinish stack status`, `onfinish stack down` (or `make stack-down`)."
+    run = Demo(stack_settings, workers=workers)
+
+    def step(title: str, action: Callable[[], T]) -> T:
+        started = time.monotonic()
+        with console.status(title):
+            result = _fail_cleanly(action)
+        console.print(f"[green]✓[/] {title} [dim]({time.monotonic() - started:.1f}s)[/]")
+        return result
+
+    try:
+        step("topics ready", run.ensure_topics)
+        step("sink worker started: migrations applied, read-only SQL served", run.start_sink)
+        step(f"{workers} processor worker(s) started and assigned partitions", run.start_processors)
+        baseline = _fail_cleanly(run.stored)
+        items = max(1, round(rate * duration))
+        columns = (
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
         )
-    else:
-        stack.down()
-        console.print("Stack stopped.")
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"sending {items} items at {rate:g}/s", total=items)
+            sent = _fail_cleanly(
+                lambda: run.send_traffic(
+                    rate,
+                    duration,
+                    seed if seed is not None else time.time_ns() % 2**31,
+                    progress=lambda done, _: bar.update(task, completed=done),
+                )
+            )
+        malformed = sum(sent.malformed.values())
+        console.print(
+            f"[green]✓[/] sent {sent.events} events, {sent.feedback} feedback, {malformed} malformed records"
+            f" ({sent.pii_planted} with planted PII)"
+        )
+        drained = step("everything sent is stored in ClickHouse", lambda: run.wait_drained(sent, baseline))
+        stored_events = drained.events - baseline.events
+        letters = drained.dead_letters - baseline.dead_letters
+        console.print(
+            f"  events sent {sent.events}, stored {stored_events}; "
+            f"malformed sent {malformed}, dead-lettered {letters}"
+        )
+        querier = _fail_cleanly(
+            lambda: analytics.EndpointQuerier(run.query_url)  # the sink this demo started
+        )
+        report_ = _fail_cleanly(lambda: analytics.report(querier, since=timedelta(hours=1), by="model"))
+        analytics.render_table(report_, console)
+        console.print(
+            f"Dashboard: [bold]{run.query_url}/[/]   SQL: curl --data 'SELECT ...' {run.query_url}/query"
+        )
+        console.print(f"Everything took {time.monotonic() - began:.0f}s.")
+        matched = stored_events == sent.events and letters == malformed
+        if once:
+            return_codes = run.stop()
+            failed = [name for name, code in return_codes if code not in (0, -signals.SIGTERM)]
+            if failed:
+                errors.print(f"[bold red]error:[/] {', '.join(failed)} did not stop cleanly")
+                raise typer.Exit(1)
+            if not matched:
+                errors.print("[bold red]error:[/] the totals in ClickHouse differ from what was sent")
+                raise typer.Exit(1)
+            console.print("Workers stopped; the stack keeps running (`onfinish stack down` stops it).")
+            return
+        console.print("The workers keep running; Ctrl-C stops them (the stack stays up).")
+        stopped = False
+
+        def on_signal(signum: int, _: object) -> None:
+            nonlocal stopped
+            stopped = True
+
+        signals.signal(signals.SIGINT, on_signal)
+        signals.signal(signals.SIGTERM, on_signal)
+        while not stopped and all(w.process.poll() is None for w in run.children):
+            time.sleep(0.5)
+    finally:
+        if run.children:
+            with console.status("stopping the workers"):
+                run.stop()
+            console.print("Workers stopped; the stack keeps running (`onfinish stack down` stops it).")
 
 
 @app.command()
@@ -463,6 +564,313 @@ def config() -> None:
                 field.description or "",
             )
         console.print(table)
+
+
+# --- Analysts and operators: report, tail, dlq, status ---------------------------------------------
+
+
+class GroupByOption(StrEnum):
+    model = "model"
+    feature = "feature"
+    variant = "variant"
+    environment = "environment"
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def _since(text: str) -> timedelta:
+    """A --since value (30m, 1h, 7d, ...), or a usage error that says what is expected."""
+    from onfinish.analytics import parse_period
+
+    try:
+        return parse_period(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
+
+
+def _querier() -> Querier:
+    """Where analyst queries go: the sink's read-only endpoint (embedded) or the ClickHouse server."""
+    from onfinish import analytics
+    from onfinish.sinks.settings import SinkSettings
+
+    return _fail_cleanly(lambda: analytics.querier(ClickHouseSettings(), _stack(), SinkSettings()))
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def report(
+    since: Annotated[
+        str, typer.Option(metavar="PERIOD", help="How far back to look: 30m, 1h, 7d (units s, m, h, d, w).")
+    ] = "1h",
+    by: Annotated[GroupByOption, typer.Option(help="The dimension to group calls by.")] = GroupByOption.model,
+    output: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format", help="table for people; json (everything) or csv (the per-group table) for tools."
+        ),
+    ] = ReportFormat.table,
+) -> None:
+    """Report LLM traffic, reliability, latency, cost and quality per model, feature, variant or environment.
+
+    Per group over the period: calls, success and error rate, latency and time-to-first-token
+    p50/p95/p99, cost in USD, cache-hit and fallback rates and the mean quality score; then the
+    costliest sessions, the latest alerts and the totals (events stored, dead letters by reason).
+
+    The numbers come from ClickHouse, read with FINAL so nothing counts twice: per-group figures
+    from the 1-minute windows (percentiles from their merged latency histograms), sessions,
+    alerts, events and dlq from their tables. With the embedded ClickHouse the queries go to the
+    read-only endpoint of `onfinish sink` (ONFINISH_SINK_QUERY_PORT), which must be running; with
+    ONFINISH_CLICKHOUSE_DSN=http(s)://... straight to that server.
+
+    Example: onfinish report --since 24h --by feature --format csv > features.csv
+    """
+    from onfinish import analytics
+
+    period = _since(since)
+    querier = _querier()
+    result = _fail_cleanly(lambda: analytics.report(querier, since=period, by=by.value))
+    if output is ReportFormat.json:
+        typer.echo(analytics.to_json(result))
+    elif output is ReportFormat.csv:
+        typer.echo(analytics.to_csv(result), nl=False)
+    else:
+        analytics.render_table(result, console)
+
+
+def _write_line(line: str) -> None:
+    """One line to stdout; a reader that went away (`| head`) ends the output quietly."""
+    import os
+    import sys
+
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def tail(
+    topic: Annotated[
+        str,
+        typer.Argument(
+            help="raw, enriched, windows, sessions, alerts or dlq (or its full name, onfinish.raw)."
+        ),
+    ],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep waiting for new records (Ctrl-C stops).")
+    ] = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            metavar="FIELD=VALUE",
+            help="Only records whose top-level FIELD has this value (as text); repeat to require several.",
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many matching records.")] = None,
+) -> None:
+    """Print the records of one of the pipeline's topics as JSON lines, from the beginning of the topic.
+
+    Avro values are decoded with the writer schema their Confluent framing names, fetched from the
+    schema registry (ONFINISH_REGISTRY_URL) by id; each line holds the value's fields and, under
+    `_kafka`, the partition, offset, timestamp and key. Dead letters (dlq) show their headers
+    (stage, reason, message, origin) and their key and value as base64. A value that cannot be
+    decoded shows {"undecodable": reason, "bytes": n}. Nothing is committed: tail joins no
+    consumer group of the pipeline and moves nobody's offsets.
+
+    Example: onfinish tail enriched --filter model_id=gpt-4o --filter status=error --limit 5
+    """
+    import json
+
+    from onfinish.inspect import tail as read_topic
+
+    def show() -> None:
+        records = read_topic(
+            KafkaSettings(), RegistrySettings(), topic, follow=follow, filters=filters or [], limit=limit
+        )
+        with closing(records):
+            for record in records:
+                _write_line(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+
+    try:
+        _fail_cleanly(show)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@dlq_app.command("list")
+def dlq_list(
+    since: Annotated[
+        str, typer.Option(metavar="PERIOD", help="How far back to look: 30m, 1h, 24h, 7d.")
+    ] = "24h",
+) -> None:
+    """Count the dead letters received in the period by stage, reason and source topic.
+
+    Read from ClickHouse's dlq table (with FINAL, so a re-delivered letter counts once), through
+    the sink's read-only endpoint when ClickHouse is embedded.
+
+    Example: onfinish dlq list --since 7d
+    """
+    from onfinish.analytics import describe_period
+    from onfinish.inspect import dlq_list as list_letters
+
+    period = _since(since)
+    groups = _fail_cleanly(lambda: list_letters(_querier(), period))
+    if not groups:
+        console.print(f"No dead letters in the last {describe_period(period)}.")
+        return
+    table = Table(title=f"Dead letters of the last {describe_period(period)}")
+    for header in ("stage", "reason", "source topic", "letters", "value bytes", "first", "last"):
+        table.add_column(header, justify="right" if header in ("letters", "value bytes") else "left")
+    for g in groups:
+        table.add_row(
+            g.stage, g.reason, g.source_topic, f"{g.letters:,}", f"{g.value_bytes:,}", _when(g.first_at),
+            _when(g.last_at),
+        )  # fmt: skip
+    console.print(table)
+    console.print("See the letters of a reason: onfinish dlq show --reason REASON", highlight=False)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    reason: Annotated[str, typer.Option(help="Dead-letter reason, e.g. truncated, contract_violation.")],
+    limit: Annotated[int, typer.Option(min=1, help="How many letters, latest first.")] = 20,
+    show_bytes: Annotated[
+        bool,
+        typer.Option("--bytes", help="Also print each value as base64 (it may hold personal data)."),
+    ] = False,
+) -> None:
+    """Show the latest dead letters of one reason: stage, message, where they came from, value size.
+
+    Values are not printed unless --bytes is given, and then only as base64: a refused record may
+    hold personal data that redaction never got to see. Read from ClickHouse's dlq table.
+
+    Example: onfinish dlq show --reason contract_violation --limit 5
+    """
+    from onfinish.inspect import dlq_show as show_letters
+
+    letters = _fail_cleanly(lambda: show_letters(_querier(), reason, limit, include_bytes=show_bytes))
+    if not letters:
+        console.print(f"No dead letters with reason {reason}.", highlight=False)
+        return
+    table = Table(title=f"Latest dead letters: {reason}")
+    for header in ("received", "stage", "source", "message", "value"):
+        table.add_column(header, overflow="fold")
+    for letter in letters:
+        table.add_row(
+            _when(letter.received_at),
+            letter.stage,
+            f"{letter.source_topic} [{letter.source_partition}] @{letter.source_offset}",
+            letter.message,
+            f"{letter.value_bytes:,} bytes ({letter.base64_chars:,} base64 chars)",
+        )
+    console.print(table, markup=False)
+    if show_bytes:
+        for letter in letters:
+            where = f"{letter.source_topic} [{letter.source_partition}] @{letter.source_offset}"
+            console.print(
+                f"{where}: {letter.value_base64 or ''}", markup=False, highlight=False, soft_wrap=True
+            )
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Annotated[str, typer.Option(help="Replay the dead letters of this reason.")],
+    source_topic: Annotated[
+        str | None, typer.Option(help="Only letters that came from this topic, e.g. onfinish.raw.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be replayed; send nothing.")
+    ] = False,
+) -> None:
+    """Send dead letters back to the topics they came from, for records refused because of a bug since fixed.
+
+    Each letter's original key and value bytes (kept in ClickHouse's dlq table) are produced again
+    to its source topic, usually onfinish.raw, with the header onfinish.replayed=1; the pipeline
+    then processes them like any record, and a record refused again becomes a new dead letter.
+    Deploy the fix first. Events already counted are not doubled: the processors drop duplicates
+    by event_id and the tables collapse them.
+
+    Example: onfinish dlq replay --reason processing_error --dry-run
+    """
+    from onfinish.inspect import dlq_replay as replay_letters
+
+    querier = _querier()
+    count = _fail_cleanly(
+        lambda: replay_letters(
+            KafkaSettings(), querier, reason=reason, source_topic=source_topic, dry_run=dry_run
+        )
+    )
+    where = f" from {source_topic}" if source_topic else ""
+    if dry_run:
+        console.print(f"Would replay {count:,} dead letters of reason {reason}{where}.", highlight=False)
+    else:
+        console.print(
+            f"[green]✓[/] replayed {count:,} dead letters of reason {reason}{where} to their source topics "
+            "(header onfinish.replayed=1).",
+            highlight=False,
+        )
+
+
+@app.command()
+def status() -> None:
+    """Show whether the pipeline runs and keeps up: components, consumer lag, events/s in and rows/s out.
+
+    Components: the local stack's Kafka, registry and PostgreSQL (or, elsewhere, Kafka and the
+    registry asked directly), each processor worker's /health on ONFINISH_PROCESSOR_WEB_PORT and
+    the following ports, and the sink's /health on ONFINISH_SINK_WEB_PORT. Lag: records not yet
+    consumed by the processors' group (ONFINISH_PROCESSOR_APP_ID) and each sink family's group
+    (ONFINISH_SINK_GROUP_PREFIX-events, -rollups, -dlq), from committed offsets and partition ends.
+    Rates: the workers' /metrics counters read twice, a second apart. Exits 3 when something is down.
+
+    Example: onfinish status
+    """
+    from onfinish.inspect import status as pipeline_status
+    from onfinish.processors.settings import ProcessorSettings
+    from onfinish.sinks.settings import SinkSettings
+
+    with console.status("Asking every component"):
+        result = _fail_cleanly(
+            lambda: pipeline_status(
+                KafkaSettings(), RegistrySettings(), _stack(), ProcessorSettings(), SinkSettings()
+            )
+        )
+    components = Table(title="onfinish pipeline")
+    for header in ("component", "state", "address", "detail"):
+        components.add_column(header, overflow="fold")
+    for component in result.components:
+        state = "[green]healthy[/]" if component.healthy else "[red]down[/]"
+        components.add_row(component.name, state, component.address, component.detail)
+    console.print(components)
+    lags = Table(title="Consumer lag")
+    for header in ("group", "lag", "partitions", "topics"):
+        lags.add_column(
+            header, justify="right" if header in ("lag", "partitions") else "left", overflow="fold"
+        )
+    for lag in result.lags:
+        lags.add_row(lag.group, "-" if lag.lag is None else f"{lag.lag:,}", str(lag.partitions), lag.detail)
+    console.print(lags)
+
+    def per_second(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}/s"
+
+    console.print(
+        f"Events in (processors): {per_second(result.events_in_per_s)}; "
+        f"rows out (sink to ClickHouse): {per_second(result.rows_out_per_s)}",
+        highlight=False,
+    )
+    if not result.healthy:
+        raise typer.Exit(3)
 
 
 def _version(value: bool) -> None:

@@ -76,9 +76,16 @@ class _App(faust.App):
 
     onfinish_pipeline: Pipeline
     onfinish_sender: GroupSender
+    onfinish_topics: tuple[dict[str, str], str]  # output topic by record type, and the DLQ
 
     async def on_stop(self) -> None:
         sender = getattr(self, "onfinish_sender", None)
+        pipeline = getattr(self, "onfinish_pipeline", None)
+        if sender is not None and pipeline is not None:
+            try:  # the windows changed since the last timer tick, so their latest state is out
+                sender.send(_records(pipeline.dirty_snapshots(), self.onfinish_topics), lambda: None)
+            except RegistryUnavailable:
+                log.warning("schema registry unavailable at shutdown; the successor re-sends windows")
         # Delivery reports ack their batches, so the commit Faust makes on stopping includes them.
         if sender is not None and not sender.flush(10.0):
             log.warning("outputs still undelivered at shutdown; their records will be processed again")
@@ -238,16 +245,10 @@ def build_app(
     app.onfinish_pipeline = pipeline
     app.onfinish_sender = sender
 
+    app.onfinish_topics = (topics, dlq)
+
     def records(outputs: Iterable[Output]) -> list[Record]:
-        return [
-            Record(
-                dlq if output.record_type is None else topics[output.record_type.full_name],
-                output.key,
-                output.value,
-                headers=output.headers or None,
-            )
-            for output in outputs
-        ]
+        return _records(outputs, app.onfinish_topics)
 
     async def until_registry(step: Any) -> Any:
         """Run `step` until the registry answers: its absence is not the records' fault, so they
@@ -318,6 +319,19 @@ def build_app(
             return self.text(generate_latest(registry_).decode(), content_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _records(outputs: Iterable[Output], topics: tuple[dict[str, str], str]) -> list[Record]:
+    by_type, dlq = topics
+    return [
+        Record(
+            dlq if output.record_type is None else by_type[output.record_type.full_name],
+            output.key,
+            output.value,
+            headers=output.headers or None,
+        )
+        for output in outputs
+    ]
 
 
 def _acker(app: faust.App, messages: list[Any]) -> Callable[[], None]:
