@@ -22,12 +22,11 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise SystemExit("The onfinish command needs the cli extra: pip install 'onfinish[cli]'") from exc
 
-from pydantic_settings import BaseSettings
 
 from onfinish import __version__
 from onfinish.errors import OnfinishError
 from onfinish.logs import LogSettings, configure_logging
-from onfinish.settings import ALL_SETTINGS, ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
+from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 
 if TYPE_CHECKING:
     from onfinish.analytics import Querier
@@ -539,30 +538,23 @@ def demo(
 
 
 @app.command()
-def config() -> None:
+def config(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the reference as markdown (docs/configuration.md).")
+    ] = False,
+) -> None:
     """List every setting: its environment variable, default and meaning."""
-    from onfinish.processors.settings import ProcessorSettings
-    from onfinish.producers.settings import ProducerSettings
-    from onfinish.sinks.settings import SinkSettings
+    from onfinish.configuration import reference_markdown, rows, settings_classes
 
-    classes: tuple[type[BaseSettings], ...] = (
-        *ALL_SETTINGS,
-        ProducerSettings,
-        ProcessorSettings,
-        SinkSettings,
-        LogSettings,
-    )
-    for settings_class in classes:
+    if markdown:
+        typer.echo(reference_markdown(), nl=False)
+        return
+    for settings_class in settings_classes():
         table = Table(title=settings_class.__name__, show_lines=False)
         for column in ("variable", "default", "description"):
             table.add_column(column, overflow="fold")
-        prefix = str(settings_class.model_config.get("env_prefix", ""))
-        for name, field in settings_class.model_fields.items():
-            table.add_row(
-                f"{prefix}{name.upper()}",
-                str(field.get_default(call_default_factory=True)),
-                field.description or "",
-            )
+        for row in rows(settings_class):
+            table.add_row(*row)
         console.print(table)
 
 

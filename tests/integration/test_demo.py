@@ -7,14 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import clickhouse_connect
 
 from onfinish.schemas.deadletter import Reason
 from onfinish.settings import KafkaSettings
+from onfinish.sinks.query import QueryClient
 from onfinish.stack.stack import Stack
+from tests.browser import chromium
 from tests.conftest import REPO
+from tests.sinks.test_dashboard import ARTIFACTS
+from tests.sinks.test_dashboard import _wait_for as wait_for_charts
 
 
 def _env(stack: Stack, kafka_settings: KafkaSettings, unique: str, clickhouse_dir: Path) -> dict[str, str]:
@@ -123,6 +128,29 @@ def test_the_cli_on_a_running_demo_reports_tails_lists_dead_letters_and_shows_st
         letters = _onfinish(env, "dlq", "list", "--since", "1h")
         assert letters.returncode == 0, letters.stderr
         assert any(reason.value in letters.stdout for reason in Reason), letters.stdout
+
+        # Replayed dead letters go back to the raw topic; still malformed, they are refused again.
+        query = QueryClient(f"http://127.0.0.1:{env['ONFINISH_SINK_QUERY_PORT']}")
+        reason, letters_before = query.query(
+            "SELECT reason, count() FROM dlq FINAL GROUP BY reason ORDER BY reason LIMIT 1"
+        ).rows[0]
+        replay = _onfinish(env, "dlq", "replay", "--reason", reason)
+        assert replay.returncode == 0, replay.stderr
+        deadline = time.monotonic() + 60
+        again = f"SELECT count() FROM dlq FINAL WHERE reason = '{reason}'"
+        while query.query(again).rows[0][0] < 2 * letters_before:
+            assert time.monotonic() < deadline, (
+                f"replayed {reason} letters did not come back: {replay.stdout}"
+            )
+            time.sleep(0.5)
+
+        # The dashboard, in a real browser, on the data of this real run.
+        with chromium() as browser:
+            browser.get(f"http://127.0.0.1:{env['ONFINISH_SINK_QUERY_PORT']}/")
+            charts = wait_for_charts(browser, "")
+            assert all(chart["points"] > 0 for chart in charts.values())
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(ARTIFACTS / "dashboard-demo.png"))
 
         status = _onfinish(env, "status")
         assert "processor" in status.stdout and "sink" in status.stdout, status.stdout

@@ -21,8 +21,6 @@ from urllib.parse import urlencode
 import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -38,11 +36,10 @@ from onfinish.sinks.dashboard import InvalidDashboardRequest, PanelFilter, panel
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.query import QueryServer, check_read_only
 from onfinish.sinks.tables import TABLES
+from tests.browser import chromium
 from tests.conftest import REPO
 from tests.sinks.test_tables import ENRICHER, decoded, decoded_record, rows_of
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = REPO / "tests" / "artifacts"
 MODELS = ("gpt-4o", "gpt-4o-mini")
 CHARTS = tuple(name for name in dashboard.QUERIES if name not in ("totals", "top_sessions_by_cost", "alerts"))
@@ -283,16 +280,8 @@ def test_dashboard_routes_take_get_only(server: QueryServer) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2200"):
-        options.add_argument(argument)
-    # No skip on failure: a missing or broken Chromium is an error of this test run.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _charts(browser: WebDriver) -> dict[str, dict[str, Any]]:
