@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration bench lint format clean
+.PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test-unit: $(STAMP)
 
 test-integration: install
 	$(BIN)/pytest tests/integration
+
+## test-faults: the fault suite alone (also part of `make test`)
+test-faults: install
+	$(BIN)/pytest -m faults tests/integration
 
 ## bench: benchmarks against a baseline measured in the same run (bench/results/latest.json, README table)
 bench: install

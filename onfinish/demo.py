@@ -145,9 +145,15 @@ class Demo:
         raise DemoFailed(f"{worker.name} did not become healthy within {timeout_s:.0f}s; see {worker.log}")
 
     def send_traffic(
-        self, rate: float, duration_s: float, seed: int, progress: Callable[[int, int], None] | None = None
+        self,
+        rate: float,
+        duration_s: float,
+        seed: int,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        profile: TrafficProfile | None = None,
     ) -> LoadReport:
-        plan = LoadPlan(rate=rate, duration_s=duration_s, seed=seed, profile=TrafficProfile())
+        plan = LoadPlan(rate=rate, duration_s=duration_s, seed=seed, profile=profile or TrafficProfile())
         spool = self.stack.home / "demo-spool"
         report = run_load(
             plan,
