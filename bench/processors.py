@@ -16,14 +16,13 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.report import Figure
+from bench.report import Figure, metric
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, WriterSchema
 from onfinish.processors.enrichment import Enricher
@@ -108,14 +107,7 @@ def _aiokafka_loop(stack: Stack, prefix: str, count: int) -> float:
 
 
 def _processed(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("onfinish_processor_processed_total"):
-                    return float(line.rsplit(" ", 1)[1])
-    except OSError:
-        return -1.0
-    return 0.0
+    return metric(port, "onfinish_processor_processed_total")
 
 
 def _worker(stack: Stack, prefix: str, count: int) -> float:

@@ -6,6 +6,7 @@ import json
 import platform
 import re
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,3 +64,15 @@ def update_readme(figures: list[Figure], readme: Path) -> None:
     if not pattern.search(text):
         raise SystemExit(f"{readme} has no {README_START} ... {README_END} block for the benchmark table")
     readme.write_text(pattern.sub(lambda _: block, text))
+
+
+def metric(port: int, name: str) -> float:
+    """A worker's Prometheus metric (the first line starting with `name`); -1 while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name):
+                    return float(line.rsplit(" ", 1)[1])
+    except OSError:
+        return -1.0
+    return 0.0

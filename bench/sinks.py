@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ import fastavro
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from bench.report import Figure
+from bench.report import Figure, metric
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
@@ -107,14 +106,7 @@ def _direct_insert(values: list[bytes], directory: Path) -> float:
 
 
 def _rows(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith('onfinish_sink_rows_total{table="events"}'):
-                    return float(line.rsplit(" ", 1)[1])
-    except OSError:
-        return -1.0
-    return 0.0
+    return metric(port, 'onfinish_sink_rows_total{table="events"}')
 
 
 def _sink(stack: Stack, prefix: str, directory: Path) -> float:

@@ -82,17 +82,20 @@ def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.
         process.wait(60)
 
 
-def _latest_windows(kafka: KafkaSettings, prefix: str) -> dict[str, dict[str, Any]]:
-    """The latest snapshot of every window id: what ClickHouse will keep."""
+def _latest(kafka: KafkaSettings, prefix: str, record_type: Any, identity: str) -> dict[str, dict[str, Any]]:
+    """The latest snapshot (highest version) of every identity on the record type's topic: what
+    ClickHouse will keep."""
     latest: dict[str, dict[str, Any]] = {}
-    for message in consume_all(kafka, f"{prefix}.windows", f"{prefix}-windows"):
-        snapshot = _decode(WINDOW_SNAPSHOT, message.value())
-        if (
-            snapshot["window_id"] not in latest
-            or snapshot["version"] >= latest[snapshot["window_id"]]["version"]
-        ):
-            latest[snapshot["window_id"]] = snapshot
+    topic = record_type.topic(prefix)
+    for message in consume_all(kafka, topic, f"{topic}-latest"):
+        snapshot = _decode(record_type, message.value())
+        if snapshot[identity] not in latest or snapshot["version"] >= latest[snapshot[identity]]["version"]:
+            latest[snapshot[identity]] = snapshot
     return latest
+
+
+def _latest_windows(kafka: KafkaSettings, prefix: str) -> dict[str, dict[str, Any]]:
+    return _latest(kafka, prefix, WINDOW_SNAPSHOT, "window_id")
 
 
 def _events(messages: list[Any], registry: RegistrySettings, prefix: str) -> list[dict[str, Any]]:
@@ -288,12 +291,5 @@ def test_every_event_delivered_twice_changes_no_aggregate(
     ), "each event once on the enriched topic"
     latest = _latest_windows(kafka_settings, unique)
     assert sum(s["events"] for s in latest.values()) == report.events, "each event counted once"
-    sessions: dict[str, dict[str, Any]] = {}
-    for message in consume_all(kafka_settings, f"{unique}.sessions", f"{unique}-sessions"):
-        snapshot = _decode(SESSION_SNAPSHOT, message.value())
-        if (
-            snapshot["session_id"] not in sessions
-            or snapshot["version"] >= sessions[snapshot["session_id"]]["version"]
-        ):
-            sessions[snapshot["session_id"]] = snapshot
+    sessions = _latest(kafka_settings, unique, SESSION_SNAPSHOT, "session_id")
     assert sum(s["turns"] for s in sessions.values()) == report.events
