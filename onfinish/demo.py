@@ -110,8 +110,12 @@ class Demo:
         return worker
 
     def start_processors(self, timeout_s: float = 120) -> list[Worker]:
+        return self.start_processors_from(0, timeout_s)
+
+    def start_processors_from(self, first: int, timeout_s: float = 120) -> list[Worker]:
+        """Processor workers number `first` to `workers - 1` (each on web port base + number)."""
         started = []
-        for index in range(self.workers):
+        for index in range(first, self.workers):
             port = self.processor_settings.web_port + index
             worker = self._start(
                 f"demo-processor-{index + 1}",

@@ -157,6 +157,26 @@ def test_a_processor_killed_mid_stream_and_restarted(run: Run) -> None:
     assert result.dead_lettered == sum(sent["report"].malformed.values())
 
 
+def test_two_processors_one_stopped_during_a_rebalance(run: Run) -> None:
+    """A second worker joins the group mid-stream (partitions move to it), then the first is
+    stopped with SIGTERM while traffic flows (they all move to the second)."""
+    sent: dict[str, LoadReport] = {}
+    loader = threading.Thread(target=lambda: sent.update(report=run.send(400, 8, seed=86)))
+    loader.start()
+    time.sleep(2)
+    (first,) = [w for w in run.demo.children if "processor" in w.name]
+    run.demo.workers = 2
+    second = run.demo.start_processors_from(1)  # joins the group: partitions are reassigned
+    first.process.send_signal(signal.SIGTERM)  # and the first leaves in the middle of it
+    assert first.process.wait(60) == 0
+    run.demo.children.remove(first)
+    loader.join(120)
+    result = run.reconcile(sent["report"])
+    print(result.row("two processors, one stopped during a rebalance"))
+    assert (result.lost, result.doubled) == (0, 0)
+    assert all(w.process.poll() is None for w in second)
+
+
 def test_every_event_delivered_twice(run: Run, kafka_settings: KafkaSettings, unique: str) -> None:
     report = run.send(400, 4, seed=82)
     producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers})
