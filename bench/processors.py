@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.report import Figure, metric
+from bench.report import Figure, rate_until
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, WriterSchema
 from onfinish.processors.enrichment import Enricher
@@ -106,10 +106,6 @@ def _aiokafka_loop(stack: Stack, prefix: str, count: int) -> float:
     return asyncio.run(run())
 
 
-def _processed(port: int) -> float:
-    return metric(port, "onfinish_processor_processed_total")
-
-
 def _worker(stack: Stack, prefix: str, count: int) -> float:
     env = {
         **os.environ,
@@ -129,20 +125,10 @@ def _worker(stack: Stack, prefix: str, count: int) -> float:
             stderr=subprocess.STDOUT,
         )
         try:
-            began = done = 0.0
-            first = 0.0
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                processed = _processed(WEB_PORT)
-                if processed > 0 and not began:
-                    began, first = time.perf_counter(), processed
-                if processed >= count:
-                    done = time.perf_counter()
-                    break
-                time.sleep(0.05)
-            if not done:
+            rate = rate_until(WEB_PORT, "onfinish_processor_processed_total", count)
+            if rate is None:
                 raise RuntimeError("the worker did not process the benchmark's events in time")
-            return (count - first) / (done - began)
+            return rate
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)

@@ -76,3 +76,20 @@ def metric(port: int, name: str) -> float:
     except OSError:
         return -1.0
     return 0.0
+
+
+def rate_until(
+    port: int, name: str, target: float, *, timeout_s: float = 600, poll_s: float = 0.05
+) -> float | None:
+    """Per second, from the first nonzero reading of a worker's counter `name` until it reaches
+    `target` (the worker's start-up left out); None if it does not within `timeout_s`."""
+    began = first = 0.0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = metric(port, name)
+        if value > 0 and not began:
+            began, first = time.perf_counter(), value
+        if value >= target:
+            return (target - first) / (time.perf_counter() - began)
+        time.sleep(poll_s)
+    return None

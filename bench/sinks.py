@@ -25,7 +25,7 @@ import fastavro
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from bench.report import Figure, metric
+from bench.report import Figure, rate_until
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
@@ -105,10 +105,6 @@ def _direct_insert(values: list[bytes], directory: Path) -> float:
         client.close()
 
 
-def _rows(port: int) -> float:
-    return metric(port, 'onfinish_sink_rows_total{table="events"}')
-
-
 def _sink(stack: Stack, prefix: str, directory: Path) -> float:
     env: dict[str, Any] = {
         **os.environ,
@@ -131,20 +127,11 @@ def _sink(stack: Stack, prefix: str, directory: Path) -> float:
             stderr=subprocess.STDOUT,
         )
         try:
-            began = done = first = 0.0
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                rows = _rows(WEB_PORT)
-                if rows > 0 and not began:
-                    began, first = time.perf_counter(), rows
-                if rows >= ROWS:
-                    done = time.perf_counter()
-                    break
-                time.sleep(0.02)
-            if not done:
+            rate = rate_until(WEB_PORT, 'onfinish_sink_rows_total{table="events"}', ROWS, poll_s=0.02)
+            if rate is None:
                 log.seek(0)
                 raise RuntimeError(f"the sink did not store the rows in time: {log.read()[-2000:]!r}")
-            return (ROWS - first) / (done - began)
+            return rate
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
@@ -13,6 +12,7 @@ from onfinish.errors import ConfigurationError
 from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.sinks import migrate
 from onfinish.sinks.migrate import Migration, apply_events_ttl, apply_migrations, load_migrations, render
+from tests.chdb import chdb_engine
 
 TABLES = {"events", "event_quality", "windows_1m", "sessions", "alerts", "dlq"}
 VIEWS = {
@@ -30,12 +30,8 @@ _databases = itertools.count()
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Iterator[Client]:
-    # chDB holds one data directory per process: the client must be closed before another opens.
-    client = clickhouse_connect.get_client(dsn=f"chdb:///{tmp_path_factory.mktemp('chdb-migrations')}")
-    try:
+    with chdb_engine(tmp_path_factory.mktemp("chdb-migrations")) as client:
         yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

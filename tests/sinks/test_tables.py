@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import clickhouse_connect
 import fastavro
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -28,6 +27,7 @@ from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent, _Record
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.tables import DLQ_COLUMNS, TABLES, TableSpec, dlq_row
+from tests.chdb import chdb_engine
 
 ENRICHER = Enricher(
     PriceCatalog.load(),
@@ -46,12 +46,8 @@ _databases = itertools.count()
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Iterator[Client]:
-    # chDB holds one data directory per process: the client must be closed before another opens.
-    client = clickhouse_connect.get_client(dsn=f"chdb:///{tmp_path_factory.mktemp('chdb-tables')}")
-    try:
+    with chdb_engine(tmp_path_factory.mktemp("chdb-tables")) as client:
         yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture
