@@ -245,13 +245,41 @@ class FamilySink:
         for record in inflight.records:
             key = (record.topic, record.partition)
             offsets[key] = max(offsets.get(key, -1), record.offset)
-        self.consumer.commit(
-            offsets=[confluent_kafka.TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()],
-            asynchronous=False,
-        )
+        self._commit_offsets([confluent_kafka.TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()])
         inflight.committed = True
         self.metrics.batches.labels(self.family).inc()
         self.metrics.batch_seconds.labels(self.family).observe(time.monotonic() - inflight.started)
+
+    def _commit_offsets(self, offsets: list[Any]) -> None:
+        """Commit synchronously, waiting out a coordinator that is away (a broker restart).
+
+        The batch is in ClickHouse already, so giving a commit up loses nothing: whoever consumes
+        those partitions next reads the batch again and ClickHouse drops it by its token. That is
+        what happens when this worker left the group meanwhile (its generation is over), and when
+        the worker is stopping; any other failure is retried with backoff, for as long as it lasts.
+        """
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+                return
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0]
+                if error.code() in _MEMBERSHIP_LOST:
+                    log.info(
+                        "commit refused: the partitions moved on; the next owner re-reads the batch",
+                        extra={"family": self.family, "error": error.str()},
+                    )
+                    return
+                self.metrics.failures.labels(self.family).inc()
+                log.warning(
+                    "commit failed; retrying",
+                    extra={"family": self.family, "error": error.str(), "retry_in_s": delay},
+                )
+            if self.stop.wait(delay):
+                log.info("stopping with a commit not done; the batch is re-read and dropped on restart")
+                return
+            delay = min(delay * 2, self.settings.retry_max_s)
 
     def _drain(self) -> None:
         """Store and commit everything consumed: at shutdown, and before partitions are revoked."""
@@ -335,6 +363,18 @@ class FamilySink:
             if _is_data_error(exc):
                 raise _PassThroughRefused(str(exc)[:300]) from exc
             raise
+
+
+# Commit errors that mean this member no longer owns the partitions: retrying cannot succeed.
+_MEMBERSHIP_LOST = frozenset(
+    {
+        confluent_kafka.KafkaError.ILLEGAL_GENERATION,
+        confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID,
+        confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS,
+        confluent_kafka.KafkaError.FENCED_INSTANCE_ID,
+        confluent_kafka.KafkaError._ASSIGNMENT_LOST,
+    }
+)
 
 
 @dataclass(eq=False)
@@ -445,17 +485,30 @@ def run(
         query = QueryServer(owner, settings.query_host, settings.query_port)
         query.start()
         servers.append(query)
-    threads = [
-        threading.Thread(target=family.run, args=(stop,), name=f"sink-{family.family}", daemon=True)
-        for family in families
-    ]
-    for thread in threads:
+
+    def start(family: FamilySink) -> threading.Thread:
+        thread = threading.Thread(target=family.run, args=(stop,), name=f"sink-{family.family}", daemon=True)
         thread.start()
+        return thread
+
+    threads = [start(family) for family in families]
     if ready is not None:
         ready()
     try:
-        while any(thread.is_alive() for thread in threads) and not stop.is_set():
-            stop.wait(0.5)
+        while not stop.wait(0.5):
+            for index, thread in enumerate(threads):
+                if thread.is_alive():
+                    continue
+                # A family that failed in a way nobody foresaw starts over from its committed
+                # offsets (what it had not committed is re-read, and dropped by its token), so
+                # one failure never stops the worker nor the other families.
+                name = families[index].family
+                metrics.failures.labels(name).inc()
+                log.error("a sink family stopped unexpectedly; restarting it", extra={"family": name})
+                if stop.wait(settings.retry_initial_s):
+                    break
+                families[index] = FamilySink(name, settings, kafka, registry, connect, metrics)
+                threads[index] = start(families[index])
     finally:
         stop.set()
         for thread in threads:
