@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,7 +46,12 @@ from onfinish.processors.pipeline import Batch, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.redaction import PatternSet
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.schemas.contract import PROCESSED_RECORD_TYPES, RecordType
+from onfinish.schemas.contract import (
+    DEAD_LETTER_OVERHEAD_BYTES,
+    MAX_RECORD_BYTES,
+    PROCESSED_RECORD_TYPES,
+    RecordType,
+)
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -78,8 +85,21 @@ class _App(faust.App):
     onfinish_sender: GroupSender
     onfinish_topics: tuple[dict[str, str], str]  # output topic by record type, and the DLQ
 
+    onfinish_stop_timeout_s: float = 30.0
+
     async def on_stop(self) -> None:
         sender = getattr(self, "onfinish_sender", None)
+        if sender is not None:
+            # Faust's stop waits until every record it handed out is acked; a record whose delivery
+            # to a stream was cut short by the stop is never acked, and a batch waiting for the
+            # registry may not be for long. Past the timeout the worker leaves, as a crash would.
+            watchdog = threading.Timer(
+                self.onfinish_stop_timeout_s,
+                _leave,
+                args=(sender, f"the stop took longer than {self.onfinish_stop_timeout_s:.0f}s"),
+            )
+            watchdog.daemon = True
+            watchdog.start()
         pipeline = getattr(self, "onfinish_pipeline", None)
         if sender is not None and pipeline is not None:
             try:  # the windows changed since the last timer tick, so their latest state is out
@@ -90,6 +110,25 @@ class _App(faust.App):
         if sender is not None and not sender.flush(10.0):
             log.warning("outputs still undelivered at shutdown; their records will be processed again")
         await super().on_stop()
+
+
+def _leave(sender: GroupSender, why: str) -> None:
+    """End the process now, leaving what is in progress uncommitted for the next owner.
+
+    Used when a graceful stop cannot finish: asked to stop while the registry is away (acking the
+    waiting batch would commit it unprocessed, and waiting holds the stop for as long as the
+    registry is away), or a stop that outlived its timeout. The batches already finished are
+    delivered (their offsets were committed with them, or are re-read and found applied), then the
+    process ends as a crash would: the worker that takes the partitions over re-reads the rest from
+    the committed offsets and restores the state from the changelogs, as after SIGKILL.
+    """
+    delivered = sender.flush(10.0)
+    log.warning(
+        "leaving without a graceful stop; the records in progress are left to the next owner",
+        extra={"why": why, "finished_batches_delivered": delivered},
+    )
+    logging.shutdown()
+    os._exit(0)
 
 
 def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -238,12 +277,15 @@ def build_app(
                 "enable.idempotence": True,
                 "linger.ms": settings.producer_linger_ms,
                 "message.timeout.ms": 0,  # never give a record up: the batch waits for it
+                # A dead letter carries the refused record's bytes, up to what onfinish.raw takes.
+                "message.max.bytes": MAX_RECORD_BYTES + DEAD_LETTER_OVERHEAD_BYTES,
                 "client.id": f"{app_id}-outputs",
             }
         )
     )
     app.onfinish_pipeline = pipeline
     app.onfinish_sender = sender
+    app.onfinish_stop_timeout_s = settings.stop_timeout_s
 
     app.onfinish_topics = (topics, dlq)
 
@@ -257,6 +299,8 @@ def build_app(
             try:
                 return step()
             except RegistryUnavailable as exc:
+                if app.should_stop:
+                    _leave(sender, "asked to stop while the schema registry is away")
                 log.warning("schema registry unavailable; retrying", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(1.0)
 

@@ -67,6 +67,11 @@ class ProcessorSettings(BaseSettings):
         default=120.0, ge=0, description="How late an event may arrive for its window."
     )
     session_gap_s: float = Field(default=1800.0, gt=0, description="Idle time that ends a session.")
+    stop_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a stop may wait for the streams; then the rest is left to the next owner.",
+    )
     snapshot_interval_s: float = Field(
         default=5.0, gt=0, description="How often changed windows are emitted."
     )

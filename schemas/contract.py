@@ -31,6 +31,13 @@ from onfinish.schemas.models import (
 )
 
 COMPATIBILITY = "FULL_TRANSITIVE"
+# The largest record onfinish.raw and onfinish.dlq take (the broker's default is 1 MiB). Larger than
+# any record the contract allows (processors/decoding.py MAX_VALUE_BYTES, 4 MiB), so that an
+# oversized record reaches the processors and is dead-lettered with its reason and its bytes instead
+# of being bounced at the broker, where nobody downstream sees it; the dlq holds the same bytes.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+# What a dead letter adds to the refused record: its headers (stage, reason, message, origin).
+DEAD_LETTER_OVERHEAD_BYTES = 64 * 1024
 AvroDatum = dict[str, Any]
 
 

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from onfinish.errors import StackError
+from onfinish.schemas.contract import DEAD_LETTER_OVERHEAD_BYTES, MAX_RECORD_BYTES
 from onfinish.settings import KafkaSettings
 
 DAY_MS = 24 * 3600 * 1000
@@ -31,7 +32,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "raw",
         "onFinish and Feedback records from the SDK (Avro), keyed by session_id",
-        {"retention.ms": str(7 * DAY_MS)},
+        {"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(MAX_RECORD_BYTES)},
     ),
     TopicSpec(
         "enriched",
@@ -45,7 +46,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "dlq",
         "records any stage could not process, with the reason in headers",
-        {"retention.ms": str(30 * DAY_MS)},
+        {
+            "retention.ms": str(30 * DAY_MS),
+            "max.message.bytes": str(MAX_RECORD_BYTES + DEAD_LETTER_OVERHEAD_BYTES),
+        },
     ),
 )
 
