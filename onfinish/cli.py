@@ -6,6 +6,7 @@ message and exit code 1, never a stack trace.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -634,6 +635,113 @@ def report(
         typer.echo(analytics.to_csv(result), nl=False)
     else:
         analytics.render_table(result, console)
+
+
+class ReadoutFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class DriftDimensionOption(StrEnum):
+    model_version = "model_version"
+    prompt_template_id = "prompt_template_id"
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Option("--a", help="The baseline group: its value of --by.")],
+    b: Annotated[str, typer.Option("--b", help="The group judged against it.")],
+    by: Annotated[
+        str, typer.Option(help="The dimension the groups differ in: variant_id, model_id, model_version, ...")
+    ] = "variant_id",
+    feature: Annotated[str | None, typer.Option(help="Only calls of this feature_id.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only calls of this model_id.")] = None,
+    since: Annotated[
+        str, typer.Option(metavar="PERIOD", help="How far back to look: 30m, 1h, 7d (units s, m, h, d, w).")
+    ] = "7d",
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
+    output: Annotated[ReadoutFormat, typer.Option("--format", help="text for people, json for tools.")] = (
+        ReadoutFormat.text
+    ),
+) -> None:
+    """Compare two variants (or models, versions, prompt templates) on every measure, with a verdict.
+
+    Per group: calls, sessions, success rate, latency and TTFT p50/p95, latency mean, cost per
+    call and per session, quality score, regeneration and edit rates. Per measure: B - A with a
+    95% confidence interval (Newcombe for rates, Welch for means, bootstrap for percentiles,
+    sessions as the unit for cost per session) and a verdict (better, worse, no difference, not
+    enough data), Holm-adjusted over the measures so that "any difference" stays a 5% false alarm.
+    The minimum sample sizes are printed with the readout. Calls are read from ClickHouse with
+    their latest feedback and price (the current_events view).
+
+    Example: onfinish compare --by variant_id --a control --b concise --feature support-chat --since 7d
+    """
+    from onfinish.analytics import seconds_of
+    from onfinish.insights import compare as readouts_text
+    from onfinish.insights.readouts import readout
+
+    within = {k: v for k, v in (("feature_id", feature), ("model_id", model)) if v is not None}
+    seconds = seconds_of(_since(since))
+    querier = _querier()
+    result = _fail_cleanly(
+        lambda: readout(querier, by=by, a=a, b=b, seconds=seconds, within=within, seed=seed)
+    )
+    if output is ReadoutFormat.json:
+        typer.echo(json.dumps(readouts_text.to_json(result), indent=2))
+    else:
+        typer.echo(readouts_text.render_text(result))
+
+
+@app.command()
+def drift(
+    by: Annotated[
+        DriftDimensionOption, typer.Option(help="What a new version is: model_version or prompt_template_id.")
+    ] = DriftDimensionOption.model_version,
+    since: Annotated[
+        str, typer.Option(metavar="PERIOD", help="How far back to look: 30m, 1h, 7d (units s, m, h, d, w).")
+    ] = "7d",
+    alert: Annotated[
+        bool, typer.Option("--alert", help="Send an alert to onfinish.alerts for every version found worse.")
+    ] = False,
+    output: Annotated[ReadoutFormat, typer.Option("--format", help="text for people, json for tools.")] = (
+        ReadoutFormat.text
+    ),
+) -> None:
+    """List model-version drift: per model, the newest version against the one before it.
+
+    For every model with two or more versions (or prompt templates) in the period, the newest by
+    first appearance is compared with the previous one on the same measures as `onfinish compare`.
+    A comparison whose readout says the new version is worse is a drift; with --alert each becomes
+    an alert on onfinish.alerts (rule version_drift), raised once per model and pair of versions.
+
+    Example: onfinish drift --since 14d --alert
+    """
+    from onfinish.analytics import seconds_of
+    from onfinish.insights import readouts
+
+    seconds = seconds_of(_since(since))
+    querier = _querier()
+    found = _fail_cleanly(lambda: readouts.drift(querier, dimension=by.value, seconds=seconds))
+    if output is ReadoutFormat.json:
+        typer.echo(json.dumps(readouts.to_json(found), indent=2))
+    elif not found:
+        console.print(f"No model has two {by.value}s in the period.")
+    else:
+        for item in found:
+            mark = "[red]worse[/red]" if item.worse else "ok"
+            console.print(
+                f"{item.current.provider}/{item.current.model_id}: "
+                f"{item.previous.version} ({item.previous.calls} calls) -> "
+                f"{item.current.version} ({item.current.calls} calls): {mark}; {item.readout.verdict}",
+                highlight=False,
+            )
+    worse = [item for item in found if item.worse]
+    if alert and worse:
+        from onfinish.insights.publisher import AlertPublisher
+
+        publisher = AlertPublisher(KafkaSettings(), RegistrySettings())
+        sent = _fail_cleanly(lambda: publisher.publish(readouts.drift_alert(item) for item in worse))
+        console.print(f"{sent} drift alerts sent to {publisher.topic}.")
 
 
 def _write_line(line: str) -> None:

@@ -14,7 +14,7 @@ from onfinish.sinks import migrate
 from onfinish.sinks.migrate import Migration, apply_events_ttl, apply_migrations, load_migrations, render
 from tests.chdb import chdb_engine
 
-TABLES = {"events", "event_quality", "windows_1m", "sessions", "alerts", "dlq"}
+TABLES = {"events", "event_quality", "event_costs", "windows_1m", "sessions", "alerts", "dlq"}
 VIEWS = {
     "model_hourly",
     "model_daily",
@@ -24,6 +24,7 @@ VIEWS = {
     "quality_by_model_variant",
     "dlq_by_reason",
     "scored_events",
+    "current_events",
 }
 _databases = itertools.count()
 
@@ -56,7 +57,12 @@ def _events_ddl(client: Client) -> str:
 
 def test_migrations_apply_once_and_are_recorded(client):
     migrations = load_migrations()
-    assert [m.name for m in migrations] == ["0001_tables", "0002_views", "0003_event_quality"]
+    assert [m.name for m in migrations] == [
+        "0001_tables",
+        "0002_views",
+        "0003_event_quality",
+        "0004_current_events",
+    ]
     assert apply_migrations(client) == [m.name for m in migrations]
     assert apply_migrations(client) == []
     recorded = client.query("SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version")
