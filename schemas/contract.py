@@ -21,11 +21,13 @@ import fastavro
 from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
 from onfinish.schemas.models import (
     Alert,
+    CostCorrection,
     EnrichedEvent,
     Feedback,
     OnFinishEvent,
     QualityUpdate,
     SessionSnapshot,
+    WindowCostCorrection,
     WindowSnapshot,
     _Record,
 )
@@ -115,7 +117,8 @@ FEEDBACK = RecordType("feedback.v1.avsc", Feedback)
 ENRICHED_EVENT = RecordType("enriched_event.v1.avsc", EnrichedEvent, topic_suffix="enriched")
 WINDOW_SNAPSHOT = RecordType("window_snapshot.v1.avsc", WindowSnapshot, topic_suffix="windows")
 SESSION_SNAPSHOT = RecordType("session_snapshot.v1.avsc", SessionSnapshot, topic_suffix="sessions")
-ALERT = RecordType("alert.v1.avsc", Alert, topic_suffix="alerts")
+# Version 2 adds the baseline of the insights' anomalies; alert.v1.avsc stays as the history it evolved from.
+ALERT = RecordType("alert.v2.avsc", Alert, topic_suffix="alerts")
 # Feedback that arrives after its event changes the event's score: an update next to the events.
 QUALITY_UPDATE = RecordType("quality_update.v1.avsc", QualityUpdate, topic_suffix="enriched")
 # What producers write to onfinish.raw; the index of a type here is its kind byte in the SDK's spool.
@@ -128,7 +131,17 @@ PROCESSED_RECORD_TYPES: tuple[RecordType, ...] = (
     SESSION_SNAPSHOT,
     ALERT,
 )
-ALL_RECORD_TYPES: tuple[RecordType, ...] = (*RECORD_TYPES, *PROCESSED_RECORD_TYPES)
+# What `onfinish reprice` writes: corrections next to the events and windows they re-price.
+COST_CORRECTION = RecordType("cost_correction.v1.avsc", CostCorrection, topic_suffix="enriched")
+WINDOW_COST_CORRECTION = RecordType(
+    "window_cost_correction.v1.avsc", WindowCostCorrection, topic_suffix="windows"
+)
+CORRECTION_RECORD_TYPES: tuple[RecordType, ...] = (COST_CORRECTION, WINDOW_COST_CORRECTION)
+ALL_RECORD_TYPES: tuple[RecordType, ...] = (
+    *RECORD_TYPES,
+    *PROCESSED_RECORD_TYPES,
+    *CORRECTION_RECORD_TYPES,
+)
 
 
 def record_type_of(record: _Record) -> RecordType:

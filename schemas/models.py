@@ -304,6 +304,7 @@ class Alert(_Record):
     subject: Identifier
     observed: float = Field(allow_inf_nan=False)
     threshold: float = Field(allow_inf_nan=False)
+    baseline: float | None = Field(default=None, allow_inf_nan=False)
     provider: Identifier | None = None
     model_id: Identifier | None = None
     at: Timestamp
@@ -324,3 +325,44 @@ class QualityUpdate(_Record):
     version: Long
     raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)
     updated_at: Timestamp
+
+
+class CostCorrection(_Record):
+    """A stored call re-priced with a price-catalog version (Avro io.onfinish.CostCorrection): replaces
+    the cost its event was stored with; the latest version (when it was re-priced) wins."""
+
+    event_id: UUID
+    request_id: Identifier
+    session_id: Identifier | None = None
+    finished_at: Timestamp
+    provider: Identifier
+    model_id: Identifier
+    cost_input_usd: Money
+    cost_cached_input_usd: Money
+    cost_output_usd: Money
+    cost_reasoning_usd: Money
+    cost_usd: Money
+    cost_source: Identifier
+    ingested_cost_usd: Money
+    version: Long
+    repriced_at: Timestamp
+
+
+class WindowCostCorrection(_Record):
+    """What a re-pricing changes in one minute and dimension set (Avro io.onfinish.WindowCostCorrection).
+
+    The delta is signed: new prices can be lower."""
+
+    window_start: Timestamp
+    window_end: Timestamp
+    provider: Identifier
+    model_id: Identifier
+    feature_id: str = ""
+    variant_id: str = ""
+    environment: Identifier
+    status: Identifier
+    cost_delta_usd: float = Field(allow_inf_nan=False)
+    repriced_events: Long
+    cost_source: Identifier
+    version: Long
+    repriced_at: Timestamp

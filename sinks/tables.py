@@ -24,9 +24,11 @@ from typing import Any
 from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.schemas.contract import (
     ALERT,
+    COST_CORRECTION,
     ENRICHED_EVENT,
     QUALITY_UPDATE,
     SESSION_SNAPSHOT,
+    WINDOW_COST_CORRECTION,
     WINDOW_SNAPSHOT,
     RecordType,
 )
@@ -127,14 +129,57 @@ def window_row(datum: dict[str, Any], partition: int, offset: int) -> list[Any]:
     ]
 
 
+# The raw partition of a windows_1m row that is a re-pricing's correction, not a processor's
+# snapshot: no raw partition is this high, so corrections never replace snapshots, only each other.
+REPRICING_PARTITION = 2**31 - 1
+_ZERO_COUNTS = (0,) * BUCKET_COUNT
+_WINDOW_DIMENSIONS = ("provider", "model_id", "feature_id", "variant_id", "environment", "status")
+
+
+def window_correction_row(datum: dict[str, Any], partition: int, offset: int) -> list[Any]:
+    """A WindowCostCorrection as a windows_1m row: no calls, empty histograms, the cost delta.
+
+    Sums over the windows (cost per model and hour, per feature, ...) then include the new prices;
+    every count, histogram and extreme is untouched (zeros, empty, NULL)."""
+    start = datum["window_start"]
+    identity = "|".join(str(datum[name]) for name in _WINDOW_DIMENSIONS)
+    values = {
+        "window_id": f"repricing:{start:%Y%m%dT%H%M}:{identity}"[:256],
+        "version": datum["version"],
+        "raw_partition": REPRICING_PARTITION,
+        "window_start": start,
+        "window_end": datum["window_end"],
+        "provider": datum["provider"],
+        "model_id": datum["model_id"],
+        "feature_id": datum["feature_id"],
+        "variant_id": datum["variant_id"],
+        "environment": datum["environment"],
+        "status": datum["status"],
+        "cost_usd": datum["cost_delta_usd"],
+        "latency_min_ms": None,
+        "latency_max_ms": None,
+        "latency_counts": list(_ZERO_COUNTS),
+        "ttft_min_ms": None,
+        "ttft_max_ms": None,
+        "ttft_counts": list(_ZERO_COUNTS),
+        "emitted_at": datum["repriced_at"],
+        "kafka_partition": partition,
+        "kafka_offset": offset,
+    }
+    return [values.get(column, 0) for column in WINDOW_COLUMNS]
+
+
 EVENTS = _spec("events", ENRICHED_EVENT)
 WINDOWS = TableSpec("windows_1m", WINDOW_SNAPSHOT, WINDOW_COLUMNS, window_row)
 SESSIONS = _spec("sessions", SESSION_SNAPSHOT)
 ALERTS = _spec("alerts", ALERT)
 EVENT_QUALITY = _spec("event_quality", QUALITY_UPDATE)
+EVENT_COSTS = _spec("event_costs", COST_CORRECTION)
+WINDOW_CORRECTIONS = TableSpec("windows_1m", WINDOW_COST_CORRECTION, WINDOW_COLUMNS, window_correction_row)
 
 TABLES: dict[str, TableSpec] = {
-    spec.record_type.full_name: spec for spec in (EVENTS, EVENT_QUALITY, WINDOWS, SESSIONS, ALERTS)
+    spec.record_type.full_name: spec
+    for spec in (EVENTS, EVENT_QUALITY, EVENT_COSTS, WINDOWS, WINDOW_CORRECTIONS, SESSIONS, ALERTS)
 }
 """The sink tables by the full name of the record type they store."""
 

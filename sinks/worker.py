@@ -122,7 +122,7 @@ class FamilySink:
         prefix = kafka.topic_prefix
         tables = topic_tables(prefix)
         wanted = {
-            "events": ("events", "event_quality"),
+            "events": ("events", "event_quality", "event_costs"),
             "rollups": ("windows_1m", "sessions", "alerts"),
             "dlq": (),
         }[family]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import types
 import typing
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,15 @@ import pytest
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from onfinish.schemas.contract import ALL_RECORD_TYPES, FEEDBACK, ONFINISH_EVENT, RecordType, record_type_of
+from onfinish.schemas.contract import (
+    ALERT,
+    ALL_RECORD_TYPES,
+    FEEDBACK,
+    ONFINISH_EVENT,
+    RecordType,
+    record_type_of,
+    schema_path,
+)
 from onfinish.schemas.models import Feedback, OnFinishEvent, Status
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -187,3 +196,24 @@ def test_timestamps_are_normalised_to_utc():
         started_at=plus_two, finished_at=plus_two + timedelta(seconds=1), latency_ms=1000.0, ttft_ms=None
     )
     assert event.started_at.tzinfo == UTC and event.started_at.hour == 14
+
+
+def test_alert_v2_and_v1_read_each_other() -> None:
+    """Alert v2 adds an optional baseline: v1 records read as baseline None, v2 records by a v1 reader
+    drop it (the processors and sinks of either version can meet the other's records)."""
+    v1 = fastavro.parse_schema(json.loads(schema_path("alert.v1.avsc").read_text()))
+    v2 = ALERT.parsed
+    record = {
+        "alert_id": "a1", "rule": "latency_p95_high", "rules_version": 1, "severity": "warning",
+        "subject_kind": "series", "subject": "openai/gpt-4o/chat", "observed": 1600.0, "threshold": 960.0,
+        "provider": "openai", "model_id": "gpt-4o", "at": 1_795_000_000_000_000, "message": "m",
+        "raw_partition": 0,
+    }  # fmt: skip
+    old = io.BytesIO()
+    fastavro.schemaless_writer(old, v1, record)
+    read_new = fastavro.schemaless_reader(io.BytesIO(old.getvalue()), v1, v2)
+    assert isinstance(read_new, dict) and read_new["baseline"] is None
+    new = io.BytesIO()
+    fastavro.schemaless_writer(new, v2, {**record, "baseline": 800.0})
+    read_old = fastavro.schemaless_reader(io.BytesIO(new.getvalue()), v2, v1)
+    assert isinstance(read_old, dict) and "baseline" not in read_old

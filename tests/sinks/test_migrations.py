@@ -62,6 +62,7 @@ def test_migrations_apply_once_and_are_recorded(client):
         "0002_views",
         "0003_event_quality",
         "0004_current_events",
+        "0005_alert_baseline",
     ]
     assert apply_migrations(client) == [m.name for m in migrations]
     assert apply_migrations(client) == []

@@ -124,6 +124,7 @@ def test_specs_cover_the_processed_records_and_match_the_tables(client):
     assert {spec.name for spec in TABLES.values()} == {
         "events",
         "event_quality",
+        "event_costs",
         "windows_1m",
         "sessions",
         "alerts",
