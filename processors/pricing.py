@@ -16,12 +16,11 @@ from decimal import Context, Decimal, Inexact, InvalidOperation
 from importlib.resources import files
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from onfinish.errors import OnfinishError
-from onfinish.schemas.models import OnFinishEvent
 
 CATALOG_RESOURCE: Final = ("data", "price_catalog.v1.toml")
 
@@ -300,7 +299,30 @@ def _cost(tokens: int, per_mtok: Decimal) -> Decimal:
     return _MONEY.divide(_MONEY.multiply(Decimal(tokens), per_mtok), _TOKENS_PER_PRICE_UNIT)
 
 
-def compute_cost(catalog: PriceCatalog, event: OnFinishEvent) -> CostBreakdown:
+class Billable(Protocol):
+    """What pricing reads of a call: an OnFinishEvent, or a stored event being re-priced."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def model_version(self) -> str | None: ...
+    @property
+    def finished_at(self) -> datetime: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+    @property
+    def reported_cost_usd(self) -> float | None: ...
+
+
+def compute_cost(catalog: PriceCatalog, event: Billable) -> CostBreakdown:
     """What ``event`` cost, priced at ``event.finished_at`` (the moment the provider billed it).
 
     With P prompt, C cached, N completion and R reasoning tokens (cached within prompt, reasoning

@@ -1,12 +1,13 @@
-"""Insight alerts onto onfinish.alerts: Confluent-framed Avro under the contract's subject.
+"""Records of the insights onto their topics: Confluent-framed Avro under the contract's subjects.
 
 A small edge over confluent-kafka's own AvroSerializer (registration and framing) and Producer, so
-that a drift, an anomaly or a budget breach reaches the alerts table like the processors' alerts.
+that a drift alert or a re-pricing's corrections reach ClickHouse through the sink like the
+processors' records (the same idempotent path, in embedded and in server mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -15,41 +16,72 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from onfinish.errors import OnfinishError
-from onfinish.schemas.contract import ALERT
-from onfinish.schemas.models import Alert
+from onfinish.schemas.contract import ALERT, RecordType
+from onfinish.schemas.models import Alert, _Record
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 
 class PublishFailed(OnfinishError):
-    """Kafka did not acknowledge every alert in time."""
+    """Kafka did not acknowledge every record in time."""
 
 
-class AlertPublisher:
+class RecordPublisher:
     def __init__(self, kafka: KafkaSettings, registry: RegistrySettings) -> None:
-        self.topic = ALERT.topic(kafka.topic_prefix)
-        self.serializer = AvroSerializer(
-            SchemaRegistryClient({"url": registry.url}),
-            ALERT.schema_str,
-            conf={"subject.name.strategy": topic_record_subject_name_strategy},
-        )
+        self.prefix = kafka.topic_prefix
+        self.registry = SchemaRegistryClient({"url": registry.url})
         self.producer = Producer(
-            {"bootstrap.servers": kafka.bootstrap_servers, "enable.idempotence": True, "log_level": 3}
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "enable.idempotence": True,
+                "linger.ms": 50,
+                "log_level": 3,
+            }
         )
         self.failures: list[str] = []
+        self._serializers: dict[str, AvroSerializer] = {}
 
     def _delivered(self, error: Any, _: Any) -> None:
         if error is not None:
             self.failures.append(str(error))
 
-    def publish(self, alerts: Iterable[Alert], timeout_s: float = 30.0) -> int:
-        """Send the alerts (keyed by their id, so a re-sent one replaces itself) and wait for Kafka."""
+    def publish(
+        self,
+        record_type: RecordType,
+        records: Iterable[tuple[bytes, _Record]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        timeout_s: float = 60.0,
+    ) -> int:
+        """Send (key, record) pairs to the record type's topic and wait until Kafka has them all."""
+        topic = record_type.topic(self.prefix)
+        serializer = self._serializers.get(record_type.full_name)
+        if serializer is None:
+            serializer = self._serializers[record_type.full_name] = AvroSerializer(
+                self.registry,
+                record_type.schema_str,
+                conf={"subject.name.strategy": topic_record_subject_name_strategy},
+            )
+        context = SerializationContext(topic, MessageField.VALUE)
         sent = 0
-        context = SerializationContext(self.topic, MessageField.VALUE)
-        for alert in alerts:
-            value = self.serializer(ALERT.to_datum(alert), context)
-            self.producer.produce(self.topic, value, alert.alert_id.encode(), on_delivery=self._delivered)
+        for key, record in records:
+            value = serializer(record_type.to_datum(record), context)
+            while True:
+                try:
+                    self.producer.produce(topic, value, key, on_delivery=self._delivered)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self.producer.poll(0.1)
             sent += 1
+            if progress is not None and sent % 1000 == 0:
+                progress(1000)
+            self.producer.poll(0)
         left = self.producer.flush(timeout_s)
+        if progress is not None:
+            progress(sent % 1000)
         if left or self.failures:
-            raise PublishFailed(f"{left} alerts not acknowledged; failures: {self.failures[:3]}")
+            raise PublishFailed(f"{left} records not acknowledged; failures: {self.failures[:3]}")
         return sent
+
+    def publish_alerts(self, alerts: Iterable[Alert]) -> int:
+        """Alerts keyed by their id, so that a re-sent alert replaces itself."""
+        return self.publish(ALERT, ((alert.alert_id.encode(), alert) for alert in alerts))
