@@ -15,11 +15,12 @@ from onfinish.settings import ALL_SETTINGS
 
 
 def settings_classes() -> tuple[type[BaseSettings], ...]:
+    from onfinish.insights.watch import InsightSettings
     from onfinish.processors.settings import ProcessorSettings
     from onfinish.producers.settings import ProducerSettings
     from onfinish.sinks.settings import SinkSettings
 
-    return (*ALL_SETTINGS, ProducerSettings, ProcessorSettings, SinkSettings, LogSettings)
+    return (*ALL_SETTINGS, ProducerSettings, ProcessorSettings, SinkSettings, InsightSettings, LogSettings)
 
 
 def rows(settings_class: type[BaseSettings]) -> list[tuple[str, str, str]]:

@@ -1,0 +1,154 @@
+"""The insights worker on stored windows and events: a planted latency spike is raised once, with its
+baseline; a user over budget is raised once; a quiet series raises nothing."""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from onfinish.analytics import ClientQuerier
+from onfinish.insights.watch import InsightSettings, Watch
+from onfinish.processors.windows import WindowKey, WindowState
+from onfinish.schemas.contract import ENRICHED_EVENT, WINDOW_SNAPSHOT
+from onfinish.schemas.models import Alert, EnrichedEvent, Status
+from onfinish.sinks.migrate import apply_migrations
+from onfinish.sinks.tables import TABLES
+from tests.chdb import chdb_engine
+from tests.sinks.test_tables import decoded, decoded_record, enriched_events, insert, rows_of
+
+EVENTS = TABLES[ENRICHED_EVENT.full_name]
+WINDOWS = TABLES[WINDOW_SNAPSHOT.full_name]
+BASE = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
+MINUTES, PER_MINUTE, SPIKE = 90, 40, range(70, 73)
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def publish_alerts(self, alerts: Iterable[Alert]) -> int:
+        batch = list(alerts)
+        self.alerts += batch
+        return len(batch)
+
+
+def _traffic() -> list[EnrichedEvent]:
+    """90 minutes of one model and feature, p95 latency near 900 ms, three minutes at three times it;
+    a quiet second feature; every call by one user at $0.004."""
+    rng = random.Random(5)
+    templates = enriched_events(200, seed=9)
+    events = []
+    for minute in range(MINUTES):
+        for j in range(PER_MINUTE):
+            for feature in ("chat", "search"):
+                spike = 3.0 if feature == "chat" and minute in SPIKE else 1.0
+                latency = rng.lognormvariate(math.log(800), 0.08) * spike
+                finished = BASE + timedelta(minutes=minute, seconds=j)
+                events.append(
+                    templates[(minute * PER_MINUTE + j) % 200].model_copy(
+                        update={
+                            "event_id": uuid.UUID(int=rng.getrandbits(128), version=4),
+                            "request_id": f"req-{minute}-{j}-{feature}",
+                            "provider": "openai",
+                            "model_id": "gpt-4o",
+                            "model_version": None,
+                            "prompt_template_id": None,
+                            "feature_id": feature,
+                            "status": Status.success,
+                            "finished_at": finished,
+                            "started_at": finished - timedelta(milliseconds=latency),
+                            "latency_ms": latency,
+                            "user_id": "u1",
+                            "cost_usd": 0.004,
+                        }
+                    )
+                )
+    return events
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    with chdb_engine(tmp_path_factory.mktemp("chdb-watch")) as engine:
+        engine.command("CREATE DATABASE IF NOT EXISTS watch")
+        engine.database = "watch"
+        apply_migrations(engine)
+        events = _traffic()
+        insert(engine, EVENTS, rows_of(EVENTS, [decoded_record(ENRICHED_EVENT, e) for e in events]))
+        states: dict[WindowKey, WindowState] = {}
+        for offset, event in enumerate(events):
+            states.setdefault(WindowKey.of(event), WindowState()).apply(event, offset)
+        datums = [decoded(WINDOW_SNAPSHOT, s.datum(k, 0, BASE)) for k, s in states.items()]
+        insert(engine, WINDOWS, [WINDOWS.to_row(d, 0, i) for i, d in enumerate(datums)])
+        yield engine
+
+
+def _watch(client: Client, now: datetime) -> tuple[Watch, Collected]:
+    collected = Collected()
+    watch = Watch(ClientQuerier(client), collected, InsightSettings(settle_s=180), clock=lambda: now)
+    return watch, collected
+
+
+def test_a_latency_spike_is_raised_once_with_its_baseline(client: Client) -> None:
+    now = BASE + timedelta(minutes=MINUTES, seconds=181)
+    watch, collected = _watch(client, now)
+    watch.tick()
+    spikes = [a for a in collected.alerts if a.subject_kind == "series"]
+    assert [(a.rule, a.subject, a.at) for a in spikes] == [
+        ("latency_p95_high", "openai/gpt-4o/chat", BASE + timedelta(minutes=SPIKE.start))
+    ], spikes
+    (spike,) = spikes
+    assert spike.baseline is not None and 700 < spike.baseline < 1100
+    assert spike.observed > 2 * spike.baseline and spike.threshold < spike.observed
+
+    watch.tick()  # nothing new has closed, nothing is sent twice
+    assert len([a for a in collected.alerts if a.subject_kind == "series"]) == 1
+
+
+def test_a_user_over_the_daily_budget_is_raised_once(client: Client) -> None:
+    now = BASE + timedelta(minutes=MINUTES, seconds=181)
+    watch, collected = _watch(client, now)
+    watch.tick()
+    budgets = [a for a in collected.alerts if a.subject_kind == "budget"]
+    spent = 2 * MINUTES * PER_MINUTE * 0.004
+    assert [(a.rule, a.subject) for a in budgets] == [("each_user_daily", "user:u1:2026-11-23")]
+    assert budgets[0].observed == pytest.approx(spent) and budgets[0].threshold == 5.0
+    watch.tick()
+    assert len([a for a in collected.alerts if a.subject_kind == "budget"]) == 1
+
+
+def test_minutes_that_have_not_settled_are_not_judged(client: Client) -> None:
+    """At minute 71 plus less than the settling time, the spike's first minute is not final yet."""
+    watch, collected = _watch(client, BASE + timedelta(minutes=SPIKE.start + 1, seconds=100))
+    watch.tick()
+    assert not [a for a in collected.alerts if a.subject_kind == "series"]
+
+
+def test_the_budgets_command_shows_spend_projection_and_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from onfinish import analytics, cli
+    from onfinish.insights import budgets, watch
+
+    def spends(_: object, book: budgets.BudgetBook, now: datetime) -> list[budgets.Spend]:
+        start, _end = budgets.period_bounds("day", now)
+        return [
+            budgets.Spend("user", "u1", "day", start, spent_usd=9.0, recent_usd=0.5, recent_seconds=3600),
+            budgets.Spend("user", "u2", "day", start, spent_usd=0.1, recent_usd=0.0, recent_seconds=3600),
+        ]
+
+    monkeypatch.setattr(analytics, "querier", lambda *_: None)
+    monkeypatch.setattr(watch, "spends", spends)
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    result = CliRunner().invoke(cli.app, ["budgets"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "each_user_daily" in line]
+    assert len(lines) == 2
+    assert "user u1" in lines[0] and "$9.00" in lines[0] and "$5.00" in lines[0] and "alert" in lines[0]
+    assert "user u2" in lines[1] and "ok" in lines[1]
