@@ -737,11 +737,172 @@ def drift(
             )
     worse = [item for item in found if item.worse]
     if alert and worse:
-        from onfinish.insights.publisher import AlertPublisher
+        from onfinish.insights.publisher import RecordPublisher
 
-        publisher = AlertPublisher(KafkaSettings(), RegistrySettings())
-        sent = _fail_cleanly(lambda: publisher.publish(readouts.drift_alert(item) for item in worse))
-        console.print(f"{sent} drift alerts sent to {publisher.topic}.")
+        publisher = RecordPublisher(KafkaSettings(), RegistrySettings())
+        sent = _fail_cleanly(lambda: publisher.publish_alerts(readouts.drift_alert(item) for item in worse))
+        console.print(f"{sent} drift alerts sent to onfinish.alerts.")
+
+
+@app.command()
+def reprice(
+    catalog: Annotated[
+        str,
+        typer.Option(
+            metavar="CATALOG", help="A price-catalog file (.toml), or the packaged catalog's version."
+        ),
+    ],
+    since: Annotated[
+        str, typer.Option(metavar="PERIOD", help="Re-price calls that finished this far back: 7d, 30d, ...")
+    ] = "30d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; send nothing.")] = False,
+    wait_s: Annotated[
+        float,
+        typer.Option("--wait", metavar="SECONDS", help="How long to wait for ClickHouse to hold it."),
+    ] = 180.0,
+) -> None:
+    """Apply a price-catalog version to stored calls, so every view and total reflects the new prices.
+
+    Each call that finished in the period is priced again from its tokens (input, cached input,
+    output, reasoning) with CATALOG. The corrections go through Kafka to the sink: one per call
+    (table event_costs, read by current_events, cost_by_dimension and session_costs) and one per
+    minute and dimension set (a windows_1m row with no calls and the cost delta, so model_hourly,
+    the report and the dashboard move by the same amount). Events keep the cost they were stored
+    with; the catalog version used is on every correction (cost_source).
+
+    Idempotent: corrections are computed against the stored cost and the latest re-pricing of a
+    call or minute replaces the earlier one, so running it twice changes nothing, and a later
+    catalog replaces an earlier one. The period is whole minutes. Prints how much each model's
+    and the whole total change, then waits until ClickHouse holds every correction.
+
+    Example: onfinish reprice --catalog prices-2026-12.toml --since 90d
+    """
+    from datetime import UTC
+
+    from rich.progress import Progress
+
+    from onfinish.insights import repricing
+    from onfinish.schemas.contract import COST_CORRECTION, WINDOW_COST_CORRECTION
+
+    prices = _fail_cleanly(lambda: repricing.load_catalog(catalog))
+    now = datetime.now(UTC)
+    start, end = repricing.period(_since(since), now)
+    querier = _querier()
+    calls = _fail_cleanly(lambda: repricing.stored_calls(querier, start, end))
+    result = repricing.reprice(calls, prices, repriced_at=now, start=start, end=end)
+    for line in repricing.summary_lines(result):
+        typer.echo(line)
+    if dry_run or not result.corrections:
+        return
+    from onfinish.insights.publisher import RecordPublisher
+
+    publisher = RecordPublisher(KafkaSettings(), RegistrySettings())
+    total = len(result.corrections) + len(result.windows)
+    with Progress(console=errors, transient=True) as progress:
+        task = progress.add_task("sending corrections", total=total)
+
+        def advance(count: int) -> None:
+            progress.advance(task, count)
+
+        _fail_cleanly(
+            lambda: publisher.publish(
+                COST_CORRECTION,
+                ((c.event_id.bytes, c) for c in result.corrections),
+                progress=advance,
+            )
+        )
+        _fail_cleanly(
+            lambda: publisher.publish(
+                WINDOW_COST_CORRECTION,
+                ((w.window_start.isoformat().encode(), w) for w in result.windows),
+                progress=advance,
+            )
+        )
+    deadline = time.monotonic() + wait_s
+    held = (0, 0)
+    while time.monotonic() < deadline:
+        held = _fail_cleanly(lambda: repricing.applied(querier, result))
+        if held == (len(result.corrections), len(result.windows)):
+            typer.echo(f"ClickHouse holds all {total} corrections: the new prices are in every view.")
+            return
+        time.sleep(1.0)
+    errors.print(
+        f"After {wait_s:.0f}s ClickHouse holds {held[0]} of {len(result.corrections)} call corrections and "
+        f"{held[1]} of {len(result.windows)} minute corrections: is `onfinish sink` running?"
+    )
+    raise typer.Exit(1)
+
+
+@app.command()
+def watch() -> None:
+    """Run the insights worker: anomalies, budgets and model-version drift, raised as alerts.
+
+    Every ONFINISH_INSIGHTS_INTERVAL_S: the 1-minute windows that have closed are summed per model
+    and feature and judged against a streaming baseline (EWMA with a robust spread; rules in
+    onfinish/insights/data/anomaly_rules.v1.toml or ONFINISH_INSIGHTS_ANOMALY_RULES) for error
+    rate, p95 latency, p95 TTFT and cost per minute; spend so far today and this month per
+    feature, user and environment is projected against the budgets (budgets.v1.toml or
+    ONFINISH_INSIGHTS_BUDGETS); and, hourly, each model's newest version is compared with the
+    previous one. Every breach is an alert on onfinish.alerts (with the baseline and the observed
+    value), sent once. At start the anomaly baseline is rebuilt from the last day of windows.
+    Ctrl-C or SIGTERM stops it.
+    """
+    import signal
+    import threading
+
+    from onfinish.insights.publisher import RecordPublisher
+    from onfinish.insights.watch import InsightSettings, Watch
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker = _fail_cleanly(
+        lambda: Watch(_querier(), RecordPublisher(KafkaSettings(), RegistrySettings()), InsightSettings())
+    )
+    console.print("insights worker: anomalies, budgets, drift (Ctrl-C stops it)")
+    try:
+        worker.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
+def budgets() -> None:
+    """Show each budget's spend so far this day or month, its projection and its limit.
+
+    Budgets are data (onfinish/insights/data/budgets.v1.toml, or ONFINISH_INSIGHTS_BUDGETS): daily
+    or monthly, per feature, user (pseudonymised) or environment, `*` for each one separately. The
+    projection blends the period's run rate with the last hour's; `onfinish watch` raises an alert
+    when it reaches the budget's warn_at share of the limit.
+    """
+    from datetime import UTC
+
+    from onfinish.insights.budgets import evaluate, load_budgets, project
+    from onfinish.insights.watch import InsightSettings, spends
+
+    settings = InsightSettings()
+    book = _fail_cleanly(lambda: load_budgets(settings.budgets))
+    now = datetime.now(UTC)
+    found = _fail_cleanly(lambda: spends(_querier(), book, now))
+    breached = {(b.budget, b.subject) for b in evaluate(book, found, now)}
+    table = Table("budget", "subject", "period", "spent", "projected", "limit", "state")
+    for budget in book.budget:
+        for spend in found:
+            if spend.scope != budget.scope or spend.period != budget.period:
+                continue
+            if budget.subject not in ("*", spend.subject):
+                continue
+            projection = project(spend, now)
+            state = "[red]alert[/red]" if (budget.name, spend.subject) in breached else "ok"
+            table.add_row(
+                budget.name,
+                f"{budget.scope} {spend.subject}",
+                budget.period,
+                f"${spend.spent_usd:,.2f}",
+                f"${projection.projected_usd:,.2f}",
+                f"${budget.limit_usd:,.2f}",
+                state,
+            )
+    console.print(table)
 
 
 def _write_line(line: str) -> None:

@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from onfinish.demo import Demo
+from onfinish.processors.settings import ProcessorSettings
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings
+from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.stack import Stack
 from tests.conftest import REPO, isolated_stack_settings
+from tests.integration.pipeline import PORTS, Run
 
 pytestmark = pytest.mark.integration
 
@@ -48,3 +53,35 @@ def clickhouse_settings(stack: Stack) -> ClickHouseSettings:
 def unique() -> str:
     """A short unique name for topics, subjects, groups and tables of one test."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def run(
+    stack: Stack, kafka_settings: KafkaSettings, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Run]:
+    settings = stack.settings
+    for name, value in {
+        "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+        "ONFINISH_REGISTRY_URL": settings.registry_url,
+        "ONFINISH_KAFKA_TOPIC_PREFIX": unique,
+        "ONFINISH_KAFKA_PARTITIONS": str(kafka_settings.partitions),
+        "ONFINISH_PROCESSOR_APP_ID": f"{unique}-processors",
+        "ONFINISH_PROCESSOR_WEB_PORT": str(PORTS["processor"]),
+        "ONFINISH_PROCESSOR_SESSION_TIMEOUT_S": "6",
+        "ONFINISH_PROCESSOR_HEARTBEAT_INTERVAL_S": "1",
+        "ONFINISH_SINK_GROUP_PREFIX": f"{unique}-sinks",
+        "ONFINISH_SINK_WEB_PORT": str(PORTS["sink_web"]),
+        "ONFINISH_SINK_QUERY_PORT": str(PORTS["sink_query"]),
+        "ONFINISH_CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'clickhouse'}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    demo = Demo(settings, sink_settings=SinkSettings(), processor_settings=ProcessorSettings())
+    demo.ensure_topics()
+    try:
+        demo.start_sink()
+        demo.start_processors()
+        yield Run(stack, demo, tmp_path / "manifest.json")
+        alive = [w.name for w in demo.children if w.process.poll() is not None]
+        assert not alive, f"workers died: {alive}"
+    finally:
+        demo.stop()

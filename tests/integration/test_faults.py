@@ -19,151 +19,23 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from onfinish.demo import Demo
 from onfinish.processors.redaction import PatternSet
-from onfinish.processors.settings import ProcessorSettings
 from onfinish.producers.loadgen import LoadReport
-from onfinish.producers.traffic import TrafficProfile
 from onfinish.schemas.contract import MAX_RECORD_BYTES, ONFINISH_EVENT
 from onfinish.settings import KafkaSettings
-from onfinish.sinks.query import QueryClient
-from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.stack import Stack
+from tests.integration.pipeline import Reconciliation, Run
 from tests.integration.records import consume_all, sample_event
 
 pytestmark = pytest.mark.faults
-PORTS = {"processor": 16766, "sink_web": 16866, "sink_query": 16867}
-
-
-@dataclass
-class Reconciliation:
-    sent: int
-    stored: int
-    lost: int
-    doubled: int
-    dead_lettered: int
-
-    def row(self, scenario: str) -> str:
-        return (
-            f"{scenario}: sent {self.sent}, stored {self.stored}, lost {self.lost}, "
-            f"doubled {self.doubled}, dead-lettered {self.dead_lettered}"
-        )
-
-
-class Run:
-    """A pipeline of its own on the session's stack, and its reconciliation."""
-
-    def __init__(self, stack: Stack, demo: Demo, manifest: Path) -> None:
-        self.stack = stack
-        self.demo = demo
-        self.manifest = manifest
-        self.query = QueryClient(demo.query_url, timeout=20)
-
-    def send(self, rate: float, duration_s: float, seed: int, pii_share: float = 0.02) -> LoadReport:
-        profile = TrafficProfile(pii_share=pii_share)
-        report = self.demo.send_traffic(rate, duration_s, seed, profile=profile)
-        (self.stack.settings.home / "demo-manifest.json").replace(self.manifest)
-        return report
-
-    def value(self, sql: str) -> Any:
-        return self.query.query(sql).rows[0][0]
-
-    def counters(self) -> str:
-        """The processors' own counters (in, out, late, dead-lettered), to explain a mismatch."""
-        lines = []
-        for worker in self.demo.children:
-            if "processor" in worker.name and worker.process.poll() is None:
-                try:
-                    with urllib.request.urlopen(
-                        worker.health_url.replace("/health", "/metrics"), timeout=5
-                    ) as r:
-                        text = r.read().decode()
-                except OSError as exc:
-                    text = f"unreachable: {exc}"
-                lines += [
-                    f"{worker.name}: {line}"
-                    for line in text.splitlines()
-                    if line.startswith("onfinish_processor_") and "_bucket" not in line
-                ]
-        return "; ".join(lines)
-
-    def reconcile(self, report: LoadReport, extra_letters: int = 0, timeout_s: float = 180) -> Reconciliation:
-        """Wait until ClickHouse holds everything, then compare it with what was sent."""
-        sent_ids = set(json.loads(self.manifest.read_text())["event_ids"])
-        letters = sum(report.malformed.values()) + extra_letters
-        deadline = time.monotonic() + timeout_s
-        while True:
-            stored = self.value("SELECT count() FROM events FINAL")
-            windowed = self.value("SELECT sum(events) FROM windows_1m FINAL") or 0
-            turns = self.value("SELECT sum(turns) FROM sessions FINAL") or 0
-            dead = self.value("SELECT count() FROM dlq FINAL")
-            done = stored >= len(sent_ids) and windowed >= len(sent_ids) and turns >= len(sent_ids)
-            if (done and dead >= letters) or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        time.sleep(2)  # anything still on its way would show up as doubled now
-        ids = [row[0] for row in self.query.query("SELECT toString(event_id) FROM events FINAL").rows]
-        windowed = self.value("SELECT sum(events) FROM windows_1m FINAL") or 0
-        turns = self.value("SELECT sum(turns) FROM sessions FINAL") or 0
-        result = Reconciliation(
-            sent=len(sent_ids),
-            stored=len(ids),
-            lost=len(sent_ids - set(ids)),
-            doubled=(len(ids) - len(set(ids)))
-            + max(windowed - len(sent_ids), 0)
-            + max(turns - len(sent_ids), 0),
-            dead_lettered=self.value("SELECT count() FROM dlq FINAL"),
-        )
-        counted = (
-            f"{result.row('so far')}; windows count {windowed}, sessions {turns} turns; {self.counters()}"
-        )
-        assert windowed == len(sent_ids), counted
-        assert turns == len(sent_ids), counted
-        return result
-
-
-@pytest.fixture
-def run(
-    stack: Stack, kafka_settings: KafkaSettings, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Run]:
-    settings = stack.settings
-    for name, value in {
-        "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-        "ONFINISH_REGISTRY_URL": settings.registry_url,
-        "ONFINISH_KAFKA_TOPIC_PREFIX": unique,
-        "ONFINISH_KAFKA_PARTITIONS": str(kafka_settings.partitions),
-        "ONFINISH_PROCESSOR_APP_ID": f"{unique}-processors",
-        "ONFINISH_PROCESSOR_WEB_PORT": str(PORTS["processor"]),
-        "ONFINISH_PROCESSOR_SESSION_TIMEOUT_S": "6",
-        "ONFINISH_PROCESSOR_HEARTBEAT_INTERVAL_S": "1",
-        "ONFINISH_SINK_GROUP_PREFIX": f"{unique}-sinks",
-        "ONFINISH_SINK_WEB_PORT": str(PORTS["sink_web"]),
-        "ONFINISH_SINK_QUERY_PORT": str(PORTS["sink_query"]),
-        "ONFINISH_CLICKHOUSE_DSN": f"chdb:///{tmp_path / 'clickhouse'}",
-    }.items():
-        monkeypatch.setenv(name, value)
-    demo = Demo(settings, sink_settings=SinkSettings(), processor_settings=ProcessorSettings())
-    demo.ensure_topics()
-    try:
-        demo.start_sink()
-        demo.start_processors()
-        yield Run(stack, demo, tmp_path / "manifest.json")
-        alive = [w.name for w in demo.children if w.process.poll() is not None]
-        assert not alive, f"workers died: {alive}"
-    finally:
-        demo.stop()
 
 
 def test_a_processor_killed_mid_stream_and_restarted(run: Run) -> None:
