@@ -181,7 +181,7 @@ class OutputSchemas:
     """Schema ids of the processors' outputs, registered on first use and then remembered."""
 
     def __init__(self, registry: RegistrySettings, topic_prefix: str) -> None:
-        self.client = SchemaRegistryClient({"url": registry.url, "timeout": registry.timeout_s})
+        self.client = SchemaRegistryClient(_registry_config(registry))
         self.topic_prefix = topic_prefix
         self._prefixes: dict[str, bytes] = {}
 
@@ -198,6 +198,12 @@ class OutputSchemas:
             prefix = b"\x00" + int(schema_id).to_bytes(4, "big")
             self._prefixes[record_type.full_name] = prefix
         return prefix + record_type.encode(datum)
+
+
+def _registry_config(registry: RegistrySettings) -> dict[str, Any]:
+    """One quick attempt per call: the client's own retries sleep in the event loop (no heartbeat,
+    no stop) while the registry is away; the pipeline retries on its own, asynchronously."""
+    return {"url": registry.url, "timeout": min(registry.timeout_s, 2.0), "max.retries": 0}
 
 
 def _fetch_schema(client: SchemaRegistryClient) -> Any:
@@ -245,7 +251,7 @@ def build_app(
     windows = app.Table("windows", default=None)
 
     schemas = OutputSchemas(registry, prefix)
-    registry_client = SchemaRegistryClient({"url": registry.url, "timeout": registry.timeout_s})
+    registry_client = SchemaRegistryClient(_registry_config(registry))
     decoder = Decoder(
         RegistrySchemas(_fetch_schema(registry_client)),
         bounds=TimeBounds(timedelta(seconds=settings.max_future_s), timedelta(seconds=settings.max_past_s)),
@@ -307,6 +313,12 @@ def build_app(
     @app.agent(raw)
     async def process(stream: Any) -> None:  # faust's stub of Stream lacks take_events
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            # take_events acks the batch when this body ends, however it ends (a stop cancels it
+            # mid-batch too). A reference of our own, taken first, keeps the offsets uncommitted
+            # until the batch's outputs are delivered; a batch given up is never acked.
+            messages = [event.message for event in events]
+            for message in messages:
+                message.incref()
             batch: Batch = pipeline.batch()
             for event in events:
                 message = event.message
@@ -317,11 +329,6 @@ def build_app(
             outputs = await until_registry(batch.finish)
             group = records(outputs) + writes
             writes.clear()
-            # take_events acks the batch when this body ends; a reference of our own keeps the
-            # offsets uncommitted until the group is delivered.
-            messages = [event.message for event in events]
-            for message in messages:
-                message.incref()
             sender.send(group, _acker(app, messages))
             sender.poll(0)
 
