@@ -352,20 +352,36 @@ def loadgen(
     manifest: Annotated[
         Path | None, typer.Option(help="Write the event ids sent and the PII planted to this JSON file.")
     ] = None,
+    plant: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="EFFECT",
+            help="Plant a difference, e.g. variant_id=B:latency=1.15 or "
+            "model_id=gpt-4o:version=gpt-4o-2026-11:errors=0.1:from=5000 (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Send realistic LLM telemetry through the SDK to ONFINISH_PRODUCER_TOPIC at a steady rate.
 
     Several providers and models, heavy-tailed latency and TTFT, streaming, errors and retries,
     cache hits and fallbacks, multi-turn sessions, late feedback, a small share of PII in free text
     and of malformed records (sent raw, as a broken producer would). Prints what it sent.
+
+    --plant selects events by their fields (variant_id=B, model_id=gpt-4o, feature_id=...) and
+    changes them from the `from`-th event to the `to`-th: latency (a factor on latency and TTFT),
+    errors (a share of successful calls made to fail), version (a new model_version rolled out);
+    what `onfinish compare`, `drift` and `watch` should then find.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from onfinish.producers.loadgen import LoadPlan, run_load
     from onfinish.producers.settings import ProducerSettings
-    from onfinish.producers.traffic import TrafficProfile
+    from onfinish.producers.traffic import Effect, TrafficProfile
 
-    profile = TrafficProfile(sessions=sessions, pii_share=pii_share, malformed_share=malformed_share)
+    effects = tuple(_fail_cleanly(lambda: [Effect.parse(text) for text in plant or []]))
+    profile = TrafficProfile(
+        sessions=sessions, pii_share=pii_share, malformed_share=malformed_share, effects=effects
+    )
     plan = LoadPlan(rate=rate, duration_s=duration, seed=seed, profile=profile)
     columns = (
         "[progress.description]{task.description}",

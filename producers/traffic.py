@@ -36,6 +36,67 @@ MALFORMED_DEFECTS: tuple[str, ...] = (
 )
 
 
+_EFFECT_KEYS = {"latency", "errors", "version", "from", "to"}
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A difference planted in the traffic for the insights to find (readouts, drift, anomalies).
+
+    It applies to the events whose fields equal `match` (e.g. variant_id B), from the `start`-th
+    event generated to the `stop`-th (None: to the end): their latency and TTFT are multiplied by
+    `latency_factor`; `error_share` of those that would succeed fail with a server error instead;
+    `model_version`, when given, is rolled out to them (a new version of the model). Draws come from
+    a generator of their own, so that with or without effects a seed gives the same other traffic.
+    """
+
+    match: tuple[tuple[str, str], ...]
+    latency_factor: float = 1.0
+    error_share: float = 0.0
+    model_version: str | None = None
+    start: int = 0
+    stop: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.match:
+            raise ConfigurationError("an effect needs at least one field=value to select events")
+        if not self.latency_factor > 0:
+            raise ConfigurationError(f"latency factor must be positive, not {self.latency_factor}")
+        if not 0.0 <= self.error_share <= 1.0:
+            raise ConfigurationError(f"error share must lie in [0, 1], not {self.error_share}")
+
+    @classmethod
+    def parse(cls, text: str) -> Effect:
+        """`field=value[,field=value]:latency=1.15:errors=0.1:version=v2:from=5000:to=6000`."""
+        selector, *changes = text.split(":")
+        try:
+            match = tuple(tuple(part.split("=", 1)) for part in selector.split(",") if part)
+            options = dict(change.split("=", 1) for change in changes)
+        except ValueError:
+            raise ConfigurationError(f"{text!r}: use field=value:latency=1.15:errors=0.1:...") from None
+        if any(len(pair) != 2 for pair in match):
+            raise ConfigurationError(f"{text!r}: select events with field=value")
+        unknown = set(options) - _EFFECT_KEYS
+        if unknown:
+            raise ConfigurationError(f"{text!r}: unknown {sorted(unknown)}; use {sorted(_EFFECT_KEYS)}")
+        try:
+            return cls(
+                match=tuple((str(k), str(v)) for k, v in match),
+                latency_factor=float(options.get("latency", 1.0)),
+                error_share=float(options.get("errors", 0.0)),
+                model_version=options.get("version"),
+                start=int(options.get("from", 0)),
+                stop=int(options["to"]) if "to" in options else None,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"{text!r}: {exc}") from None
+
+    def applies(self, event: OnFinishEvent, index: int) -> bool:
+        if index < self.start or (self.stop is not None and index >= self.stop):
+            return False
+        return all(str(getattr(event, name, None)) == value for name, value in self.match)
+
+
 @dataclass(frozen=True)
 class TrafficProfile:
     """What the traffic looks like: each share is a probability per item or per event, as noted."""
@@ -49,6 +110,7 @@ class TrafficProfile:
     cache_share: float = 0.1  # of events: routing_strategy=cache
     fallback_share: float = 0.05  # of events: routing_strategy=fallback
     start: datetime = TRAFFIC_START  # the simulated clock's start
+    effects: tuple[Effect, ...] = ()  # differences planted for the insights to find
 
     def __post_init__(self) -> None:
         if self.sessions < 1:
@@ -475,6 +537,8 @@ class TrafficGenerator:
         self._profile = profile
         # Reproducible load, not secrets: a seeded PRNG is the point.
         self._rng = random.Random(seed)  # noqa: S311
+        self._effect_rng = random.Random(seed ^ 0x5EED)  # noqa: S311
+        self._events_made = 0
         self._start = profile.start.astimezone(UTC)
         self._elapsed_us = 0
         self._sessions_opened = 0
@@ -505,8 +569,37 @@ class TrafficGenerator:
         if draw < self._profile.malformed_share + self._profile.feedback_share and self._recent:
             return self._feedback()
         event = self._event(carries_pii=rng.random() < self._profile.pii_share)
+        if self._profile.effects:
+            event = self._plant(event)
+        self._events_made += 1
         self._remember(event)
         return event
+
+    def _plant(self, event: OnFinishEvent) -> OnFinishEvent:
+        changes: dict[str, object] = {}
+        latency, ttft = event.latency_ms, event.ttft_ms
+        for effect in self._profile.effects:
+            if not effect.applies(event, self._events_made):
+                continue
+            if effect.latency_factor != 1.0:
+                latency = round(latency * effect.latency_factor, 3)
+                ttft = None if ttft is None else min(round(ttft * effect.latency_factor, 3), latency)
+                changes.update(
+                    latency_ms=latency,
+                    ttft_ms=ttft,
+                    started_at=event.finished_at - timedelta(milliseconds=latency),
+                )
+            if effect.model_version is not None:
+                changes["model_version"] = effect.model_version
+            if event.status is Status.success and self._effect_rng.random() < effect.error_share:
+                changes.update(
+                    status=Status.error,
+                    error_type="server_error",
+                    error_code="internal_error",
+                    http_status=500,
+                    finish_reason=None,
+                )
+        return event.model_copy(update=changes) if changes else event
 
     def _now(self) -> datetime:
         return self._start + timedelta(microseconds=self._elapsed_us)
