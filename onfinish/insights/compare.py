@@ -41,6 +41,10 @@ from onfinish.insights.stats import (
     Estimate,
     Verdict,
     bootstrap_quantile_difference,
+    cluster_bootstrap_quantile_difference,
+    cluster_codes,
+    cluster_mean_difference,
+    clustered,
     holm_adjust,
     judge,
     minimum_for_quantile,
@@ -224,6 +228,20 @@ def _samples(calls: Calls) -> dict[str, NDArray[Any]]:
     }
 
 
+def _sessions(calls: Calls) -> dict[str, NDArray[np.int64]]:
+    """The session (cluster code) of each value of each call-level column, aligned with `_samples`."""
+    codes = cluster_codes(calls.session_id)
+    return {
+        "ok": codes,
+        "regenerated": codes,
+        "edited": codes,
+        "latency_ms": codes[np.isfinite(calls.latency_ms)],
+        "ttft_ms": codes[np.isfinite(calls.ttft_ms)],
+        "cost_usd": codes[np.isfinite(calls.cost_usd)],
+        "quality": codes[np.isfinite(calls.quality)],
+    }
+
+
 def _point_value(measure: Measure, sample: NDArray[Any]) -> float:
     if sample.size == 0:
         return math.nan
@@ -317,17 +335,33 @@ def _estimates(
     samples_a: Mapping[str, NDArray[Any]],
     samples_b: Mapping[str, NDArray[Any]],
     *,
+    sessions_a: Mapping[str, NDArray[np.int64]],
+    sessions_b: Mapping[str, NDArray[np.int64]],
     confidence: float,
     seed: int,
     resamples: int,
 ) -> dict[str, Estimate]:
-    """Each measure's interval; the quantiles of one column share one bootstrap."""
+    """Each measure's interval; the quantiles of one column share one bootstrap. Columns whose calls
+    come in sessions of more than one call take the session as the unit (stats.py explains why)."""
     estimates: dict[str, Estimate] = {}
     for position, measure in enumerate(MEASURES):
         if measure.key in estimates:
             continue
         sample_a, sample_b = samples_a[measure.source], samples_b[measure.source]
-        if measure.statistic is Statistic.RATE:
+        codes_a, codes_b = sessions_a.get(measure.source), sessions_b.get(measure.source)
+        in_sessions = (
+            codes_a is not None and codes_b is not None and (clustered(codes_a) or clustered(codes_b))
+        )
+        if in_sessions and measure.statistic is not Statistic.QUANTILE:
+            assert codes_a is not None and codes_b is not None
+            estimates[measure.key] = cluster_mean_difference(
+                sample_a.astype(np.float64),
+                codes_a,
+                sample_b.astype(np.float64),
+                codes_b,
+                confidence=confidence,
+            )
+        elif measure.statistic is Statistic.RATE:
             estimates[measure.key] = newcombe_difference(
                 int(np.count_nonzero(sample_a)),
                 sample_a.size,
@@ -346,14 +380,23 @@ def _estimates(
             # One stream per column, named by its position in the catalog, so a measure's interval
             # does not change when other measures are added or skipped.
             rng = np.random.default_rng([seed, position])
-            found = bootstrap_quantile_difference(
-                sample_a,
-                sample_b,
-                [other.quantile for other in siblings],
-                rng=rng,
-                confidence=confidence,
-                resamples=resamples,
-            )
+            levels = [other.quantile for other in siblings]
+            if in_sessions:
+                assert codes_a is not None and codes_b is not None
+                found = cluster_bootstrap_quantile_difference(
+                    sample_a,
+                    codes_a,
+                    sample_b,
+                    codes_b,
+                    levels,
+                    rng=rng,
+                    confidence=confidence,
+                    resamples=resamples,
+                )
+            else:
+                found = bootstrap_quantile_difference(
+                    sample_a, sample_b, levels, rng=rng, confidence=confidence, resamples=resamples
+                )
             estimates.update(zip((other.key for other in siblings), found, strict=True))
     return estimates
 
@@ -392,7 +435,15 @@ def compare(
         raise ValueError(f"resamples must be at least 1, not {resamples}")
     alpha = 1 - confidence
     samples_a, samples_b = _samples(a), _samples(b)
-    estimates = _estimates(samples_a, samples_b, confidence=confidence, seed=seed, resamples=resamples)
+    estimates = _estimates(
+        samples_a,
+        samples_b,
+        sessions_a=_sessions(a),
+        sessions_b=_sessions(b),
+        confidence=confidence,
+        seed=seed,
+        resamples=resamples,
+    )
 
     notes: dict[str, str] = {}
     for measure in MEASURES:

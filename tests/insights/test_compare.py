@@ -170,7 +170,7 @@ def test_planted_error_rate_is_found_as_a_worse_success_rate():
     success = readout.difference("success_rate")
     assert success.verdict is Verdict.WORSE
     assert success.ci_low < -0.04 < success.ci_high
-    assert success.method == "Newcombe hybrid score (method 10)"
+    assert success.method.startswith("cluster-robust t (sessions)"), "calls come about 4 a session"
     assert success.relative_delta is None
     assert readout.outcome is Outcome.WORSE
     assert "success rate" in readout.verdict and "pp" in readout.verdict
@@ -202,7 +202,8 @@ def test_faster_and_less_reliable_b_is_mixed():
 
 def test_cost_per_session_counts_sessions_not_calls():
     # Each session's calls cost the same, so the calls inside a session are not independent: a
-    # per-call interval would be too narrow, the per-session one has the sessions' degrees of freedom.
+    # per-call interval that took them as independent would be too narrow. Both intervals have the
+    # sessions' degrees of freedom (per call: cluster-robust on sessions).
     rng = np.random.default_rng(1)
 
     def group(sessions: int, calls_per_session: int) -> Calls:
@@ -219,7 +220,8 @@ def test_cost_per_session_counts_sessions_not_calls():
     assert readout.a.sessions == readout.b.sessions == 40
     session_df = float(per_session.method.rsplit(" ", 1)[1])
     call_df = float(per_call.method.rsplit(" ", 1)[1])
-    assert session_df <= 78 < call_df
+    assert session_df <= 78 and call_df <= 78
+    assert per_call.method.startswith("cluster-robust t (sessions)")
     assert per_session.delta == pytest.approx(25 * per_call.delta)
 
 
@@ -417,8 +419,8 @@ def test_render_text_states_methods_limits_and_verdicts():
     assert f"Verdict: {readout.verdict}\n" in text
     for label in ("success rate", "latency p95", "TTFT p50", "cost per session", "edit rate"):
         assert label in text
-    assert "Newcombe hybrid score (method 10)" in text
-    assert "percentile bootstrap, 500 resamples" in text
+    assert "cluster-robust t (sessions)" in text  # about 4 calls a session
+    assert "session bootstrap, 500 resamples" in text
     assert "Welch t, df" in text
     assert "95% confidence" in text and "Holm-adjusted over the 11 tested measures" in text
     assert "p95: 200" in text
