@@ -54,6 +54,8 @@ def test_register_puts_both_record_types_on_one_topic_under_full_transitive(
         f"{unique}.windows-io.onfinish.WindowSnapshot",
         f"{unique}.sessions-io.onfinish.SessionSnapshot",
         f"{unique}.alerts-io.onfinish.Alert",
+        f"{unique}.enriched-io.onfinish.CostCorrection",
+        f"{unique}.windows-io.onfinish.WindowCostCorrection",
     ]
     assert [(r.schema_id, r.version) for r in again] == [(r.schema_id, r.version) for r in first]
     client = SchemaRegistryClient({"url": registry_settings.url})
@@ -104,3 +106,17 @@ def test_check_command_exits_non_zero_with_the_reason(
         timeout=60,
     )
     assert fine.returncode == 0, fine.stderr
+
+
+def test_alert_v2_is_a_compatible_change_of_alert_v1(registry_settings: RegistrySettings, unique: str):
+    from confluent_kafka.schema_registry import Schema
+
+    from onfinish.schemas.contract import schema_path
+
+    client = SchemaRegistryClient({"url": registry_settings.url})
+    subject = f"{unique}.alerts-io.onfinish.Alert"
+    client.set_compatibility(subject_name=subject, level="FULL_TRANSITIVE")
+    client.register_schema(subject, Schema(schema_path("alert.v1.avsc").read_text(), "AVRO"))
+    result = check(registry_settings, unique, schema_path("alert.v2.avsc"))
+    assert result.compatible, result.incompatible
+    assert result.versions_checked == [1]
