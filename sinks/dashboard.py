@@ -107,6 +107,46 @@ def parse_filter(since: str | None, model: str | None) -> PanelFilter:
     return PanelFilter(minutes, model or None)
 
 
+# The readout on the dashboard: what it may split calls by, and how long a group's value may be.
+COMPARE_DIMENSIONS = ("variant_id", "model_version", "prompt_template_id", "model_id", "feature_id")
+MAX_GROUP_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CompareRequest:
+    """A variant readout asked for by the dashboard: `by` = `a` against `by` = `b`, within the filter."""
+
+    by: str
+    a: str
+    b: str
+    panel_filter: PanelFilter
+
+    @property
+    def within(self) -> dict[str, str]:
+        model = self.panel_filter.model
+        return {} if model is None or self.by == "model_id" else {"model_id": model}
+
+
+def parse_compare(params: dict[str, list[str]]) -> CompareRequest:
+    """The readout request of `/dashboard/compare?by=&a=&b=&since=&model=`, or InvalidDashboardRequest."""
+
+    def one(name: str) -> str:
+        return params.get(name, [""])[-1]
+
+    by = one("by") or "variant_id"
+    if by not in COMPARE_DIMENSIONS:
+        raise InvalidDashboardRequest(f"by must be one of {', '.join(COMPARE_DIMENSIONS)}, not {by[:40]!r}")
+    groups = one("a"), one("b")
+    for group in groups:
+        if not 1 <= len(group) <= MAX_GROUP_CHARS or not group.isprintable():
+            raise InvalidDashboardRequest(
+                f"a and b must be printable values of {by}, 1 to {MAX_GROUP_CHARS} characters"
+            )
+    if groups[0] == groups[1]:
+        raise InvalidDashboardRequest("a and b must differ")
+    return CompareRequest(by, groups[0], groups[1], parse_filter(one("since") or None, one("model") or None))
+
+
 def _quantile(counts: str, q: float) -> str:
     return DEFAULT_GRID.clickhouse_quantile_expression(counts, q)
 

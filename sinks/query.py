@@ -506,7 +506,9 @@ def render_csv(result: QueryResult) -> bytes:
 # --- The server ------------------------------------------------------------------------------------
 
 _RENDERERS = {"json": ("application/json", render_json), "csv": ("text/csv; charset=utf-8", render_csv)}
-_DASHBOARD_PATHS = frozenset({"/", "/dashboard/data", "/dashboard/models"})
+_DASHBOARD_PATHS = frozenset({"/", "/dashboard/data", "/dashboard/models", "/dashboard/compare"})
+# Calls read per group for a readout on the dashboard (a deterministic sample beyond it).
+DASHBOARD_COMPARE_MAX_CALLS = 50_000
 
 
 # The page uses nothing from elsewhere: scripts and styles are inline, data comes from this server.
@@ -695,6 +697,8 @@ class QueryServer:
                     HTTPStatus.INTERNAL_SERVER_ERROR, "the dashboard page is not installed"
                 )
             return _Response(HTTPStatus.OK, "text/html; charset=utf-8", page, _PAGE_HEADERS)
+        if path == "/dashboard/compare":
+            return self._compare(params)
         try:
             panel_filter = dashboard.parse_filter(
                 params.get("since", [None])[-1], params.get("model", [None])[-1]
@@ -706,6 +710,44 @@ class QueryServer:
         except dashboard.InvalidDashboardRequest as exc:
             return _error_response(HTTPStatus.BAD_REQUEST, str(exc))
         return self._answer(sql, "json")
+
+    def query(self, sql: str) -> QueryResult:
+        """The Querier protocol (onfinish.analytics): what the insights read through this server."""
+        return self.execute(sql)
+
+    def _compare(self, params: dict[str, list[str]]) -> _Response:
+        """A variant readout (onfinish.insights), its numbers also formatted as the CLI prints them."""
+        from onfinish.errors import ConfigurationError
+        from onfinish.insights import compare as readouts
+        from onfinish.insights.readouts import readout
+
+        try:
+            request = dashboard.parse_compare(params)
+            result = readout(
+                self,
+                by=request.by,
+                a=request.a,
+                b=request.b,
+                seconds=request.panel_filter.since_minutes * 60,
+                within=request.within,
+                max_calls=DASHBOARD_COMPARE_MAX_CALLS,
+            )
+        except (dashboard.InvalidDashboardRequest, ConfigurationError) as exc:
+            return _error_response(HTTPStatus.BAD_REQUEST, str(exc))
+        except Exception as exc:
+            log.error("readout failed", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            return _error_response(
+                HTTPStatus.INTERNAL_SERVER_ERROR, f"the readout failed ({type(exc).__name__})"
+            )
+        document = readouts.to_json(result)
+        for shown, difference in zip(document["differences"], result.differences, strict=True):
+            shown["text"] = {
+                "a": readouts.format_value(difference.a_value, difference.unit),
+                "b": readouts.format_value(difference.b_value, difference.unit),
+                "delta": readouts.format_delta(difference),
+                "interval": readouts.format_interval(difference),
+            }
+        return _json_response(HTTPStatus.OK, document)
 
     def _answer(self, sql: str, output: str) -> _Response:
         logged_sql = sql[:MAX_LOGGED_SQL_CHARS]

@@ -366,3 +366,69 @@ def test_the_page_draws_every_panel_and_follows_the_model_filter(
     assert "model=" + model in browser.current_url
     browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
     assert Path(ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+# --- The variant readout ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ({"by": ["user_id"], "a": ["x"], "b": ["y"]}, "by must be one of"),
+        ({"a": ["A"], "b": ["A"]}, "must differ"),
+        ({"a": [""], "b": ["B"]}, "1 to 256"),
+        ({"a": ["A\n"], "b": ["B"]}, "printable"),
+        ({"a": ["A"], "b": ["B"], "since": ["-5"]}, "whole number"),
+    ],
+)
+def test_bad_readout_requests_are_refused(query: dict[str, list[str]], reason: str) -> None:
+    with pytest.raises(dashboard.InvalidDashboardRequest, match=reason):
+        dashboard.parse_compare(query)
+
+
+def test_a_readout_within_a_model_filters_by_it_unless_models_are_compared() -> None:
+    request = dashboard.parse_compare({"a": ["A"], "b": ["B"], "model": ["gpt-4o"], "since": ["30"]})
+    assert (request.by, request.within, request.panel_filter.since_minutes) == (
+        "variant_id",
+        {"model_id": "gpt-4o"},
+        30,
+    )
+    models = dashboard.parse_compare({"by": ["model_id"], "a": ["x"], "b": ["y"], "model": ["gpt-4o"]})
+    assert models.within == {}
+
+
+def test_the_readout_route_answers_with_every_measure_formatted(
+    server: QueryServer, engine: tuple[Client, Traffic]
+) -> None:
+    _, traffic = engine
+    status, _, body = get(f"{server.url}/dashboard/compare?by=variant_id&a=A&b=B&since=60")
+    assert status == 200, body
+    readout = json.loads(body)
+    calls = {v: sum(1 for e in traffic.events if e.variant_id == v) for v in "AB"}
+    assert (readout["a"]["calls"], readout["b"]["calls"]) == (calls["A"], calls["B"])
+    assert len(readout["differences"]) == 11
+    latency = next(d for d in readout["differences"] if d["measure"] == "latency_p50_ms")
+    assert latency["text"]["a"].endswith("ms") and latency["text"]["interval"].startswith("[")
+    assert readout["verdict"]
+    status, _, body = get(f"{server.url}/dashboard/compare?by=user_id&a=A&b=B")
+    assert status == 400 and b"by must be one of" in body
+
+
+def test_the_page_runs_a_readout(browser: WebDriver, server: QueryServer) -> None:
+    browser.get(f"{server.url}/")
+    browser.find_element(By.ID, "compare-run").click()
+    WebDriverWait(browser, WAIT_S).until(
+        lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-compared")
+    )
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-compared") != "error"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr")
+    assert len(rows) == 11
+    assert {row.get_attribute("data-verdict") for row in rows} <= {
+        "better",
+        "worse",
+        "no difference",
+        "not enough data",
+    }
+    assert browser.find_element(By.ID, "compare-verdict").text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-readout.png"))
