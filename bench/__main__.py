@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import foundation, processors, sdk, sinks
+from bench import foundation, pipeline, processors, sdk, sinks
 from bench.report import markdown_table, update_readme, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,7 @@ def main() -> None:
             ("sdk", sdk.run),
             ("processors", processors.run),
             ("sinks", sinks.run),
+            ("end to end", pipeline.run),
         ):
             print(f"== {name}", file=sys.stderr, flush=True)
             figures += bench(stack)

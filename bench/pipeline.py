@@ -1,0 +1,200 @@
+"""End to end: loadgen through the SDK, processor workers, a sink worker, rows queryable in ClickHouse.
+
+Each run is a pipeline of its own on the benchmark stack (topics with PARTITIONS partitions, groups,
+a chDB directory), as `onfinish demo` runs it:
+
+- latency at a steady 1,000 events/s: for every event, from its `on_finish` (finished_at, stamped
+  by loadgen when it hands the event to the SDK) to the moment ClickHouse stored its row
+  (events.inserted_at, ClickHouse's clock on the same machine); p50 and p99. The baseline is
+  Kafka alone at the same rate in the same run: a produce-to-consume round trip, p99.
+- throughput: OFFERED events/s for LOAD_S seconds with 1, 2 and 4 processor workers; the rate at
+  which events became queryable, from the first stored row to the last, against the rate loadgen
+  achieved (a ratio below 1 means the pipeline fell behind, and its lag grew).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench.report import Figure
+from onfinish.demo import Demo
+from onfinish.processors.settings import ProcessorSettings
+from onfinish.producers.loadgen import LoadReport
+from onfinish.producers.traffic import TrafficProfile
+from onfinish.sinks.query import QueryClient
+from onfinish.sinks.settings import SinkSettings
+from onfinish.stack.stack import Stack
+
+PARTITIONS = 4
+STEADY_RATE = 1_000
+STEADY_S = float(os.environ.get("ONFINISH_BENCH_E2E_STEADY_S", "30"))
+OFFERED = int(os.environ.get("ONFINISH_BENCH_E2E_OFFERED", "5000"))
+LOAD_S = float(os.environ.get("ONFINISH_BENCH_E2E_LOAD_S", "20"))
+WORKER_COUNTS = (1, 2, 4)
+PORTS = {"processor": 16366, "sink_web": 16566, "sink_query": 16567}
+PROFILE = TrafficProfile(malformed_share=0, feedback_share=0)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def _pipeline(stack: Stack, workers: int, home: Path) -> Iterator[Demo]:
+    """Sink and processor workers on topics, groups and a ClickHouse of their own."""
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    environment = {
+        "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": stack.settings.kafka_bootstrap,
+        "ONFINISH_REGISTRY_URL": stack.settings.registry_url,
+        "ONFINISH_KAFKA_TOPIC_PREFIX": prefix,
+        "ONFINISH_KAFKA_PARTITIONS": str(PARTITIONS),
+        "ONFINISH_PROCESSOR_APP_ID": f"{prefix}-processors",
+        "ONFINISH_PROCESSOR_WEB_PORT": str(PORTS["processor"]),
+        "ONFINISH_SINK_GROUP_PREFIX": f"{prefix}-sinks",
+        "ONFINISH_SINK_WEB_PORT": str(PORTS["sink_web"]),
+        "ONFINISH_SINK_QUERY_PORT": str(PORTS["sink_query"]),
+        "ONFINISH_CLICKHOUSE_DSN": f"chdb:///{home / prefix}",
+    }
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    demo = Demo(
+        stack.settings, workers=workers, sink_settings=SinkSettings(), processor_settings=ProcessorSettings()
+    )
+    try:
+        demo.ensure_topics()
+        demo.start_sink()
+        demo.start_processors()
+        yield demo
+    finally:
+        demo.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _drained(demo: Demo, report: LoadReport, timeout_s: float = 600) -> QueryClient:
+    client = QueryClient(demo.query_url, timeout=30)
+    deadline = time.monotonic() + timeout_s
+    while client.query("SELECT count() FROM events FINAL").rows[0][0] < report.events:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ClickHouse did not get all {report.events} events within {timeout_s:.0f}s")
+        time.sleep(0.5)
+    return client
+
+
+def _latencies(stack: Stack, home: Path) -> tuple[float, float]:
+    """p50 and p99 ms from on_finish to the stored row, at a steady STEADY_RATE events/s."""
+    with _pipeline(stack, 1, home) as demo:
+        report = demo.send_traffic(STEADY_RATE, STEADY_S, seed=501, profile=PROFILE)
+        client = _drained(demo, report)
+        row = client.query(
+            "SELECT quantile(0.5)(ms), quantile(0.99)(ms) FROM "
+            "(SELECT dateDiff('millisecond', finished_at, inserted_at) AS ms FROM events FINAL)"
+        ).rows[0]
+    return float(row[0]), float(row[1])
+
+
+def _kafka_round_trip(stack: Stack) -> float:
+    """p99 ms from produce to consume on a topic of its own, at STEADY_RATE messages/s."""
+    topic = f"e2e-baseline-{uuid.uuid4().hex[:8]}"
+    bootstrap = stack.kafka_settings.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    for future in admin.create_topics(
+        [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)]
+    ).values():
+        future.result(timeout=30)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 100,
+            "log_level": 3,
+        }
+    )
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 3})
+    producer.produce(topic, b"warm-up")
+    producer.flush(30)
+    consumer.subscribe([topic])
+    # Timing starts once the group has assigned the partitions and the warm-up record came back.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and message.error() is None and message.value() == b"warm-up":
+            break
+    count = int(STEADY_RATE * min(STEADY_S, 10))
+    delays: list[float] = []
+    began = time.monotonic()
+    sent = 0
+    while len(delays) < count and time.monotonic() - began < 120:
+        while sent < count and began + sent / STEADY_RATE <= time.monotonic():
+            producer.produce(topic, str(time.time_ns()).encode())
+            producer.poll(0)
+            sent += 1
+        message = consumer.poll(0.001)
+        value = None if message is None or message.error() is not None else message.value()
+        if value is not None and value != b"warm-up":
+            delays.append((time.time_ns() - int(value)) / 1e6)
+    consumer.close()
+    producer.flush(10)
+    return statistics.quantiles(delays, n=100)[98]
+
+
+def _throughput(stack: Stack, workers: int, home: Path) -> tuple[float, float]:
+    """(events/s stored in ClickHouse, events/s loadgen achieved) while offered OFFERED events/s."""
+    with _pipeline(stack, workers, home) as demo:
+        report = demo.send_traffic(OFFERED, LOAD_S, seed=502 + workers, profile=PROFILE)
+        client = _drained(demo, report)
+        first, last = client.query(
+            "SELECT toUnixTimestamp64Milli(min(inserted_at)), toUnixTimestamp64Milli(max(inserted_at)) "
+            "FROM events FINAL"
+        ).rows[0]
+    stored = report.events / max((int(last) - int(first)) / 1000, 1e-3)
+    offered = report.events / report.send_seconds
+    return stored, offered
+
+
+def run(stack: Stack) -> list[Figure]:
+    home = ROOT / ".onfinish-bench" / "e2e"
+    home.mkdir(parents=True, exist_ok=True)
+    kafka_p99 = _kafka_round_trip(stack)
+    p50, p99 = _latencies(stack, home)
+    figures = [
+        Figure(
+            f"end to end p99, on_finish to queryable, at {STEADY_RATE:,}/s (target 2,000 ms)",
+            p99,
+            "ms",
+            f"Kafka produce-to-consume p99 at {STEADY_RATE:,}/s",
+            kafka_p99,
+            higher_is_better=False,
+        ),
+        Figure(
+            f"end to end p50 at {STEADY_RATE:,}/s",
+            p50,
+            "ms",
+            f"Kafka produce-to-consume p99 at {STEADY_RATE:,}/s",
+            kafka_p99,
+            higher_is_better=False,
+        ),
+    ]
+    for workers in WORKER_COUNTS:
+        stored, offered = _throughput(stack, workers, home)
+        figures.append(
+            Figure(
+                f"whole pipeline, {workers} processor worker{'s' if workers > 1 else ''}, "
+                f"{PARTITIONS} partitions, offered {OFFERED:,}/s (target 5,000/s)",
+                stored,
+                "events/s",
+                "loadgen's achieved rate",
+                offered,
+            )
+        )
+    return figures
