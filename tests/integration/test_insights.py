@@ -82,3 +82,26 @@ def test_insight_alerts_reach_the_alerts_table(run: Run) -> None:
     time.sleep(2)
     assert run.value("SELECT count() FROM alerts FINAL WHERE rule = 'version_drift'") == 1
     assert run.value("SELECT subject FROM alerts FINAL WHERE alert_id = 'drift-test-1'") == alert.subject
+
+
+def test_the_insights_worker_raises_a_budget_alert_on_the_real_pipeline(run: Run, tmp_path: Path) -> None:
+    """`onfinish watch`'s round on the pipeline's ClickHouse, through Kafka to the alerts table."""
+    from onfinish.insights.watch import InsightSettings, Watch
+
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text(
+        'version = 1\n\n[[budget]]\nname = "tiny_environment_daily"\nscope = "environment"\nsubject = "*"\n'
+        'period = "day"\nlimit_usd = 0.0001\nseverity = "critical"\n'
+    )
+    report = run.send(200, 3, seed=92)
+    assert run.reconcile(report).lost == 0
+    publisher = RecordPublisher(run.demo.kafka, run.demo.registry)
+    watch = Watch(run.query, publisher, InsightSettings(budgets=budgets, history_minutes=60))
+    sent = watch.tick()
+    assert {a.rule for a in sent} >= {"tiny_environment_daily"}
+    deadline = time.monotonic() + 60
+    query = "SELECT count() FROM alerts FINAL WHERE rule = 'tiny_environment_daily'"
+    while run.value(query) < 1:
+        assert time.monotonic() < deadline, "the budget alert did not reach ClickHouse"
+        time.sleep(0.5)
+    assert all(a.rule != "tiny_environment_daily" for a in watch.tick()), "an alert is sent once"
