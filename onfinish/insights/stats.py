@@ -65,7 +65,7 @@ Minimum sample sizes (below them the verdict is "not enough data"; the interval 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from statistics import NormalDist
@@ -456,7 +456,29 @@ def bootstrap_quantile_difference(
     """
     alpha = _check_confidence(confidence)
     values_a, values_b = _finite(a), _finite(b)
-    method = f"percentile bootstrap, {resamples} resamples"
+    return _bootstrap_difference(
+        values_a,
+        values_b,
+        quantiles,
+        method=f"percentile bootstrap, {resamples} resamples",
+        alpha=alpha,
+        resample_a=lambda levels: bootstrap_quantiles(values_a, levels, resamples=resamples, rng=rng),
+        resample_b=lambda levels: bootstrap_quantiles(values_b, levels, resamples=resamples, rng=rng),
+    )
+
+
+def _bootstrap_difference(
+    values_a: NDArray[np.float64],
+    values_b: NDArray[np.float64],
+    quantiles: Sequence[float],
+    *,
+    method: str,
+    alpha: float,
+    resample_a: Callable[[list[float]], NDArray[np.float64]],
+    resample_b: Callable[[list[float]], NDArray[np.float64]],
+) -> tuple[Estimate, ...]:
+    """q(B) - q(A) per quantile with percentile intervals from the resamples (B's drawn first);
+    resamples that gave NaN (a session bootstrap that drew no session) are left out."""
     if values_a.size == 0 or values_b.size == 0:
         return tuple(_undefined(method) for _ in quantiles)
     levels = list(quantiles)
@@ -467,12 +489,13 @@ def bootstrap_quantile_difference(
             Estimate(delta=float(delta), low=float(delta), high=float(delta), p_value=math.nan, method=method)
             for delta in deltas
         )
-    resampled = bootstrap_quantiles(values_b, levels, resamples=resamples, rng=rng) - bootstrap_quantiles(
-        values_a, levels, resamples=resamples, rng=rng
-    )
-    lows, highs = np.quantile(resampled, [alpha / 2, 1 - alpha / 2], axis=0)
-    at_most_zero = np.mean(resampled <= 0, axis=0)
-    at_least_zero = np.mean(resampled >= 0, axis=0)
+    drawn_b = resample_b(levels)
+    resampled = drawn_b - resample_a(levels)
+    lows, highs = np.nanquantile(resampled, [alpha / 2, 1 - alpha / 2], axis=0)
+    valid = np.isfinite(resampled)
+    counted = np.maximum(np.sum(valid, axis=0), 1)
+    at_most_zero = np.sum((resampled <= 0) & valid, axis=0) / counted
+    at_least_zero = np.sum((resampled >= 0) & valid, axis=0) / counted
     p_values = np.minimum(1.0, 2 * np.minimum(at_most_zero, at_least_zero))
     return tuple(
         Estimate(delta=float(delta), low=float(low), high=float(high), p_value=float(p_value), method=method)
@@ -601,27 +624,18 @@ def cluster_bootstrap_quantile_difference(
     """q(B) - q(A) for each of `quantiles` with a percentile session bootstrap (values come in clusters)."""
     alpha = _check_confidence(confidence)
     values_a, values_b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    method = f"session bootstrap, {resamples} resamples"
-    if values_a.size == 0 or values_b.size == 0:
-        return tuple(_undefined(method) for _ in quantiles)
-    levels = list(quantiles)
-    deltas = np.quantile(values_b, levels) - np.quantile(values_a, levels)
-    if np.ptp(values_a) == 0 and np.ptp(values_b) == 0:
-        return tuple(
-            Estimate(delta=float(d), low=float(d), high=float(d), p_value=math.nan, method=method)
-            for d in deltas
-        )
-    resampled = cluster_bootstrap_quantiles(
-        values_b, b_codes, levels, resamples=resamples, rng=rng
-    ) - cluster_bootstrap_quantiles(values_a, a_codes, levels, resamples=resamples, rng=rng)
-    lows, highs = np.nanquantile(resampled, [alpha / 2, 1 - alpha / 2], axis=0)
-    valid = np.isfinite(resampled)
-    at_most_zero = np.sum((resampled <= 0) & valid, axis=0) / np.maximum(np.sum(valid, axis=0), 1)
-    at_least_zero = np.sum((resampled >= 0) & valid, axis=0) / np.maximum(np.sum(valid, axis=0), 1)
-    p_values = np.minimum(1.0, 2 * np.minimum(at_most_zero, at_least_zero))
-    return tuple(
-        Estimate(delta=float(d), low=float(lo), high=float(hi), p_value=float(p), method=method)
-        for d, lo, hi, p in zip(deltas, lows, highs, p_values, strict=True)
+    return _bootstrap_difference(
+        values_a,
+        values_b,
+        quantiles,
+        method=f"session bootstrap, {resamples} resamples",
+        alpha=alpha,
+        resample_a=lambda levels: cluster_bootstrap_quantiles(
+            values_a, a_codes, levels, resamples=resamples, rng=rng
+        ),
+        resample_b=lambda levels: cluster_bootstrap_quantiles(
+            values_b, b_codes, levels, resamples=resamples, rng=rng
+        ),
     )
 
 
