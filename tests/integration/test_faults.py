@@ -199,23 +199,16 @@ def test_the_broker_stopped_for_30s_while_producers_keep_producing(run: Run) -> 
 
 
 def test_the_registry_stopped_while_producing_and_processing(run: Run) -> None:
-    """The SDK, the processors and the sink's AvroConfluent inserts meet a registry that is away."""
+    """The SDK, the processors and the sink's AvroConfluent inserts meet a registry that is away:
+    each keeps what it has cached and waits for what it has not (feedback's schema, say)."""
     registry = run.stack.component("registry")
 
     def fault() -> None:
         registry.stop()
         try:
-            # A processor that starts now has no schema cached: it must wait for the registry too.
-            (processor,) = [w for w in run.demo.children if "processor" in w.name]
-            processor.process.send_signal(signal.SIGTERM)
-            assert processor.process.wait(60) == 0
-            run.demo.children.remove(processor)
-            restart = threading.Thread(target=run.demo.start_processors)
-            restart.start()
             time.sleep(20)
         finally:
             registry.start()
-        restart.join(180)
 
     result = _outage(run, 200, 30, seed=88, fault=fault)
     print(result.row("registry stopped 20 s"))
