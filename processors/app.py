@@ -90,9 +90,9 @@ class _App(faust.App):
     async def on_stop(self) -> None:
         sender = getattr(self, "onfinish_sender", None)
         if sender is not None:
-            # Faust's stop waits until every record it handed out is acked; a record whose delivery
-            # to a stream was cut short by the stop is never acked, and a batch waiting for the
-            # registry may not be for long. Past the timeout the worker leaves, as a crash would.
+            # Faust's stop waits until every record it handed out is acked; a batch waiting for the
+            # registry, or anything else that keeps a record unacked, would hold the stop for as
+            # long as it lasts. Past the timeout the worker leaves, as a crash would.
             watchdog = threading.Timer(
                 self.onfinish_stop_timeout_s,
                 _leave,
