@@ -138,6 +138,11 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def sql_timestamp(moment: datetime) -> str:
+    """`moment` as a ClickHouse DateTime64(6, 'UTC') literal, to the second."""
+    return f"toDateTime64({sql_string(f'{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}')}, 6, 'UTC')"
+
+
 _PERIOD = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 try:
     import typer
@@ -103,6 +103,18 @@ def _spinner(title: str) -> Iterator[Callable[[str], None]]:
             status.update(f"{title}: {step} [dim]({time.monotonic() - began:.0f}s)[/]")
 
         yield report
+
+
+def _progress_columns() -> tuple[Any, ...]:
+    """A progress bar's columns for sending items: what, the bar, done of total, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    return (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
 
 
 def _stack() -> StackSettings:
@@ -372,7 +384,7 @@ def loadgen(
     errors (a share of successful calls made to fail), version (a new model_version rolled out);
     what `onfinish compare`, `drift` and `watch` should then find.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import Progress
 
     from onfinish.producers.loadgen import LoadPlan, run_load
     from onfinish.producers.settings import ProducerSettings
@@ -383,13 +395,7 @@ def loadgen(
         sessions=sessions, pii_share=pii_share, malformed_share=malformed_share, effects=effects
     )
     plan = LoadPlan(rate=rate, duration_s=duration, seed=seed, profile=profile)
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
+    with Progress(*_progress_columns(), console=console) as bar:
         task = bar.add_task(f"sending {plan.items} items at {rate:g}/s", total=plan.items)
         report = _fail_cleanly(
             lambda: run_load(
@@ -457,7 +463,7 @@ def demo(
     """
     import signal as signals
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import Progress
 
     from onfinish import analytics
     from onfinish.demo import Demo
@@ -487,13 +493,7 @@ def demo(
         step(f"{workers} processor worker(s) started and assigned partitions", run.start_processors)
         baseline = _fail_cleanly(run.stored)
         items = max(1, round(rate * duration))
-        columns = (
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console) as bar:
+        with Progress(*_progress_columns(), console=console) as bar:
             task = bar.add_task(f"sending {items} items at {rate:g}/s", total=items)
             sent = _fail_cleanly(
                 lambda: run.send_traffic(

@@ -29,12 +29,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from onfinish.analytics import Querier, records, timestamp
+from onfinish.analytics import Querier, records, sql_timestamp, timestamp
 from onfinish.errors import ConfigurationError
 from onfinish.processors.pricing import PriceCatalog, compute_cost
 from onfinish.processors.windows import window_start
@@ -100,15 +100,12 @@ def period(since: timedelta, now: datetime) -> tuple[datetime, datetime]:
 def stored_calls_sql(start: datetime, end: datetime) -> str:
     """Every stored call that finished in [start, end), with its stored and its current cost."""
 
-    def literal(moment: datetime) -> str:
-        return f"toDateTime64('{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}', 6, 'UTC')"
-
     return f"""
 SELECT event_id, request_id, session_id, finished_at, provider, model_id, model_version,
     feature_id, variant_id, environment, status, prompt_tokens, completion_tokens, cached_tokens,
     reasoning_tokens, reported_cost_usd, ingested_cost_usd, cost_usd
 FROM current_events
-WHERE finished_at >= {literal(start)} AND finished_at < {literal(end)}
+WHERE finished_at >= {sql_timestamp(start)} AND finished_at < {sql_timestamp(end)}
 """  # noqa: S608 - two timestamps formatted here, nothing else
 
 

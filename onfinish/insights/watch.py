@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from onfinish.analytics import Querier, records, sql_string, timestamp
+from onfinish.analytics import Querier, records, sql_timestamp, timestamp
 from onfinish.insights.anomalies import Anomaly, AnomalyDetector, MinuteMetrics, load_anomaly_rules
 from onfinish.insights.budgets import BudgetBook, BudgetBreach, Spend, evaluate, load_budgets, period_bounds
 from onfinish.insights.readouts import drift, drift_alert
@@ -81,9 +81,6 @@ def minutes_sql(start: datetime, end: datetime) -> str:
     """Per closed minute, model and feature in [start, end): the sums the anomaly rules look at."""
     quantile = DEFAULT_GRID.clickhouse_quantile_expression
 
-    def literal(moment: datetime) -> str:
-        return f"toDateTime({sql_string(f'{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}')}, 'UTC')"
-
     return f"""
 SELECT
     minute, provider, model_id, feature_id, calls_total, errors_total, cost_total,
@@ -103,7 +100,7 @@ FROM
         sumForEach(latency_counts) AS latency_histogram,
         sumForEach(ttft_counts) AS ttft_histogram
     FROM windows_1m FINAL
-    WHERE window_start >= {literal(start)} AND window_start < {literal(end)}
+    WHERE window_start >= {sql_timestamp(start)} AND window_start < {sql_timestamp(end)}
         AND raw_partition != {REPRICING_PARTITION}
     GROUP BY minute, provider, model_id, feature_id
 )
@@ -134,14 +131,11 @@ def minutes(q: Querier, start: datetime, end: datetime) -> list[MinuteMetrics]:
 def spends_sql(scope: str, start: datetime, now: datetime) -> str:
     column = SCOPES[scope]
 
-    def literal(moment: datetime) -> str:
-        return f"toDateTime64({sql_string(f'{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}')}, 6, 'UTC')"
-
     return f"""
 SELECT toString({column}) AS subject, sum(cost_usd) AS spent,
-    sumIf(cost_usd, finished_at >= {literal(now - timedelta(hours=1))}) AS recent
+    sumIf(cost_usd, finished_at >= {sql_timestamp(now - timedelta(hours=1))}) AS recent
 FROM current_events
-WHERE finished_at >= {literal(start)} AND finished_at < {literal(now)} AND {column} IS NOT NULL
+WHERE finished_at >= {sql_timestamp(start)} AND finished_at < {sql_timestamp(now)} AND {column} IS NOT NULL
 GROUP BY subject
 """  # noqa: S608 - the column comes from SCOPES, the rest are timestamps formatted here
 
