@@ -100,16 +100,17 @@ class _App(faust.App):
             )
             watchdog.daemon = True
             watchdog.start()
+        # Faust stops the consumer: the agent finishes the batch it had buffered, the deliver task
+        # acks each batch once its outputs are in Kafka, and Faust commits when all are acked.
+        await super().on_stop()
         pipeline = getattr(self, "onfinish_pipeline", None)
         if sender is not None and pipeline is not None:
-            try:  # the windows changed since the last timer tick, so their latest state is out
+            try:  # the windows changed since the last timer tick, the last batch's included
                 sender.send(_records(pipeline.dirty_snapshots(), self.onfinish_topics), lambda: None)
             except RegistryUnavailable:
                 log.warning("schema registry unavailable at shutdown; the successor re-sends windows")
-        # Delivery reports ack their batches, so the commit Faust makes on stopping includes them.
-        if sender is not None and not sender.flush(10.0):
-            log.warning("outputs still undelivered at shutdown; their records will be processed again")
-        await super().on_stop()
+            if not sender.flush(10.0):
+                log.warning("window snapshots undelivered at shutdown; the successor re-sends them")
 
 
 def _leave(sender: GroupSender, why: str) -> None:
@@ -334,8 +335,14 @@ def build_app(
 
     @app.task
     async def deliver() -> None:
-        """Serve delivery reports: they ack the batches whose outputs are all in Kafka."""
-        while not app.should_stop:
+        """Serve delivery reports: they ack the batches whose outputs are all in Kafka.
+
+        Also while the worker stops (Faust cancels app tasks last): the stop waits until every
+        record handed out is acked, and the agent still finishes the batch it had buffered, whose
+        acks come from here. Ending at `should_stop` left that wait to the stop timeout, so every
+        stop mid-stream ended as a crash, without a commit and without leaving the group.
+        """
+        while True:
             sender.poll(0)
             await asyncio.sleep(POLL_INTERVAL_S)
 

@@ -43,11 +43,13 @@ def wait_for_raw_topic(kafka: KafkaSettings, timeout_s: float = 120.0) -> bool:
 def main() -> None:
     if not wait_for_raw_topic(KafkaSettings()):
         raise SystemExit("the raw topic does not exist: create it with `onfinish topics create`")
+    from onfinish.logs import LogSettings
     from onfinish.processors.app import app
 
+    # Faust configures the process's logging, at onfinish's level (ONFINISH_LOG_LEVEL).
     # Faust's worker handles SIGTERM and SIGINT: it stops consuming, flushes the producer,
     # commits the processed offsets and leaves the group, so another worker takes over cleanly.
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    faust.Worker(app, loglevel=LogSettings().level, quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":

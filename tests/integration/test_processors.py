@@ -254,6 +254,63 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     )
 
 
+def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
+    pipeline_env: dict[str, str],
+    kafka_settings: KafkaSettings,
+    registry_settings: RegistrySettings,
+    unique: str,
+    tmp_path: Path,
+):
+    """A worker stopped while records flow delivers and commits every batch it processed, then
+    leaves: its successor processes only the rest, so each event is on the enriched topic once
+    (a replayed record would be enriched again)."""
+    import threading
+
+    first = _start_worker(pipeline_env, tmp_path / "first.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        _wait_ready(WEB_PORT)
+        plan = LoadPlan(rate=1000, duration_s=6, seed=33, profile=TrafficProfile(malformed_share=0))
+        sent: dict[str, Any] = {}
+        loader = threading.Thread(
+            target=lambda: sent.update(
+                report=run_load(
+                    plan,
+                    ProducerSettings(topic=f"{unique}.raw", spool_dir=tmp_path / "spool"),
+                    kafka_settings,
+                    registry_settings,
+                    manifest=tmp_path / "manifest.json",
+                )
+            )
+        )
+        loader.start()
+        deadline = time.monotonic() + 60
+        while _metrics(WEB_PORT).get("onfinish_processor_processed_total", 0) < 1500:
+            assert time.monotonic() < deadline, "the worker processed nothing"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGTERM)  # mid-stream: batches buffered, in progress and in flight
+        assert first.wait(60) == 0
+        log = (tmp_path / "first.log").read_text(errors="replace")
+        assert "leaving without a graceful stop" not in log, log[-3000:]
+        second = _start_worker(pipeline_env, tmp_path / "second.log")
+        loader.join(120)
+        report = sent["report"]
+        _wait_ready(WEB_PORT)
+        enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check", settle_s=6)
+        ids = [str(e["event_id"]) for e in _events(enriched, registry_settings, unique)]
+        manifest = json.loads((tmp_path / "manifest.json").read_text())
+        assert sorted(ids) == sorted(manifest["event_ids"]), (
+            f"{len(ids)} enriched events, {len(set(ids))} distinct, {len(manifest['event_ids'])} sent"
+        )
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
 def test_every_event_delivered_twice_changes_no_aggregate(
     worker: subprocess.Popen[bytes],
     kafka_settings: KafkaSettings,
