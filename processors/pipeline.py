@@ -496,13 +496,21 @@ class _Session:
     state: SessionState = field(default_factory=SessionState)
     event_offsets: dict[str, int] = field(default_factory=dict)  # event_id -> offset first seen
     behaviours: dict[str, Behaviour] = field(default_factory=dict)  # request_id -> quality inputs
+    # The persisted form of each behaviour, kept with the (immutable) behaviour it was made of: a
+    # session is written at every batch that touches it, and its older calls have not changed.
+    _persisted: dict[str, tuple[Behaviour, dict[str, Any]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def to_state(self) -> dict[str, Any]:
-        return {
-            "session": self.state.to_state(),
-            "events": self.event_offsets,
-            "behaviours": {rid: _behaviour_state(b) for rid, b in self.behaviours.items()},
-        }
+        persisted = self._persisted
+        behaviours = {}
+        for rid, behaviour in self.behaviours.items():
+            entry = persisted.get(rid)
+            if entry is None or entry[0] is not behaviour:
+                entry = persisted[rid] = (behaviour, _behaviour_state(behaviour))
+            behaviours[rid] = entry[1]
+        return {"session": self.state.to_state(), "events": self.event_offsets, "behaviours": behaviours}
 
     @classmethod
     def from_state(cls, stored: Mapping[str, Any]) -> _Session:

@@ -117,14 +117,15 @@ def _map_of_strings(value: dict[str, str]) -> bytes:
     return _long(len(value)) + b"".join(_string(k) + _string(v) for k, v in value.items()) + _END
 
 
-# How one value is written, as a statement of the generated function: `{v}` is the value.
+# How one value is written, as a statement of the generated function: `{v}` is the value. Small
+# longs and lengths are looked up in place (a call per field was a fifth of the encoder's time).
 _STATEMENTS = {
-    "string": "s = {v}.encode(); a(L(len(s))); a(s)",
-    "int": "a(I({v}))",
-    "long": "a(L({v}))",
+    "string": "s = {v}.encode(); n = len(s); a(S[n + K] if n < K else L(n)); a(s)",
+    "int": "n = {v}; a(S[n + K] if -K <= n < K else I(n))",
+    "long": "n = {v}; a(S[n + K] if -K <= n < K else L(n))",
     "double": "a(D({v}))",
     "boolean": "a(B({v}))",
-    "uuid": "s = str({v}).encode(); a(L(len(s))); a(s)",
+    "uuid": "s = str({v}).encode(); n = len(s); a(S[n + K] if n < K else L(n)); a(s)",
     "timestamp-micros": "a(T({v}))",
     "array-of-strings": "a(AS({v}))",
     "array-of-longs": "a(AL({v}))",
@@ -132,6 +133,8 @@ _STATEMENTS = {
     "map-of-strings": "a(MS({v}))",
 }
 _NAMESPACE: dict[str, Any] = {
+    "S": _SMALL,
+    "K": _SMALL_LIMIT,
     "L": _long,
     "I": _int,
     "D": _double,

@@ -278,6 +278,9 @@ def test_feedback_after_its_event_updates_the_events_score_once():
     assert update["quality_score"] < stored["quality_score"]
     session = [_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT][-1]
     assert session["quality_mean"] == update["quality_score"] and session["regenerations"] == 1
+    # The changelog holds the behaviour as the feedback changed it (a restored worker scores from it).
+    persisted = sessions[event.session_id or event.request_id]["behaviours"][event.request_id]
+    assert (persisted["regenerated"], persisted["rating"]) == (True, -1)
     # The same feedback replayed by a worker that restored the session: no second update.
     again = _run(_pipeline(dict(sessions)), raw, range(1, 2))
     assert not [o for o in again if o.record_type is QUALITY_UPDATE]
