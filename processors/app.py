@@ -39,7 +39,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, RegistrySchemas, RegistryUnavailable, TimeBounds
+from onfinish.processors.decoding import (
+    Decoder,
+    RegistrySchemas,
+    RegistryUnavailable,
+    SchemaRefused,
+    TimeBounds,
+)
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import Batch, Output, Pipeline, RawRecord
@@ -113,7 +119,7 @@ class _App(faust.App):
                 log.warning("window snapshots undelivered at shutdown; the successor re-sends them")
 
 
-def _leave(sender: GroupSender, why: str) -> None:
+def _leave(sender: GroupSender, why: str, code: int = 0) -> None:
     """End the process now, leaving what is in progress uncommitted for the next owner.
 
     Used when a graceful stop cannot finish: asked to stop while the registry is away (acking the
@@ -129,7 +135,7 @@ def _leave(sender: GroupSender, why: str) -> None:
         extra={"why": why, "finished_batches_delivered": delivered},
     )
     logging.shutdown()
-    os._exit(0)
+    os._exit(code)
 
 
 def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -192,8 +198,10 @@ class OutputSchemas:
             subject = record_type.subject(record_type.topic(self.topic_prefix))
             try:
                 schema_id = self.client.register_schema(subject, Schema(record_type.schema_str, "AVRO"))
-            except SchemaRegistryError:
-                raise
+            except SchemaRegistryError as exc:
+                if exc.http_status_code < 500:  # an incompatible schema, say: waiting mends nothing
+                    raise SchemaRefused(f"registering {subject}: {exc}") from exc
+                raise RegistryUnavailable(f"registering {subject}: {exc}") from exc  # starting up
             except Exception as exc:  # the client's transport errors: the registry is away
                 raise RegistryUnavailable(f"registering {subject}: {exc}") from exc
             prefix = b"\x00" + int(schema_id).to_bytes(4, "big")
@@ -313,25 +321,38 @@ def build_app(
 
     @app.agent(raw)
     async def process(stream: Any) -> None:  # faust's stub of Stream lacks take_events
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        # A stream that never acks by itself: take_events turns the stream's acks off while it runs
+        # and back on when it closes, after which its drainer would ack whatever still reaches the
+        # stream, unprocessed. Acks come from take_events, for the batches it yielded, and from
+        # delivery (below); anything else stays uncommitted for the next owner.
+        records_stream = stream.noack()
+        async for events in records_stream.take_events(settings.batch_size, within=settings.batch_within_s):
             # take_events acks the batch when this body ends, however it ends (a stop cancels it
             # mid-batch too). A reference of our own, taken first, keeps the offsets uncommitted
             # until the batch's outputs are delivered; a batch given up is never acked.
             messages = [event.message for event in events]
             for message in messages:
                 message.incref()
-            batch: Batch = pipeline.batch()
-            for event in events:
-                message = event.message
-                record = RawRecord(
-                    message.key, message.value, message.topic, message.partition, message.offset
-                )
-                await until_registry(lambda: batch.add(record))  # noqa: B023 - awaited at once
-            outputs = await until_registry(batch.finish)
-            group = records(outputs) + writes
-            writes.clear()
-            sender.send(group, _acker(app, messages))
-            sender.poll(0)
+            try:
+                await process_batch(events, messages)
+            except Exception as exc:  # a bug, or a refusal by the registry: not the records' fault
+                # Its records can never be acked now, so this worker could commit nothing more (the
+                # batch is a gap at the head of its partitions) while carrying on without them.
+                # Ending it is what is safe: the next owner processes them from the last commit.
+                log.exception("a batch could not be processed; the worker ends and its records wait")
+                _leave(sender, f"a batch failed: {type(exc).__name__}: {str(exc)[:200]}", code=1)
+
+    async def process_batch(events: list[Any], messages: list[Any]) -> None:
+        batch: Batch = pipeline.batch()
+        for event in events:
+            message = event.message
+            record = RawRecord(message.key, message.value, message.topic, message.partition, message.offset)
+            await until_registry(lambda: batch.add(record))  # noqa: B023 - awaited at once
+        outputs = await until_registry(batch.finish)
+        group = records(outputs) + writes
+        writes.clear()
+        sender.send(group, _acker(app, messages))
+        sender.poll(0)
 
     @app.task
     async def deliver() -> None:

@@ -43,6 +43,11 @@ class RegistryUnavailable(OnfinishError):
     """The registry could not be asked: not the record's fault, so the record must wait, not die."""
 
 
+class SchemaRefused(OnfinishError):
+    """The registry refused an output's schema (an incompatible schema holds its subject): not the
+    record's fault either, and no wait mends it; the worker stops until an operator does."""
+
+
 @dataclass(frozen=True)
 class WriterSchema:
     """A registered schema a producer wrote with, and the contract record type it belongs to."""

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from onfinish.processors.alerts import RuleBook, event_alerts, session_alerts, window_alerts
-from onfinish.processors.decoding import Decoder, Refused, RegistryUnavailable
+from onfinish.processors.decoding import Decoder, Refused, RegistryUnavailable, SchemaRefused
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
 from onfinish.processors.sessions import SessionState
@@ -318,7 +318,8 @@ class Batch:
 
     `add` and `finish` may raise RegistryUnavailable (an output's schema could not be registered,
     or a writer schema fetched); both leave state as it was before the call, so the worker retries
-    the same call once the registry answers.
+    the same call once the registry answers. They raise SchemaRefused when the registry refuses an
+    output's schema, which the worker does not outlive.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -344,7 +345,7 @@ class Batch:
                 self._feedback(decoded, record.partition, record.offset)
             else:
                 self._event(decoded, record.partition, record.offset)
-        except RegistryUnavailable:
+        except (RegistryUnavailable, SchemaRefused):
             raise
         except Exception as exc:  # a bug must not stop the worker: the record goes to the DLQ
             message = f"{type(exc).__name__}: {exc}"

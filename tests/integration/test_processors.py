@@ -254,6 +254,54 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     )
 
 
+def test_a_batch_that_cannot_be_processed_ends_the_worker_and_loses_nothing(
+    pipeline_env: dict[str, str],
+    kafka_settings: KafkaSettings,
+    registry_settings: RegistrySettings,
+    unique: str,
+    tmp_path: Path,
+):
+    """The registry refuses the enriched events' schema (an incompatible one holds the subject):
+    the worker cannot finish its first batch, so it ends with an error rather than carry on with a
+    batch it can never commit; once the subject is fixed, a new worker stores every event once."""
+    from confluent_kafka.schema_registry import Schema
+
+    client = SchemaRegistryClient({"url": registry_settings.url})
+    subject = ENRICHED_EVENT.subject(ENRICHED_EVENT.topic(unique))
+    poison = {
+        "type": "record",
+        "name": "EnrichedEvent",
+        "namespace": "io.onfinish",
+        "fields": [{"name": "event_id", "type": "long"}],
+    }
+    client.register_schema(subject, Schema(json.dumps(poison), "AVRO"))
+    client.set_compatibility(subject, "FULL")
+    report = run_load(
+        LoadPlan(rate=500, duration_s=1, seed=34, profile=TrafficProfile(malformed_share=0)),
+        ProducerSettings(topic=f"{unique}.raw", spool_dir=tmp_path / "spool"),
+        kafka_settings,
+        registry_settings,
+        manifest=tmp_path / "manifest.json",
+    )
+    first = _start_worker(pipeline_env, tmp_path / "first.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        assert first.wait(90) == 1, "the worker ends with an error"
+        assert "a batch could not be processed" in (tmp_path / "first.log").read_text(errors="replace")
+        client.set_compatibility(subject, "NONE")
+        second = _start_worker(pipeline_env, tmp_path / "second.log")
+        enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check", settle_s=4)
+        ids = [str(e["event_id"]) for e in _events(enriched, registry_settings, unique)]
+        assert sorted(ids) == sorted(json.loads((tmp_path / "manifest.json").read_text())["event_ids"])
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
 def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
     pipeline_env: dict[str, str],
     kafka_settings: KafkaSettings,
