@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from onfinish.processors.alerts import RuleBook
+from onfinish.processors.continuity import Continuity, Verdict
 from onfinish.processors.decoding import (
     Decoder,
     RegistrySchemas,
@@ -272,6 +273,7 @@ def build_app(
         frozenset(settings.attribute_allow_list),
         settings.pseudonym_key.get_secret_value().encode(),
     )
+    continuity = Continuity()  # no record of a partition is passed over (processors/continuity.py)
     writes: list[Record] = []  # this batch's changelog writes, sent with its outputs
     session_store = ChangelogStore(sessions, writes)
     window_store = ChangelogStore(windows, writes)
@@ -344,10 +346,30 @@ def build_app(
 
     async def process_batch(events: list[Any], messages: list[Any]) -> None:
         batch: Batch = pipeline.batch()
+        passed_over: set[Any] = set()  # partitions with records skipped for a hole, in this batch
         for event in events:
             message = event.message
+            verdict = continuity.check(message.tp, message.offset)
+            if verdict is not Verdict.process:
+                if verdict is Verdict.rewind:
+                    log.warning(
+                        "records missing from the stream; reading the partition again from the first",
+                        extra={
+                            "partition": message.partition,
+                            "missing_from": continuity.missing_from(message.tp),
+                            "got": message.offset,
+                        },
+                    )
+                passed_over.add(message.tp)
+                continue  # acked with the batch: the commit cannot pass the hole before it is read
             record = RawRecord(message.key, message.value, message.topic, message.partition, message.offset)
             await until_registry(lambda: batch.add(record))  # noqa: B023 - awaited at once
+        for tp in passed_over:
+            # Seek again after every batch that still skips: a fetch in flight when the first seek
+            # was made delivers records past the hole, after which Faust drops the hole's records as
+            # already read. Once the first missing record has come, the partition is whole.
+            if tp in continuity.rewinding:
+                await app.consumer.seek(tp, continuity.missing_from(tp))
         outputs = await until_registry(batch.finish)
         group = records(outputs) + writes
         writes.clear()
@@ -379,6 +401,7 @@ def build_app(
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget(app_: faust.App, revoked: set[Any], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == raw.get_topic_name()}
+        continuity.forget(set(revoked))
         pipeline.forget(partitions)
         session_store.forget(partitions)
         window_store.forget(partitions)

@@ -1,0 +1,52 @@
+from onfinish.processors.continuity import Continuity, Verdict
+
+
+def _run(continuity: Continuity, records: list[tuple[int, int]]) -> list[Verdict]:
+    return [continuity.check(partition, offset) for partition, offset in records]
+
+
+def test_contiguous_offsets_are_processed_and_partitions_are_independent() -> None:
+    continuity = Continuity()
+    verdicts = _run(continuity, [(0, 5), (1, 9), (0, 6), (1, 10), (0, 7)])
+    assert verdicts == [Verdict.process] * 5 and continuity.holes == 0
+
+
+def test_a_hole_skips_everything_after_it_until_the_partition_is_read_again_from_the_hole() -> None:
+    continuity = Continuity()
+    # 195..197 arrive, then 454..455 (a hole from 198), then other partitions' records, then the
+    # re-read from 198, which reaches 454 again in order.
+    stream = [(0, 195), (0, 196), (0, 197), (0, 454), (1, 3), (0, 455), (0, 198), (0, 199)]
+    verdicts = _run(continuity, stream)
+    assert verdicts == [
+        Verdict.process,
+        Verdict.process,
+        Verdict.process,
+        Verdict.rewind,
+        Verdict.process,
+        Verdict.skip,
+        Verdict.process,
+        Verdict.process,
+    ]
+    assert continuity.holes == 1
+    assert _run(continuity, [(0, 200)]) == [Verdict.process]
+
+
+def test_the_rewind_target_is_the_first_missing_offset() -> None:
+    continuity = Continuity()
+    _run(continuity, [(2, 10), (2, 11)])
+    assert continuity.check(2, 40) is Verdict.rewind
+    assert continuity.missing_from(2) == 12
+
+
+def test_going_back_is_a_replay_not_a_hole() -> None:
+    continuity = Continuity()
+    assert _run(continuity, [(0, 50), (0, 51), (0, 20), (0, 21), (0, 22)]) == [Verdict.process] * 5
+    assert continuity.holes == 0
+
+
+def test_a_revoked_partition_starts_afresh_when_it_comes_back() -> None:
+    continuity = Continuity()
+    _run(continuity, [(0, 1), (0, 2), (3, 7)])
+    continuity.forget({0})
+    assert continuity.check(0, 900) is Verdict.process  # another worker committed up to here
+    assert continuity.check(3, 9) is Verdict.rewind  # partition 3 was not revoked
