@@ -3,7 +3,7 @@
 - the sink: a worker process (events family only, a group of its own) reading a topic filled with
   enriched events beforehand, from its first inserted row to its last (start-up excluded);
 - the baseline: the same rows, decoded and built beforehand, inserted into the same table schema
-  in chDB with clickhouse-connect's columnar insert, in 50k-row batches, same insert settings.
+  in chDB with clickhouse-connect's columnar insert, in batches of the sink's size, same insert settings.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from onfinish.sinks.tables import EVENTS
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import provision_topics
 
-ROWS = int(os.environ.get("ONFINISH_BENCH_SINK_ROWS", "200000"))
-BATCH = 50_000
+ROWS = int(os.environ.get("ONFINISH_BENCH_SINK_ROWS", "400000"))
+BATCH = 100_000  # the sink's default batch
 WEB_PORT = 16466
 ROOT = Path(__file__).resolve().parents[1]
 

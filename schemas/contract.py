@@ -61,7 +61,7 @@ class RecordType:
         assert isinstance(document, dict)
         return document
 
-    @property
+    @cached_property
     def full_name(self) -> str:
         return f"{self.schema['namespace']}.{self.schema['name']}"
 

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 
@@ -30,9 +30,8 @@ from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.sinks.tables import TABLES, TableSpec, dlq_row
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
-    """What a sink uses of a consumed record."""
+class KafkaRecord(NamedTuple):
+    """What a sink uses of a consumed record (a tuple: a batch makes tens of thousands)."""
 
     topic: str
     partition: int
@@ -83,12 +82,50 @@ class Insert:
     table: str
     rows: list[list[Any]] = field(default_factory=list)
     avro: list[bytes] = field(default_factory=list)  # Confluent-framed values, for AvroConfluent
-    ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # first and last offset
+    avro_records: list[KafkaRecord] = field(default_factory=list)  # the records of those values
+    row_records: list[KafkaRecord] = field(default_factory=list)  # the records of the rows
 
     def cover(self, record: KafkaRecord) -> None:
-        key = (record.topic, record.partition)
-        first, last = self.ranges.get(key, (record.offset, record.offset))
-        self.ranges[key] = (min(first, record.offset), max(last, record.offset))
+        """Count `record` as one this insert stores (as a row)."""
+        self.row_records.append(record)
+
+    def pass_through(self, record: KafkaRecord, value: bytes) -> None:
+        self.avro.append(value)
+        self.avro_records.append(record)
+
+    @property
+    def ranges(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """The first and last offset this insert covers, per topic and partition."""
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        for records in (self.avro_records, self.row_records):
+            for topic, partition, offset, *_ in records:
+                key = (topic, partition)
+                first, last = ranges.get(key, (offset, offset))
+                ranges[key] = (min(first, offset), max(last, offset))
+        return ranges
+
+    def split(self, parts: int, min_rows: int) -> list[Insert]:
+        """The pass-through values in up to `parts` inserts of at least `min_rows` each, to be
+        inserted concurrently (ClickHouse reads one insert's Avro on one thread).
+
+        Each part is a contiguous run of the values in consumed order, so per partition the parts
+        cover disjoint offset ranges and each part's token names exactly its own records: a batch
+        consumed again after a crash is split the same way and each part is dropped by its token.
+        Inserts with rows (built in Python) are not split.
+        """
+        count = len(self.avro)
+        parts = max(1, min(parts, count // max(min_rows, 1)))
+        if parts == 1 or self.rows:
+            return [self]
+        size = -(-count // parts)
+        return [
+            Insert(
+                self.table,
+                avro=self.avro[start : start + size],
+                avro_records=self.avro_records[start : start + size],
+            )
+            for start in range(0, count, size)
+        ]
 
     @property
     def count(self) -> int:
@@ -138,16 +175,29 @@ class BatchBuilder:
         dead-lettered, the others are inserted as rows)."""
         batch = Batch()
         now = self.clock()
+        # (topic, schema id bytes) -> the insert its records pass through to: the checks of `_add`
+        # are made once per batch for the records that carry most rows.
+        routes: dict[tuple[str, bytes], Insert] = {}
         for record in records:
+            value = record.value
+            if value and value[0] == 0 and not decode_all:
+                route = routes.get((record.topic, value[1:5]))
+                if route is not None:
+                    route.avro.append(value)
+                    route.avro_records.append(record)
+                    continue
             if record.topic == self.dlq_topic:
                 letter = DeadLetter.from_headers(record.key, record.value, record.headers or [])
                 insert = batch.insert_for("dlq")
                 insert.rows.append(dlq_row(letter, now))
                 insert.cover(record)
                 continue
-            refusal = self._add(batch, self.topic_tables[record.topic], record, decode_all)
-            if refusal is not None:
-                reason, message = refusal
+            added = self._add(batch, self.topic_tables[record.topic], record, decode_all)
+            if isinstance(added, Insert):
+                assert value is not None
+                routes[(record.topic, value[1:5])] = added
+            elif added is not None:
+                reason, message = added
                 batch.dead_lettered[reason.value] = batch.dead_lettered.get(reason.value, 0) + 1
                 letter = DeadLetter(
                     Stage.sink,
@@ -166,7 +216,9 @@ class BatchBuilder:
 
     def _add(
         self, batch: Batch, specs: dict[str, TableSpec], record: KafkaRecord, decode_all: bool
-    ) -> tuple[Reason, str] | None:
+    ) -> tuple[Reason, str] | Insert | None:
+        """Adds the record to its insert: returns the insert when the record passes through to it,
+        None when it became a row, the reason and message when it cannot be stored."""
         value = record.value
         if not value:
             return Reason.empty, "the record has no value"
@@ -185,9 +237,8 @@ class BatchBuilder:
             )
         insert = batch.insert_for(spec.name)
         if spec.name in self.avro_tables and not decode_all:
-            insert.avro.append(value)
-            insert.cover(record)
-            return None
+            insert.pass_through(record, value)
+            return insert
         body = io.BytesIO(value)
         body.seek(5)
         try:

@@ -21,9 +21,24 @@ class SinkSettings(BaseSettings):
         default=list(FAMILIES),
         description="Table families this worker writes: events, rollups (windows, sessions, alerts), dlq.",
     )
-    batch_rows: int = Field(default=50_000, ge=1, description="Most records in one insert batch.")
+    batch_rows: int = Field(default=100_000, ge=1, description="Most records in one insert batch.")
     batch_seconds: float = Field(
         default=1.0, gt=0, description="Longest a batch waits to fill before it is inserted as it is."
+    )
+    insert_parallelism: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description=(
+            "Concurrent inserts one batch's enriched events are split into, each on a connection of "
+            "its own: ClickHouse reads one insert's Avro on one thread, so this is how many cores "
+            "the events insert can use (about the machine's cores; 1 = never split)."
+        ),
+    )
+    insert_part_min_rows: int = Field(
+        default=5_000,
+        ge=1,
+        description="Fewest rows in one of those concurrent inserts: smaller batches are inserted whole.",
     )
     retry_initial_s: float = Field(
         default=0.5, gt=0, description="First pause before retrying an insert ClickHouse did not accept."

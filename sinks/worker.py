@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -156,6 +157,15 @@ class FamilySink:
             }
         )
         self.client: Client | None = None
+        # Connections of the concurrent parts of a pass-through insert (the first part uses `client`).
+        self.part_clients: list[Client] = []
+        self.part_executor = (
+            ThreadPoolExecutor(
+                max_workers=settings.insert_parallelism - 1, thread_name_prefix=f"sink-{family}-part"
+            )
+            if settings.insert_parallelism > 1
+            else None
+        )
         self.pending: list[Any] = []  # consumed messages of the batch being built
         self.stored_batches = 0
         self.inflight: _InFlight | None = None  # the batch being inserted
@@ -183,17 +193,20 @@ class FamilySink:
                     len(self.pending) >= self.settings.batch_rows
                     or time.monotonic() - self.batch_started >= self.settings.batch_seconds
                 ):
+                    # Built here while the batch in flight is inserted (the inserts release the GIL).
+                    prepared = self._prepare()
                     if self.inflight is not None:
-                        self._complete()  # one batch in flight at a time, committed in order
-                    self._submit()
+                        self._complete(holding=True)  # one batch in flight at a time, committed in order
+                    self._submit(prepared)
             self._drain()
         except _Stopped:
             log.info("stopped with a batch not stored; it is consumed again on restart")
         finally:
             self.executor.shutdown(wait=True)
+            if self.part_executor is not None:
+                self.part_executor.shutdown(wait=True)
             self.consumer.close()
-            if self.client is not None:
-                self.client.close()
+            self._disconnect()
 
     def _collect(self, messages: Iterable[Any]) -> None:
         """Keep consumed records for the next batch (never drop one: a later commit would skip it)."""
@@ -205,29 +218,46 @@ class FamilySink:
             else:
                 log.warning("consumer error", extra={"error": str(message.error())[:200]})
 
-    def _submit(self) -> None:
-        """Hand the pending records to the insert thread; consuming goes on meanwhile."""
+    def _prepare(self) -> _Prepared:
+        """Take the pending records as the next batch and split it into inserts."""
         messages, self.pending = self.pending, []
         records = [
             KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
             for m in messages
         ]
-        future = self.executor.submit(self._store, records)
-        self.inflight = _InFlight(future, records, self.batch_started)
+        try:
+            batch: Batch | None = self.builder.build(records)
+        except RegistryUnavailable:
+            batch = None  # built on the insert thread, which waits for the registry
+        return _Prepared(records, batch, self.batch_started)
 
-    def _complete(self) -> None:
-        """Wait for the batch in flight, then commit its offsets (on this, the consumer's, thread)."""
+    def _submit(self, prepared: _Prepared | None = None) -> None:
+        """Hand the next batch to the insert thread; consuming goes on meanwhile."""
+        prepared = prepared or self._prepare()
+        future = self.executor.submit(self._store, prepared.records, prepared.batch)
+        self.inflight = _InFlight(future, prepared.records, prepared.started)
+
+    def _complete(self, *, holding: bool = False) -> None:
+        """Wait for the batch in flight, then commit its offsets (on this, the consumer's, thread).
+
+        Meanwhile the next batch is consumed, unless this thread is `holding` it already (built,
+        waiting to be submitted): then records are polled one at a time, so that memory holds at
+        most about three batches."""
         inflight = self.inflight
         assert inflight is not None
         paused = False
         while not inflight.future.done():
-            # ClickHouse is slow or away: stop fetching, but keep polling so the group keeps us.
-            if not paused:
+            # Once the pending batch is full (ClickHouse is slow or away) fetching stops, but
+            # polling goes on so that the group keeps us. Pausing drops what the client fetched
+            # ahead, so it waits for that.
+            room = self.settings.batch_rows - len(self.pending)
+            if room <= 0 and not paused:
                 self.consumer.pause(self.consumer.assignment())
                 paused = True
-            message = self.consumer.poll(0.2)
-            if message is not None:
-                self._collect([message])
+            messages = self.consumer.consume(num_messages=1 if holding else max(room, 1), timeout=0)
+            self._collect(messages)
+            if not messages:  # returns as soon as the batch is stored
+                wait_for([inflight.future], timeout=0.2)
         if paused:
             self.consumer.resume(self.consumer.assignment())
         if inflight.committed:  # a rebalance during the wait committed it already
@@ -296,35 +326,22 @@ class FamilySink:
         # Runs inside poll: the next owner starts after what this worker stored and committed.
         self._drain()
 
-    def _store(self, records: list[KafkaRecord]) -> None:
+    def _store(self, records: list[KafkaRecord], batch: Batch | None) -> None:
         """Insert a batch (on the insert thread); returns once ClickHouse took all of it."""
         delay = self.settings.retry_initial_s
-        decode_all = False
         while True:
             try:
-                batch = self.builder.build(records, decode_all=decode_all)
-                self._insert(batch)
-                for reason, count in batch.dead_lettered.items():
-                    self.metrics.dead_lettered.labels(reason).inc(count)
+                self._insert(batch or self.builder.build(records))
                 return
             except RegistryUnavailable as exc:
                 log.warning("schema registry unavailable; the batch waits", extra={"error": str(exc)[:200]})
-            except _PassThroughRefused:
-                # Find the record ClickHouse could not read: decode them all here, once.
-                if not decode_all:
-                    decode_all = True
-                    continue
             except Exception as exc:  # ClickHouse unreachable, locked, or refusing
                 self.metrics.failures.labels(self.family).inc()
                 log.warning(
                     "ClickHouse did not accept the batch; retrying",
                     extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
                 )
-                if self.client is not None:
-                    try:
-                        self.client.close()
-                    finally:
-                        self.client = None
+                self._disconnect()
             if self.stop.wait(delay):
                 raise _Stopped
             delay = min(delay * 2, self.settings.retry_max_s)
@@ -334,17 +351,54 @@ class FamilySink:
             self.client = self.connect()
         client = self.client
         for insert in batch.inserts.values():
-            # Replacing tables collapse duplicates at merge time and FINAL; sorting them out at every
-            # insert as well costs a fifth of the insert rate.
-            settings = {"insert_deduplication_token": insert.token(), "optimize_on_insert": 0}
+            settings = _insert_settings(insert)
             if insert.avro:
-                self._insert_avro(client, insert, settings)
+                parts = insert.split(self.settings.insert_parallelism, self.settings.insert_part_min_rows)
+                if len(parts) == 1:
+                    self._insert_avro(client, insert, settings)
+                else:
+                    self._insert_parts(client, parts)
             if insert.rows:
-                columns = (
-                    list(DLQ_COLUMNS) if insert.table == "dlq" else list(_spec_named(insert.table).columns)
-                )
-                client.insert(insert.table, insert.rows, column_names=columns, settings=settings)
-            self.metrics.rows.labels(insert.table).inc(insert.count)
+                self._insert_rows(client, insert, settings)
+        for reason, count in batch.dead_lettered.items():
+            self.metrics.dead_lettered.labels(reason).inc(count)
+
+    def _insert_rows(self, client: Client, insert: Insert, settings: dict[str, Any]) -> None:
+        columns = list(DLQ_COLUMNS) if insert.table == "dlq" else list(_spec_named(insert.table).columns)
+        client.insert(insert.table, insert.rows, column_names=columns, settings=settings)
+        self.metrics.rows.labels(insert.table).inc(len(insert.rows))
+
+    def _insert_parts(self, client: Client, parts: list[Insert]) -> None:
+        """Insert the parts of one pass-through insert concurrently, each with its own token; the
+        batch counts as stored once every part is (a part that failed is retried with the batch,
+        and the parts that were stored are dropped by their tokens)."""
+        assert self.part_executor is not None
+        while len(self.part_clients) < len(parts) - 1:
+            self.part_clients.append(self.connect())
+        futures = [
+            self.part_executor.submit(self._insert_avro, part_client, part, _insert_settings(part))
+            for part_client, part in zip(self.part_clients, parts[1:], strict=False)
+        ]
+        failure: BaseException | None = None
+        try:
+            self._insert_avro(client, parts[0], _insert_settings(parts[0]))
+        except Exception as exc:
+            failure = exc
+        for future in futures:  # every part is waited for before the batch is retried or committed
+            error = future.exception()
+            if failure is None and error is not None:
+                failure = error
+        if failure is not None:
+            raise failure
+
+    def _disconnect(self) -> None:
+        clients = ([self.client] if self.client is not None else []) + self.part_clients
+        self.client, self.part_clients = None, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception as exc:  # a connection that is gone already closes nothing
+                log.debug("closing a ClickHouse connection failed", extra={"error": str(exc)[:200]})
 
     def _insert_avro(self, client: Client, insert: Insert, settings: dict[str, Any]) -> None:
         try:
@@ -360,9 +414,30 @@ class FamilySink:
                 },
             )
         except Exception as exc:
-            if _is_data_error(exc):
-                raise _PassThroughRefused(str(exc)[:300]) from exc
-            raise
+            if not _is_data_error(exc):
+                raise
+            # ClickHouse could not read some record of this insert (an insert is atomic: none of it
+            # was stored). Decode its records here: the unreadable go to the dlq table with their
+            # reason, the rest are inserted as rows under this insert's own token.
+            log.warning(
+                "ClickHouse refused a pass-through insert; decoding its records one by one",
+                extra={"family": self.family, "error": str(exc)[:300]},
+            )
+            fallback = self.builder.build(insert.avro_records, decode_all=True)
+            for part in fallback.inserts.values():
+                self._insert_rows(
+                    client, part, settings if part.table == insert.table else _insert_settings(part)
+                )
+            for reason, count in fallback.dead_lettered.items():
+                self.metrics.dead_lettered.labels(reason).inc(count)
+            return
+        self.metrics.rows.labels(insert.table).inc(len(insert.avro))
+
+
+def _insert_settings(insert: Insert) -> dict[str, Any]:
+    # Replacing tables collapse duplicates at merge time and FINAL; sorting them out at every insert
+    # as well costs a fifth of the insert rate.
+    return {"insert_deduplication_token": insert.token(), "optimize_on_insert": 0}
 
 
 # Commit errors that mean this member no longer owns the partitions: retrying cannot succeed.
@@ -377,6 +452,15 @@ _MEMBERSHIP_LOST = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch taken from the consumed records, split into inserts (None: the registry was away)."""
+
+    records: list[KafkaRecord]
+    batch: Batch | None
+    started: float
+
+
 @dataclass(eq=False)
 class _InFlight:
     """A batch handed to the insert thread, and what its commit needs."""
@@ -389,10 +473,6 @@ class _InFlight:
 
 class _Stopped(Exception):
     """The worker stopped while ClickHouse refused a batch: it is left uncommitted."""
-
-
-class _PassThroughRefused(Exception):
-    """ClickHouse could not read an AvroConfluent insert: some record in it is at fault."""
 
 
 def _is_data_error(exc: Exception) -> bool:

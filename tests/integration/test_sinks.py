@@ -200,6 +200,8 @@ def sink_env(
         "ONFINISH_SINK_WEB_PORT": str(WEB_PORT),
         "ONFINISH_SINK_QUERY_PORT": str(QUERY_PORT),
         "ONFINISH_SINK_BATCH_SECONDS": "0.3",
+        # Every batch's events are inserted as concurrent parts, as large batches are.
+        "ONFINISH_SINK_INSERT_PART_MIN_ROWS": "50",
         "ONFINISH_SINK_RETRY_INITIAL_S": "0.2",
         "ONFINISH_SINK_RETRY_MAX_S": "1",
     }
@@ -242,6 +244,8 @@ def test_rows_in_equal_rows_out_and_a_second_delivery_changes_nothing(
         (f"{unique}.enriched", b"k", b"not avro at all"),
         (f"{unique}.enriched", b"k", b"\x00\x7f\xff\xff\x00garbage"),  # unknown schema id
         (f"{unique}.enriched", b"k", outputs.of(WINDOW_SNAPSHOT)[0].value),  # a window on the events topic
+        # Framed with the events' own schema id, so ClickHouse is the first to find it unreadable.
+        (f"{unique}.enriched", b"k", (outputs.of(ENRICHED_EVENT)[7].value or b"")[:-40]),
     ]
     outputs.send(kafka_settings, poison)
     query = QueryClient(f"http://127.0.0.1:{QUERY_PORT}")
@@ -254,7 +258,7 @@ def test_rows_in_equal_rows_out_and_a_second_delivery_changes_nothing(
     assert stored == {str(e.event_id) for e in events}
     reasons = Counter(dict(query.query("SELECT reason, count() FROM dlq FINAL GROUP BY reason").rows))
     expected_reasons = Counter(letter.reason.value for letter in letters)
-    expected_reasons.update(["not_confluent_framed", "unknown_schema_id", "unknown_record_type"])
+    expected_reasons.update(["not_confluent_framed", "unknown_schema_id", "unknown_record_type", "truncated"])
     assert reasons == expected_reasons
     # Windows: the latest snapshot of every partition's share, summed, is the independent count.
     per_minute: Counter[tuple[datetime, str]] = Counter()

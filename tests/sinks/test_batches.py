@@ -102,3 +102,42 @@ def test_the_deduplication_token_names_the_offsets_of_the_insert():
     assert _builder().build(list(reversed(records))).inserts["events"].token() == token
     later = _builder().build([*records, KafkaRecord("p.enriched", 1, 10, b"k", value)])
     assert later.inserts["events"].token() != token
+
+
+def _pass_through_batch(offsets: list[tuple[int, int]]) -> list[KafkaRecord]:
+    value = _framed(1, ENRICHED_EVENT, ENRICHED_EVENT.to_datum(_enriched(1)))
+    return [KafkaRecord("p.enriched", partition, offset, b"k", value) for partition, offset in offsets]
+
+
+def test_a_pass_through_insert_splits_into_contiguous_parts_with_tokens_of_their_own():
+    # Consumed order interleaves partitions; each part is a run of it, so per partition the parts
+    # cover disjoint offset ranges and no two parts share a token.
+    runs = [(partition, start) for start in (0, 100, 200) for partition in (0, 1)]
+    records = _pass_through_batch([(p, o) for p, start in runs for o in range(start, start + 100)])
+    insert = _builder().build(records).inserts["events"]
+    parts = insert.split(2, 100)
+    assert [len(part.avro) for part in parts] == [300, 300]
+    assert [r.offset for part in parts for r in part.avro_records] == [r.offset for r in records]
+    assert b"".join(b"".join(part.avro) for part in parts) == b"".join(insert.avro)
+    assert parts[0].ranges == {("p.enriched", 0): (0, 199), ("p.enriched", 1): (0, 99)}
+    assert parts[1].ranges == {("p.enriched", 1): (100, 299), ("p.enriched", 0): (200, 299)}
+    assert len({part.token() for part in parts} | {insert.token()}) == 3
+
+
+def test_splitting_is_the_same_for_the_same_records_and_never_makes_small_parts():
+    records = _pass_through_batch([(0, o) for o in range(1000)])
+    tokens = [
+        [part.token() for part in _builder().build(records).inserts["events"].split(3, 100)] for _ in "ab"
+    ]
+    assert tokens[0] == tokens[1] and len(tokens[0]) == 3
+    insert = _builder().build(records).inserts["events"]
+    assert insert.split(4, 400) == insert.split(2, 400) and len(insert.split(4, 400)) == 2
+    assert insert.split(2, 600) == [insert]
+    assert insert.split(1, 1) == [insert]
+
+
+def test_rows_are_never_split():
+    value = _framed(1, ENRICHED_EVENT, ENRICHED_EVENT.to_datum(_enriched(1)))
+    records = [KafkaRecord("p.enriched", 0, n, b"k", value) for n in range(100)]
+    insert = _builder().build(records, decode_all=True).inserts["events"]
+    assert insert.split(2, 1) == [insert]
