@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.continuity import Continuity, Verdict
+from onfinish.processors.continuity import Continuity, HoleDrill, Verdict
 from onfinish.processors.decoding import (
     Decoder,
     RegistrySchemas,
@@ -274,6 +274,7 @@ def build_app(
         settings.pseudonym_key.get_secret_value().encode(),
     )
     continuity = Continuity()  # no record of a partition is passed over (processors/continuity.py)
+    drill = HoleDrill(settings.fault_hole_after_records, settings.fault_hole_records)
     writes: list[Record] = []  # this batch's changelog writes, sent with its outputs
     session_store = ChangelogStore(sessions, writes)
     window_store = ChangelogStore(windows, writes)
@@ -336,7 +337,7 @@ def build_app(
             for message in messages:
                 message.incref()
             try:
-                await process_batch(events, messages)
+                await process_batch(events)
             except Exception as exc:  # a bug, or a refusal by the registry: not the records' fault
                 # Its records can never be acked now, so this worker could commit nothing more (the
                 # batch is a gap at the head of its partitions) while carrying on without them.
@@ -344,11 +345,14 @@ def build_app(
                 log.exception("a batch could not be processed; the worker ends and its records wait")
                 _leave(sender, f"a batch failed: {type(exc).__name__}: {str(exc)[:200]}", code=1)
 
-    async def process_batch(events: list[Any], messages: list[Any]) -> None:
+    async def process_batch(events: list[Any]) -> None:
         batch: Batch = pipeline.batch()
         passed_over: set[Any] = set()  # partitions with records skipped for a hole, in this batch
+        processed: list[Any] = []  # the messages acked once the batch's outputs are delivered
         for event in events:
             message = event.message
+            if drill.passes_over(message.tp, message.offset):
+                continue  # never acked, as if it never came
             verdict = continuity.check(message.tp, message.offset)
             if verdict is not Verdict.process:
                 if verdict is Verdict.rewind:
@@ -361,19 +365,25 @@ def build_app(
                         },
                     )
                 passed_over.add(message.tp)
-                continue  # acked with the batch: the commit cannot pass the hole before it is read
+                # Never acked (the reference taken for it is kept): no commit passes the hole
+                # before its records were processed. The message is dropped with the batch, and
+                # Faust tracks unacked messages weakly, so a stop does not wait for it.
+                continue
+            processed.append(message)
             record = RawRecord(message.key, message.value, message.topic, message.partition, message.offset)
             await until_registry(lambda: batch.add(record))  # noqa: B023 - awaited at once
         for tp in passed_over:
             # Seek again after every batch that still skips: a fetch in flight when the first seek
             # was made delivers records past the hole, after which Faust drops the hole's records as
             # already read. Once the first missing record has come, the partition is whole.
+            # `seek_wait` seeks on the Kafka client's own thread; Faust's `seek` does it from this
+            # one, racing the client's fetches (it crashed the fetcher with a KeyError).
             if tp in continuity.rewinding:
-                await app.consumer.seek(tp, continuity.missing_from(tp))
+                await app.consumer.seek_wait({tp: continuity.missing_from(tp)})
         outputs = await until_registry(batch.finish)
         group = records(outputs) + writes
         writes.clear()
-        sender.send(group, _acker(app, messages))
+        sender.send(group, _acker(app, processed))
         sender.poll(0)
 
     @app.task

@@ -19,7 +19,7 @@ from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySetting
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.stack import Stack
 from tests.conftest import REPO, isolated_stack_settings
-from tests.integration.pipeline import PORTS, Run
+from tests.integration.pipeline import PORTS, RECONCILIATIONS, Run
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +85,11 @@ def run(
         assert not alive, f"workers died: {alive}"
     finally:
         demo.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The counts of every reconciled scenario (sent, stored, lost, doubled, dead-lettered)."""
+    if RECONCILIATIONS:
+        terminalreporter.section("reconciliations")
+        for row in RECONCILIATIONS:
+            terminalreporter.write_line(row)

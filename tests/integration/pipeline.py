@@ -34,6 +34,14 @@ class Reconciliation:
             f"doubled {self.doubled}, dead-lettered {self.dead_lettered}"
         )
 
+    def report(self, scenario: str) -> None:
+        """Keep the scenario's counts for the end of the test run (tests/integration/conftest.py)."""
+        RECONCILIATIONS.append(self.row(scenario))
+
+
+# Every reconciliation of this test run, shown after the tests: the fault suite's evidence.
+RECONCILIATIONS: list[str] = []
+
 
 class Run:
     """A pipeline of its own on the session's stack, and its reconciliation."""

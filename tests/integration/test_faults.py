@@ -50,7 +50,7 @@ def test_a_processor_killed_mid_stream_and_restarted(run: Run) -> None:
     run.demo.start_processors()
     loader.join(120)
     result = run.reconcile(sent["report"])
-    print(result.row("processor SIGKILL"))
+    result.report("processor SIGKILL")
     assert (result.lost, result.doubled) == (0, 0)
     assert result.dead_lettered == sum(sent["report"].malformed.values())
 
@@ -70,7 +70,7 @@ def test_two_processors_one_stopped_during_a_rebalance(run: Run) -> None:
     run.demo.children.remove(first)
     loader.join(120)
     result = run.reconcile(sent["report"])
-    print(result.row("two processors, one stopped during a rebalance"))
+    result.report("two processors, one stopped during a rebalance")
     assert (result.lost, result.doubled) == (0, 0)
     assert all(w.process.poll() is None for w in second)
 
@@ -84,7 +84,7 @@ def test_every_event_delivered_twice(run: Run, kafka_settings: KafkaSettings, un
     assert producer.flush(60) == 0
     # The malformed records went twice too: two dead letters each (different source offsets).
     result = run.reconcile(report, extra_letters=sum(report.malformed.values()))
-    print(result.row("every event twice"))
+    result.report("every event twice")
     assert (result.lost, result.doubled) == (0, 0)
     assert result.dead_lettered == 2 * sum(report.malformed.values())
 
@@ -140,7 +140,7 @@ def test_hostile_input_is_dead_lettered_with_its_reason_and_nothing_else_is_lost
     assert producer.flush(60) == 0
     report = run.send(300, 3, seed=83)
     result = run.reconcile(report, extra_letters=len(hostile))
-    print(result.row("hostile input"))
+    result.report("hostile input")
     assert (result.lost, result.doubled) == (0, 0)
     reasons = Counter(
         dict(
@@ -161,7 +161,7 @@ def test_the_sink_killed_between_insert_and_commit(run: Run) -> None:
     run.demo.children.remove(sink)
     run.demo.start_sink()
     result = run.reconcile(report)
-    print(result.row("sink SIGKILL"))
+    result.report("sink SIGKILL")
     assert (result.lost, result.doubled) == (0, 0)
 
 
@@ -194,7 +194,7 @@ def test_the_broker_stopped_for_30s_while_producers_keep_producing(run: Run) -> 
             kafka.start()
 
     result = _outage(run, 150, OUTAGE_S + 10, seed=87, fault=fault)
-    print(result.row("broker stopped 30 s"))
+    result.report("broker stopped 30 s")
     assert (result.lost, result.doubled) == (0, 0)
 
 
@@ -211,7 +211,7 @@ def test_the_registry_stopped_while_producing_and_processing(run: Run) -> None:
             registry.start()
 
     result = _outage(run, 200, 30, seed=88, fault=fault)
-    print(result.row("registry stopped 20 s"))
+    result.report("registry stopped 20 s")
     assert (result.lost, result.doubled) == (0, 0)
 
 
@@ -245,7 +245,7 @@ def test_clickhouse_unavailable_for_30s(run: Run) -> None:
         assert b"ClickHouse not reachable" in log, "the sink did meet a locked directory"
 
     result = _outage(run, 200, 20, seed=89, fault=fault)
-    print(result.row("ClickHouse unavailable 30 s"))
+    result.report("ClickHouse unavailable 30 s")
     assert (result.lost, result.doubled) == (0, 0)
 
 

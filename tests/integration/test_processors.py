@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from onfinish.producers.loadgen import LoadPlan, run_load
+from onfinish.producers.loadgen import LoadPlan, LoadReport, run_load
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.traffic import TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
@@ -53,6 +55,49 @@ def _wait_ready(port: int, timeout_s: float = 60) -> None:
             return
         except OSError:
             time.sleep(0.5)
+
+
+class _Load:
+    """Seeded loadgen traffic on `<unique>.raw`, sent from a thread while a test does its fault."""
+
+    def __init__(
+        self,
+        plan: LoadPlan,
+        unique: str,
+        kafka_settings: KafkaSettings,
+        registry_settings: RegistrySettings,
+        tmp_path: Path,
+    ) -> None:
+        self.manifest = tmp_path / "manifest.json"
+        self._sent: dict[str, LoadReport] = {}
+        settings = ProducerSettings(topic=f"{unique}.raw", spool_dir=tmp_path / "spool")
+        self._thread = threading.Thread(
+            target=lambda: self._sent.update(
+                report=run_load(plan, settings, kafka_settings, registry_settings, manifest=self.manifest)
+            )
+        )
+        self._thread.start()
+
+    def report(self) -> LoadReport:
+        """Once every event was sent."""
+        self._thread.join(120)
+        return self._sent["report"]
+
+    def event_ids(self) -> list[str]:
+        return list(json.loads(self.manifest.read_text())["event_ids"])
+
+
+@contextmanager
+def _workers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The workers a test starts (append them): killed at the end if a failed test left them on."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
 
 
 @pytest.fixture
@@ -186,46 +231,32 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     unique: str,
     tmp_path: Path,
 ):
-    import threading
-
     env = {
         **pipeline_env,
         "ONFINISH_PROCESSOR_SESSION_TIMEOUT_S": "6",
         "ONFINISH_PROCESSOR_HEARTBEAT_INTERVAL_S": "1",
     }
-    first = _start_worker(env, tmp_path / "first.log")
-    second: subprocess.Popen[bytes] | None = None
-    try:
+    with _workers() as workers:
+        first = _start_worker(env, tmp_path / "first.log")
+        workers.append(first)
         _wait_ready(WEB_PORT)
         plan = LoadPlan(
             rate=800, duration_s=6, seed=32, profile=TrafficProfile(malformed_share=0, feedback_share=0.05)
         )
-        sent: dict[str, Any] = {}
-        loader = threading.Thread(
-            target=lambda: sent.update(
-                report=run_load(
-                    plan,
-                    ProducerSettings(topic=f"{unique}.raw", spool_dir=tmp_path / "spool"),
-                    kafka_settings,
-                    registry_settings,
-                    manifest=tmp_path / "manifest.json",
-                )
-            )
-        )
-        loader.start()
+        load = _Load(plan, unique, kafka_settings, registry_settings, tmp_path)
         time.sleep(3)
         first.send_signal(signal.SIGKILL)  # mid-stream, with state and offsets not yet committed
         first.wait(10)
         second = _start_worker(env, tmp_path / "second.log")
-        loader.join(120)
-        report = sent["report"]
+        workers.append(second)
+        report = load.report()
         assert report.delivered, report.sdk
-        manifest = json.loads((tmp_path / "manifest.json").read_text())
+        sent = set(load.event_ids())
 
         deadline = time.monotonic() + 120
         seen: set[str] = set()
         attempt = 0
-        while time.monotonic() < deadline and seen != set(manifest["event_ids"]):
+        while time.monotonic() < deadline and seen != sent:
             # At least once on the topic: duplicates of replayed events may come first, so read it all.
             attempt += 1
             messages = consume(
@@ -237,16 +268,11 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
                 settle_s=0,
             )
             seen = {str(e["event_id"]) for e in _events(messages, registry_settings, unique)}
-        missing = set(manifest["event_ids"]) - seen
-        assert not missing, f"{len(missing)} of {len(manifest['event_ids'])} events lost"
+        missing = sent - seen
+        assert not missing, f"{len(missing)} of {len(sent)} events lost"
         time.sleep(4)  # the last window snapshots
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
-    finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(10)
 
     latest = _latest_windows(kafka_settings, unique)
     assert sum(s["events"] for s in latest.values()) == report.events, (
@@ -283,23 +309,19 @@ def test_a_batch_that_cannot_be_processed_ends_the_worker_and_loses_nothing(
         registry_settings,
         manifest=tmp_path / "manifest.json",
     )
-    first = _start_worker(pipeline_env, tmp_path / "first.log")
-    second: subprocess.Popen[bytes] | None = None
-    try:
+    with _workers() as workers:
+        first = _start_worker(pipeline_env, tmp_path / "first.log")
+        workers.append(first)
         assert first.wait(90) == 1, "the worker ends with an error"
         assert "a batch could not be processed" in (tmp_path / "first.log").read_text(errors="replace")
         client.set_compatibility(subject, "NONE")
         second = _start_worker(pipeline_env, tmp_path / "second.log")
+        workers.append(second)
         enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check", settle_s=4)
         ids = [str(e["event_id"]) for e in _events(enriched, registry_settings, unique)]
         assert sorted(ids) == sorted(json.loads((tmp_path / "manifest.json").read_text())["event_ids"])
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
-    finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(10)
 
 
 def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
@@ -312,26 +334,12 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
     """A worker stopped while records flow delivers and commits every batch it processed, then
     leaves: its successor processes only the rest, so each event is on the enriched topic once
     (a replayed record would be enriched again)."""
-    import threading
-
-    first = _start_worker(pipeline_env, tmp_path / "first.log")
-    second: subprocess.Popen[bytes] | None = None
-    try:
+    with _workers() as workers:
+        first = _start_worker(pipeline_env, tmp_path / "first.log")
+        workers.append(first)
         _wait_ready(WEB_PORT)
         plan = LoadPlan(rate=1000, duration_s=6, seed=33, profile=TrafficProfile(malformed_share=0))
-        sent: dict[str, Any] = {}
-        loader = threading.Thread(
-            target=lambda: sent.update(
-                report=run_load(
-                    plan,
-                    ProducerSettings(topic=f"{unique}.raw", spool_dir=tmp_path / "spool"),
-                    kafka_settings,
-                    registry_settings,
-                    manifest=tmp_path / "manifest.json",
-                )
-            )
-        )
-        loader.start()
+        load = _Load(plan, unique, kafka_settings, registry_settings, tmp_path)
         deadline = time.monotonic() + 60
         while _metrics(WEB_PORT).get("onfinish_processor_processed_total", 0) < 1500:
             assert time.monotonic() < deadline, "the worker processed nothing"
@@ -341,22 +349,49 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
         log = (tmp_path / "first.log").read_text(errors="replace")
         assert "leaving without a graceful stop" not in log, log[-3000:]
         second = _start_worker(pipeline_env, tmp_path / "second.log")
-        loader.join(120)
-        report = sent["report"]
+        workers.append(second)
+        report = load.report()
         _wait_ready(WEB_PORT)
         enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check", settle_s=6)
         ids = [str(e["event_id"]) for e in _events(enriched, registry_settings, unique)]
-        manifest = json.loads((tmp_path / "manifest.json").read_text())
-        assert sorted(ids) == sorted(manifest["event_ids"]), (
-            f"{len(ids)} enriched events, {len(set(ids))} distinct, {len(manifest['event_ids'])} sent"
+        sent = load.event_ids()
+        assert sorted(ids) == sorted(sent), (
+            f"{len(ids)} enriched events, {len(set(ids))} distinct, {len(sent)} sent"
         )
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
-    finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(10)
+
+
+def test_records_that_never_reached_the_stream_are_read_again_before_anything_after_them(
+    pipeline_env: dict[str, str],
+    kafka_settings: KafkaSettings,
+    registry_settings: RegistrySettings,
+    unique: str,
+    tmp_path: Path,
+):
+    """A worker whose stream jumps over 150 records of a partition (the drill makes the hole Faust
+    was seen to make) finds the hole, reads the partition again from it, and processes each record
+    once; the records it skipped were never acknowledged, so its stop leaves nothing behind."""
+    env = {
+        **pipeline_env,
+        "ONFINISH_PROCESSOR_FAULT_HOLE_AFTER_RECORDS": "400",
+        "ONFINISH_PROCESSOR_FAULT_HOLE_RECORDS": "150",
+    }
+    with _workers() as workers:
+        worker = _start_worker(env, tmp_path / "worker.log")
+        workers.append(worker)
+        _wait_ready(WEB_PORT)
+        plan = LoadPlan(rate=1000, duration_s=4, seed=35, profile=TrafficProfile(malformed_share=0))
+        report = _Load(plan, unique, kafka_settings, registry_settings, tmp_path).report()
+        enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check", settle_s=6)
+        ids = [str(e["event_id"]) for e in _events(enriched, registry_settings, unique)]
+        sent = json.loads((tmp_path / "manifest.json").read_text())["event_ids"]
+        assert sorted(ids) == sorted(sent), f"{len(ids)} enriched, {len(set(ids))} distinct, {len(sent)} sent"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "records missing from the stream" in log, "the drill made a hole and the guard found it"
+    assert "leaving without a graceful stop" not in log and "Traceback" not in log, log[-3000:]
 
 
 def test_every_event_delivered_twice_changes_no_aggregate(

@@ -1,4 +1,4 @@
-from onfinish.processors.continuity import Continuity, Verdict
+from onfinish.processors.continuity import Continuity, HoleDrill, Verdict
 
 
 def _run(continuity: Continuity, records: list[tuple[int, int]]) -> list[Verdict]:
@@ -50,3 +50,29 @@ def test_a_revoked_partition_starts_afresh_when_it_comes_back() -> None:
     continuity.forget({0})
     assert continuity.check(0, 900) is Verdict.process  # another worker committed up to here
     assert continuity.check(3, 9) is Verdict.rewind  # partition 3 was not revoked
+
+
+def test_the_drill_passes_over_one_run_of_one_partition_once() -> None:
+    drill = HoleDrill(after=3, size=4)
+    first = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2), (1, 3), (1, 4), (1, 5), (0, 3), (1, 6)]
+    passed = [record for record in first if drill.passes_over(*record)]
+    # The fourth record opens the hole on its partition (1, from offset 1) for offsets 1..4.
+    assert passed == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    # The worker reads partition 1 again from 1: nothing is passed over any more.
+    assert not any(drill.passes_over(1, offset) for offset in range(1, 7))
+
+
+def test_the_drill_and_the_guard_together_process_every_record_once() -> None:
+    drill, continuity = HoleDrill(after=2, size=3), Continuity()
+    processed: list[int] = []
+    position, rewound = 0, False
+    while position < 10:
+        offset, position = position, position + 1
+        if drill.passes_over(0, offset):
+            continue
+        verdict = continuity.check(0, offset)
+        if verdict is Verdict.process:
+            processed.append(offset)
+        elif verdict is Verdict.rewind:
+            position, rewound = continuity.missing_from(0), True
+    assert rewound and processed == list(range(10))
