@@ -215,6 +215,33 @@ def test_the_registry_stopped_while_producing_and_processing(run: Run) -> None:
     assert (result.lost, result.doubled) == (0, 0)
 
 
+def test_a_processor_restarted_while_the_registry_is_away(run: Run) -> None:
+    """A processor that starts during the outage has no schema cached and waits for the registry
+    with its first batch. Faust's consumer was seen to let a block of a partition's records pass
+    by such a worker (docs/decisions/0007); its continuity guard reads them again."""
+    registry = run.stack.component("registry")
+
+    def fault() -> None:
+        registry.stop()
+        restart: threading.Thread | None = None
+        try:
+            (processor,) = [w for w in run.demo.children if "processor" in w.name]
+            processor.process.send_signal(signal.SIGTERM)
+            assert processor.process.wait(60) == 0
+            run.demo.children.remove(processor)
+            restart = threading.Thread(target=run.demo.start_processors)
+            restart.start()
+            time.sleep(20)
+        finally:
+            registry.start()
+        if restart is not None:
+            restart.join(180)
+
+    result = _outage(run, 200, 30, seed=89, fault=fault)
+    result.report("processor restarted during a registry outage")
+    assert (result.lost, result.doubled) == (0, 0)
+
+
 def test_clickhouse_unavailable_for_30s(run: Run) -> None:
     """Embedded ClickHouse lives in the sink process: it is unavailable when the sink restarts and
     another process holds the data directory. The sink waits with backoff, the processors keep

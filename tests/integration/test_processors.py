@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,11 +88,16 @@ class _Load:
 
 
 @contextmanager
-def _workers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The workers a test starts (append them): killed at the end if a failed test left them on."""
+def _workers() -> Iterator[Callable[[dict[str, str], Path], subprocess.Popen[bytes]]]:
+    """Starts workers (env, log path) for a test; any a failed test left running is killed."""
     started: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        started.append(_start_worker(env, log_path))
+        return started[-1]
+
     try:
-        yield started
+        yield start
     finally:
         for process in started:
             if process.poll() is None:
@@ -236,9 +241,8 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
         "ONFINISH_PROCESSOR_SESSION_TIMEOUT_S": "6",
         "ONFINISH_PROCESSOR_HEARTBEAT_INTERVAL_S": "1",
     }
-    with _workers() as workers:
-        first = _start_worker(env, tmp_path / "first.log")
-        workers.append(first)
+    with _workers() as start:
+        first = start(env, tmp_path / "first.log")
         _wait_ready(WEB_PORT)
         plan = LoadPlan(
             rate=800, duration_s=6, seed=32, profile=TrafficProfile(malformed_share=0, feedback_share=0.05)
@@ -247,8 +251,7 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
         time.sleep(3)
         first.send_signal(signal.SIGKILL)  # mid-stream, with state and offsets not yet committed
         first.wait(10)
-        second = _start_worker(env, tmp_path / "second.log")
-        workers.append(second)
+        second = start(env, tmp_path / "second.log")
         report = load.report()
         assert report.delivered, report.sdk
         sent = set(load.event_ids())
@@ -309,14 +312,12 @@ def test_a_batch_that_cannot_be_processed_ends_the_worker_and_loses_nothing(
         registry_settings,
         manifest=tmp_path / "manifest.json",
     )
-    with _workers() as workers:
-        first = _start_worker(pipeline_env, tmp_path / "first.log")
-        workers.append(first)
+    with _workers() as start:
+        first = start(pipeline_env, tmp_path / "first.log")
         assert first.wait(90) == 1, "the worker ends with an error"
         assert "a batch could not be processed" in (tmp_path / "first.log").read_text(errors="replace")
         client.set_compatibility(subject, "NONE")
-        second = _start_worker(pipeline_env, tmp_path / "second.log")
-        workers.append(second)
+        second = start(pipeline_env, tmp_path / "second.log")
         enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check", settle_s=4)
         ids = [str(e["event_id"]) for e in _events(enriched, registry_settings, unique)]
         assert sorted(ids) == sorted(json.loads((tmp_path / "manifest.json").read_text())["event_ids"])
@@ -334,9 +335,8 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
     """A worker stopped while records flow delivers and commits every batch it processed, then
     leaves: its successor processes only the rest, so each event is on the enriched topic once
     (a replayed record would be enriched again)."""
-    with _workers() as workers:
-        first = _start_worker(pipeline_env, tmp_path / "first.log")
-        workers.append(first)
+    with _workers() as start:
+        first = start(pipeline_env, tmp_path / "first.log")
         _wait_ready(WEB_PORT)
         plan = LoadPlan(rate=1000, duration_s=6, seed=33, profile=TrafficProfile(malformed_share=0))
         load = _Load(plan, unique, kafka_settings, registry_settings, tmp_path)
@@ -348,8 +348,7 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
         assert first.wait(60) == 0
         log = (tmp_path / "first.log").read_text(errors="replace")
         assert "leaving without a graceful stop" not in log, log[-3000:]
-        second = _start_worker(pipeline_env, tmp_path / "second.log")
-        workers.append(second)
+        second = start(pipeline_env, tmp_path / "second.log")
         report = load.report()
         _wait_ready(WEB_PORT)
         enriched = consume(kafka_settings, f"{unique}.enriched", report.events, f"{unique}-check", settle_s=6)
@@ -377,9 +376,8 @@ def test_records_that_never_reached_the_stream_are_read_again_before_anything_af
         "ONFINISH_PROCESSOR_FAULT_HOLE_AFTER_RECORDS": "400",
         "ONFINISH_PROCESSOR_FAULT_HOLE_RECORDS": "150",
     }
-    with _workers() as workers:
-        worker = _start_worker(env, tmp_path / "worker.log")
-        workers.append(worker)
+    with _workers() as start:
+        worker = start(env, tmp_path / "worker.log")
         _wait_ready(WEB_PORT)
         plan = LoadPlan(rate=1000, duration_s=4, seed=35, profile=TrafficProfile(malformed_share=0))
         report = _Load(plan, unique, kafka_settings, registry_settings, tmp_path).report()
