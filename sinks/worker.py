@@ -196,7 +196,7 @@ class FamilySink:
                     # Built here while the batch in flight is inserted (the inserts release the GIL).
                     prepared = self._prepare()
                     if self.inflight is not None:
-                        self._complete(holding=True)  # one batch in flight at a time, committed in order
+                        self._complete()  # one batch in flight at a time, committed in order
                     self._submit(prepared)
             self._drain()
         except _Stopped:
@@ -237,12 +237,11 @@ class FamilySink:
         future = self.executor.submit(self._store, prepared.records, prepared.batch)
         self.inflight = _InFlight(future, prepared.records, prepared.started)
 
-    def _complete(self, *, holding: bool = False) -> None:
+    def _complete(self) -> None:
         """Wait for the batch in flight, then commit its offsets (on this, the consumer's, thread).
 
-        Meanwhile the next batch is consumed, unless this thread is `holding` it already (built,
-        waiting to be submitted): then records are polled one at a time, so that memory holds at
-        most about three batches."""
+        Meanwhile the records of the batch after it are consumed, up to a batch: with the one in
+        flight and the one built and waiting to be submitted, memory holds at most three batches."""
         inflight = self.inflight
         assert inflight is not None
         paused = False
@@ -254,7 +253,7 @@ class FamilySink:
             if room <= 0 and not paused:
                 self.consumer.pause(self.consumer.assignment())
                 paused = True
-            messages = self.consumer.consume(num_messages=1 if holding else max(room, 1), timeout=0)
+            messages = self.consumer.consume(num_messages=max(room, 1), timeout=0)
             self._collect(messages)
             if not messages:  # returns as soon as the batch is stored
                 wait_for([inflight.future], timeout=0.2)
