@@ -7,7 +7,8 @@ a chDB directory), as `onfinish demo` runs it:
   by loadgen when it hands the event to the SDK) to the moment ClickHouse stored its row
   (events.inserted_at, ClickHouse's clock on the same machine); p50 and p99. The baseline is
   Kafka alone at the same rate in the same run: a produce-to-consume round trip, p99.
-- throughput: OFFERED events/s for LOAD_S seconds with 1, 2 and 4 processor workers; the rate at
+- throughput: OFFERED events/s for LOAD_S seconds with 1, 2 and 4 processor workers on PARTITIONS
+  partitions, and with one worker on 1 and 2 partitions (how it scales with each); the rate at
   which events became queryable, from the first stored row to the last, against the rate loadgen
   achieved (a ratio below 1 means the pipeline fell behind, and its lag grew).
 """
@@ -40,20 +41,21 @@ STEADY_S = float(os.environ.get("ONFINISH_BENCH_E2E_STEADY_S", "30"))
 OFFERED = int(os.environ.get("ONFINISH_BENCH_E2E_OFFERED", "5000"))
 LOAD_S = float(os.environ.get("ONFINISH_BENCH_E2E_LOAD_S", "20"))
 WORKER_COUNTS = (1, 2, 4)
+FEWER_PARTITIONS = (1, 2)  # with one worker
 PORTS = {"processor": 16366, "sink_web": 16566, "sink_query": 16567}
 PROFILE = TrafficProfile(malformed_share=0, feedback_share=0)
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def _pipeline(stack: Stack, workers: int, home: Path) -> Iterator[Demo]:
+def _pipeline(stack: Stack, workers: int, home: Path, partitions: int = PARTITIONS) -> Iterator[Demo]:
     """Sink and processor workers on topics, groups and a ClickHouse of their own."""
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     environment = {
         "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": stack.settings.kafka_bootstrap,
         "ONFINISH_REGISTRY_URL": stack.settings.registry_url,
         "ONFINISH_KAFKA_TOPIC_PREFIX": prefix,
-        "ONFINISH_KAFKA_PARTITIONS": str(PARTITIONS),
+        "ONFINISH_KAFKA_PARTITIONS": str(partitions),
         "ONFINISH_PROCESSOR_APP_ID": f"{prefix}-processors",
         "ONFINISH_PROCESSOR_WEB_PORT": str(PORTS["processor"]),
         "ONFINISH_SINK_GROUP_PREFIX": f"{prefix}-sinks",
@@ -148,9 +150,9 @@ def _kafka_round_trip(stack: Stack) -> float:
     return statistics.quantiles(delays, n=100)[98]
 
 
-def _throughput(stack: Stack, workers: int, home: Path) -> tuple[float, float]:
+def _throughput(stack: Stack, workers: int, home: Path, partitions: int = PARTITIONS) -> tuple[float, float]:
     """(events/s stored in ClickHouse, events/s loadgen achieved) while offered OFFERED events/s."""
-    with _pipeline(stack, workers, home) as demo:
+    with _pipeline(stack, workers, home, partitions) as demo:
         report = demo.send_traffic(OFFERED, LOAD_S, seed=502 + workers, profile=PROFILE)
         client = _drained(demo, report)
         first, last = client.query(
@@ -185,12 +187,15 @@ def run(stack: Stack) -> list[Figure]:
             higher_is_better=False,
         ),
     ]
-    for workers in WORKER_COUNTS:
-        stored, offered = _throughput(stack, workers, home)
+    runs = [(workers, PARTITIONS) for workers in WORKER_COUNTS]
+    runs += [(1, partitions) for partitions in FEWER_PARTITIONS]
+    for workers, partitions in runs:
+        stored, offered = _throughput(stack, workers, home, partitions)
         figures.append(
             Figure(
                 f"whole pipeline, {workers} processor worker{'s' if workers > 1 else ''}, "
-                f"{PARTITIONS} partitions, offered {OFFERED:,}/s (target 5,000/s)",
+                f"{partitions} partition{'s' if partitions > 1 else ''}, offered {OFFERED:,}/s "
+                "(target 5,000/s)",
                 stored,
                 "events/s",
                 "loadgen's achieved rate",
