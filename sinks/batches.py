@@ -127,10 +127,6 @@ class Insert:
             for start in range(0, count, size)
         ]
 
-    @property
-    def count(self) -> int:
-        return len(self.rows) + len(self.avro)
-
     def token(self) -> str:
         """The insert deduplication token: the table and the offsets this insert covers."""
         covered = ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.ranges.items()))
@@ -183,8 +179,7 @@ class BatchBuilder:
             if value and value[0] == 0 and not decode_all:
                 route = routes.get((record.topic, value[1:5]))
                 if route is not None:
-                    route.avro.append(value)
-                    route.avro_records.append(record)
+                    route.pass_through(record, value)
                     continue
             if record.topic == self.dlq_topic:
                 letter = DeadLetter.from_headers(record.key, record.value, record.headers or [])
