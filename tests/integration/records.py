@@ -18,7 +18,7 @@ from onfinish.stack.topics import TopicSpec, provision_topics
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def _from_the_start(kafka: KafkaSettings, topic: str, group: str) -> Consumer:
+def from_the_start(kafka: KafkaSettings, topic: str, group: str) -> Consumer:
     consumer = Consumer(
         {
             "bootstrap.servers": kafka.bootstrap_servers,
@@ -44,7 +44,7 @@ def consume(
     kafka: KafkaSettings, topic: str, count: int, group: str, timeout_s: float = 60, settle_s: float = 2
 ) -> list[Any]:
     """Every message of `topic` from the start: `count` of them, then `settle_s` more to catch duplicates."""
-    consumer = _from_the_start(kafka, topic, group)
+    consumer = from_the_start(kafka, topic, group)
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(messages) < count and time.monotonic() < deadline:
@@ -89,7 +89,7 @@ def consume_all(
     kafka: KafkaSettings, topic: str, group: str, idle_s: float = 3, timeout_s: float = 60
 ) -> list[Any]:
     """Every message of `topic` from the start, until none has come for `idle_s`."""
-    consumer = _from_the_start(kafka, topic, group)
+    consumer = from_the_start(kafka, topic, group)
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     last = time.monotonic()
