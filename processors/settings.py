@@ -83,6 +83,15 @@ class ProcessorSettings(BaseSettings):
     batch_within_s: float = Field(
         default=0.2, gt=0, description="Longest wait for a batch to fill before it is handled as it is."
     )
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=60_000,
+        description=(
+            "Longest the broker holds the consumer's fetch when no record is there (aiokafka's "
+            "fetch_max_wait_ms; Faust's 1500 stalled partitions that had records: decision 0007)."
+        ),
+    )
     producer_linger_ms: float = Field(
         default=20.0, ge=0, description="How long outputs wait to be sent together (librdkafka linger.ms)."
     )
