@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from onfinish.processors.quality import QualityWeights
@@ -90,6 +90,14 @@ class ProcessorSettings(BaseSettings):
         description=(
             "Longest the broker holds the consumer's fetch when no record is there (aiokafka's "
             "fetch_max_wait_ms; Faust's 1500 stalled partitions that had records: decision 0007)."
+        ),
+    )
+    gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        default=(50_000, 20, 100),
+        description=(
+            "The worker's garbage-collector thresholds (gc.set_threshold), set after start-up with "
+            "what was loaded by then frozen; Python's (700, 10, 10) took about a tenth of a worker's "
+            "time. JSON, e.g. [50000, 20, 100]."
         ),
     )
     producer_linger_ms: float = Field(
