@@ -144,6 +144,37 @@ class _App(faust.App):
             if not sender.flush(10.0):
                 log.warning("window snapshots undelivered at shutdown; the successor re-sends them")
 
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        # Faust waits for the handed-out records to be acked, then commits. That last commit is
+        # skipped when Faust's periodic commit is in flight: it waits for that one, which took the
+        # offsets acked when it began, and returns. Whatever was acked since stayed uncommitted and
+        # the next owner processed it again (seen once in CI: 1,304 events on the enriched topic
+        # twice after a SIGTERM). Committing until nothing acked is left closes that window.
+        await super()._consumer_wait_empty(consumer, logger)
+        await commit_what_was_acked(consumer)
+
+
+async def commit_what_was_acked(consumer: Any, attempts: int = 5) -> None:
+    """Commit until no acked record is left uncommitted (Faust keeps acked offsets in `_acked` until
+    a commit covers them); log what stays behind, such as acked records past a hole."""
+    for _ in range(attempts):
+        if not _acked_uncommitted(consumer):
+            break
+        await consumer.commit(start_new_transaction=False)
+    behind = _acked_uncommitted(consumer)
+    committed = {f"{tp.topic}[{tp.partition}]": offset for tp, offset in consumer._committed_offset.items()}
+    if behind:
+        log.warning(
+            "stopping with processed records uncommitted; the next owner processes them again",
+            extra={"first_uncommitted": {f"{tp.topic}[{tp.partition}]": o for tp, o in behind.items()}},
+        )
+    log.info("offsets committed at stop", extra={"committed": committed})
+
+
+def _acked_uncommitted(consumer: Any) -> dict[Any, int]:
+    """The lowest acked offset no commit has covered yet, by partition."""
+    return {tp: min(acked) for tp, acked in consumer._acked.items() if acked}
+
 
 def _leave(sender: GroupSender, why: str, code: int = 0) -> None:
     """End the process now, leaving what is in progress uncommitted for the next owner.

@@ -9,6 +9,7 @@ import time
 import faust
 from confluent_kafka.admin import AdminClient
 
+from onfinish.logs import LogSettings, configure_logging
 from onfinish.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -53,19 +54,26 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
     gc.set_threshold(*thresholds)
 
 
+class Worker(faust.Worker):
+    """Faust's worker, logging through onfinish's handler: structured lines that keep each record's
+    fields (Faust's own format drops them), at ONFINISH_LOG_LEVEL, in ONFINISH_LOG_FORMAT."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        configure_logging(LogSettings())  # replaces the handlers Faust set (and its spinner's)
+
+
 def main() -> None:
     if not wait_for_raw_topic(KafkaSettings()):
         raise SystemExit("the raw topic does not exist: create it with `onfinish topics create`")
-    from onfinish.logs import LogSettings
     from onfinish.processors.app import app
     from onfinish.processors.settings import ProcessorSettings
 
     tune_gc(ProcessorSettings().gc_thresholds)
 
-    # Faust configures the process's logging, at onfinish's level (ONFINISH_LOG_LEVEL).
+    # Faust sets the process's logging up, then Worker puts onfinish's handler in its place.
     # Faust's worker handles SIGTERM and SIGINT: it stops consuming, flushes the producer,
     # commits the processed offsets and leaves the group, so another worker takes over cleanly.
-    faust.Worker(app, loglevel=LogSettings().level, quiet=True).execute_from_commandline()
+    Worker(app, loglevel=LogSettings().level, quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -361,8 +361,9 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
     """A worker stopped while records flow delivers and commits every batch it processed, then
     leaves: its successor processes only the rest, so each event is on the enriched topic once
     (a replayed record would be enriched again)."""
+    env = {**pipeline_env, "ONFINISH_LOG_LEVEL": "INFO"}  # the offsets committed at stop, if it fails
     with _workers() as start:
-        first = start(pipeline_env, tmp_path / "first.log")
+        first = start(env, tmp_path / "first.log")
         _wait_ready(WEB_PORT)
         plan = LoadPlan(rate=1000, duration_s=6, seed=33, profile=TrafficProfile(malformed_share=0))
         load = _Load(plan, unique, kafka_settings, registry_settings, tmp_path)
@@ -374,14 +375,15 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
         assert first.wait(60) == 0
         log = (tmp_path / "first.log").read_text(errors="replace")
         assert "leaving without a graceful stop" not in log, log[-3000:]
-        second = start(pipeline_env, tmp_path / "second.log")
+        assert "offsets committed at stop" in log, log[-3000:]
+        second = start(env, tmp_path / "second.log")
         report = load.report()
         _wait_ready(WEB_PORT)
         sent = load.event_ids()
         assert len(sent) == report.events
-        assert (
-            _once(_enriched(kafka_settings, registry_settings, unique, sent, settle_s=6), sent) == EACH_ONCE
-        )
+        once = _once(_enriched(kafka_settings, registry_settings, unique, sent, settle_s=6), sent)
+        commits = [line for line in log.splitlines() if "commit" in line.lower()]
+        assert once == EACH_ONCE, "\n".join(commits[-40:])
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import logging
 
 import pytest
+from faust.types import TP
 
-from onfinish.processors.app import build_app
+from onfinish.processors.app import build_app, commit_what_was_acked
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.processors.worker import tune_gc
+from onfinish.processors.worker import Worker, tune_gc
 from onfinish.settings import KafkaSettings
 
 FAUST_FETCH_WAIT_MS = 1500  # what Faust hard-codes for aiokafka
@@ -51,3 +54,72 @@ def test_gc_thresholds_come_from_the_environment_as_json(monkeypatch: pytest.Mon
     monkeypatch.setenv("ONFINISH_PROCESSOR_GC_THRESHOLDS", "[0, 5, 50]")
     with pytest.raises(ValueError, match="greater than 0"):
         ProcessorSettings()
+
+
+class _SkippingConsumer:
+    """Faust's consumer at stop, as far as the commit goes: acked offsets wait in `_acked` until a
+    commit covers them, and the stop's own commit is skipped (a periodic one was in flight)."""
+
+    def __init__(self, acked: dict[TP, list[int]], refuse: int = 0) -> None:
+        self._acked = acked
+        self._committed_offset: dict[TP, int | None] = dict.fromkeys(acked)
+        self.commits = 0
+        self.refuse = refuse  # commits that do nothing, as a skipped one
+
+    async def wait_empty(self) -> None:
+        """Faust's wait: everything acked, its final commit skipped."""
+
+    async def commit(self, start_new_transaction: bool = True) -> bool:
+        self.commits += 1
+        if self.commits <= self.refuse:
+            return False
+        for tp, acked in self._acked.items():
+            if acked:
+                self._committed_offset[tp] = max(acked) + 1
+                acked.clear()
+        return True
+
+
+def test_a_stop_whose_last_commit_was_skipped_commits_what_was_acked():
+    app = build_app(ProcessorSettings(), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    raw = TP("t.raw", 0), TP("t.raw", 1)
+    consumer = _SkippingConsumer({raw[0]: [10, 11, 12], raw[1]: [7]})
+    asyncio.run(app._consumer_wait_empty(consumer, logging.getLogger("test")))  # type: ignore[arg-type]
+    assert consumer._committed_offset == {raw[0]: 13, raw[1]: 8}
+    assert not any(consumer._acked.values())
+
+
+def test_commits_at_stop_are_retried_while_skipped_and_stop_once_nothing_is_left():
+    tp = TP("t.raw", 0)
+    consumer = _SkippingConsumer({tp: [3, 4]}, refuse=2)
+    asyncio.run(commit_what_was_acked(consumer))
+    assert consumer._committed_offset[tp] == 5
+    assert consumer.commits == 3, "no commit once nothing acked is left"
+
+
+def test_what_no_commit_can_cover_is_logged_not_retried_for_ever(caplog: pytest.LogCaptureFixture):
+    tp = TP("t.raw", 2)
+    consumer = _SkippingConsumer({tp: [40, 41]}, refuse=100)  # acked past a hole: never committable
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(commit_what_was_acked(consumer, attempts=3))
+    assert consumer.commits == 3
+    assert "stopping with processed records uncommitted" in caplog.text
+
+
+def test_worker_logs_keep_each_record_s_fields(capsys: pytest.CaptureFixture[str]):
+    """Faust's log format drops `extra`; the worker's own handler keeps it (the offsets committed at
+    stop, why a worker left), as JSON when asked."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    app = build_app(ProcessorSettings(), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("ONFINISH_LOG_FORMAT", "json")
+            env.setenv("ONFINISH_LOG_LEVEL", "INFO")
+            Worker(app, loglevel="INFO", quiet=True).on_setup_root_logger(root, logging.INFO)
+        logging.getLogger("onfinish.test").info("offsets committed at stop", extra={"committed": {"p[0]": 7}})
+    finally:
+        root.handlers[:], root.level = handlers, level
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["event"] == "offsets committed at stop"
+    assert line["committed"] == {"p[0]": 7}
