@@ -345,7 +345,7 @@ def build_app(
         clock=lambda: datetime.now(UTC),
     )
     sender = GroupSender(
-        confluent_kafka.Producer(
+        lambda: confluent_kafka.Producer(
             {
                 "bootstrap.servers": kafka.bootstrap_servers,
                 "enable.idempotence": True,

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,27 @@ class Group:
 class GroupSender:
     """Produces groups of records and reports each group's delivery; call `poll` regularly."""
 
-    def __init__(self, producer: KafkaProducer, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.producer = producer
+    def __init__(
+        self,
+        producer: KafkaProducer | Callable[[], KafkaProducer],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # A callable makes the producer on first use: building the app (imports, `--help`, tests)
+        # starts no client threads and connects to nothing.
+        if hasattr(producer, "produce"):
+            self.__dict__["producer"] = producer
+        else:
+            self._connect = producer
         self.clock = clock
         self.in_flight = 0  # groups sent, not yet delivered
         self.delivered_records = 0
         self.refused_records = 0  # deliveries refused for good (each sent again later)
         self._retries: list[tuple[float, Record, Group]] = []
+
+    @cached_property
+    def producer(self) -> KafkaProducer:
+        return self._connect()  # set in __init__ when no producer was given
 
     def send(self, records: Sequence[Record], on_delivered: Callable[[], None]) -> Group:
         """Send `records` as one group; with none, `on_delivered` runs at once."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, PositiveInt, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from onfinish.processors.quality import QualityWeights
+from onfinish.runtime import GcThresholds, gc_thresholds_field
 
 # A published default for local runs, never a secret: production sets ONFINISH_PROCESSOR_PSEUDONYM_KEY.
 DEVELOPMENT_PSEUDONYM_KEY = "onfinish-local-development-key"
@@ -92,14 +93,7 @@ class ProcessorSettings(BaseSettings):
             "fetch_max_wait_ms; Faust's 1500 stalled partitions that had records: decision 0007)."
         ),
     )
-    gc_thresholds: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
-        default=(50_000, 20, 100),
-        description=(
-            "The worker's garbage-collector thresholds (gc.set_threshold), set after start-up with "
-            "what was loaded by then frozen; Python's (700, 10, 10) took about a tenth of a worker's "
-            "time. JSON, e.g. [50000, 20, 100]."
-        ),
-    )
+    gc_thresholds: GcThresholds = gc_thresholds_field("took about a tenth of a worker's time")
     producer_linger_ms: float = Field(
         default=20.0, ge=0, description="How long outputs wait to be sent together (librdkafka linger.ms)."
     )

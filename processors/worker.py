@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 
@@ -10,6 +9,7 @@ import faust
 from confluent_kafka.admin import AdminClient
 
 from onfinish.logs import LogSettings, configure_logging
+from onfinish.runtime import tune_gc
 from onfinish.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -40,18 +40,6 @@ def wait_for_raw_topic(kafka: KafkaSettings, timeout_s: float = 120.0) -> bool:
             warned = True
         time.sleep(0.5)
     return False
-
-
-def tune_gc(thresholds: tuple[int, int, int]) -> None:
-    """Collect garbage less often: the worker allocates a few container objects per record (Faust's
-    messages and events, decoded records, closures), so Python's default of a young collection
-    every 700 allocations, and full collections that walk the whole state, took about a tenth of
-    its time (py-spy). What start-up loaded (modules, the app, catalogs) is frozen first, so full
-    collections no longer walk it. Reference counting frees almost everything anyway; only cycles
-    wait for a collection, and they are few and small here."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
 
 
 class Worker(faust.Worker):

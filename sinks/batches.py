@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import fastavro
@@ -75,6 +77,27 @@ class RegistryWriters:
         return self._cache[schema_id]
 
 
+_PARTITION = itemgetter(0, 1)  # of a KafkaRecord: (topic, partition)
+_OFFSET = itemgetter(2)
+
+
+def offset_ranges(*record_lists: Iterable[KafkaRecord]) -> dict[tuple[str, int], tuple[int, int]]:
+    """The first and last offset of the records, per topic and partition.
+
+    A batch holds tens of thousands of records in runs of one partition (as the consumer fetched
+    them), so the runs are taken whole, in C: a Python step per record was 0.45 s per million."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for records in record_lists:
+        for key, run in groupby(records, _PARTITION):
+            offsets = list(map(_OFFSET, run))
+            first, last = min(offsets), max(offsets)
+            if key in ranges:
+                known = ranges[key]
+                first, last = min(first, known[0]), max(last, known[1])
+            ranges[key] = (first, last)
+    return ranges
+
+
 @dataclass
 class Insert:
     """What one batch inserts into one table."""
@@ -96,13 +119,7 @@ class Insert:
     @property
     def ranges(self) -> dict[tuple[str, int], tuple[int, int]]:
         """The first and last offset this insert covers, per topic and partition."""
-        ranges: dict[tuple[str, int], tuple[int, int]] = {}
-        for records in (self.avro_records, self.row_records):
-            for topic, partition, offset, *_ in records:
-                key = (topic, partition)
-                first, last = ranges.get(key, (offset, offset))
-                ranges[key] = (min(first, offset), max(last, offset))
-        return ranges
+        return offset_ranges(self.avro_records, self.row_records)
 
     def split(self, parts: int, min_rows: int) -> list[Insert]:
         """The pass-through values in up to `parts` inserts of at least `min_rows` each, to be

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from onfinish.runtime import GcThresholds, gc_thresholds_field
+
 FAMILIES = ("events", "rollups", "dlq")
 
 
@@ -39,6 +41,9 @@ class SinkSettings(BaseSettings):
         default=5_000,
         ge=1,
         description="Fewest rows in one of those concurrent inserts: smaller batches are inserted whole.",
+    )
+    gc_thresholds: GcThresholds = gc_thresholds_field(
+        "took a tenth of a worker's time, walking the records of the batches it holds"
     )
     retry_initial_s: float = Field(
         default=0.5, gt=0, description="First pause before retrying an insert ClickHouse did not accept."

@@ -41,8 +41,17 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from onfinish.errors import OnfinishError
+from onfinish.runtime import tune_gc
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
-from onfinish.sinks.batches import Batch, BatchBuilder, Insert, KafkaRecord, RegistryWriters, topic_tables
+from onfinish.sinks.batches import (
+    Batch,
+    BatchBuilder,
+    Insert,
+    KafkaRecord,
+    RegistryWriters,
+    offset_ranges,
+    topic_tables,
+)
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.settings import SinkSettings
 from onfinish.sinks.tables import DLQ_COLUMNS, TABLES
@@ -270,11 +279,12 @@ class FamilySink:
         if self.stored_batches == self.settings.fault_exit_after_batches:
             log.warning("fault drill: exiting between insert and commit")
             os._exit(86)
-        offsets: dict[tuple[str, int], int] = {}
-        for record in inflight.records:
-            key = (record.topic, record.partition)
-            offsets[key] = max(offsets.get(key, -1), record.offset)
-        self._commit_offsets([confluent_kafka.TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()])
+        self._commit_offsets(
+            [
+                confluent_kafka.TopicPartition(t, p, last + 1)
+                for (t, p), (_, last) in offset_ranges(inflight.records).items()
+            ]
+        )
         inflight.committed = True
         self.metrics.batches.labels(self.family).inc()
         self.metrics.batch_seconds.labels(self.family).observe(time.monotonic() - inflight.started)
@@ -350,13 +360,13 @@ class FamilySink:
             self.client = self.connect()
         client = self.client
         for insert in batch.inserts.values():
+            parts = insert.split(self.settings.insert_parallelism, self.settings.insert_part_min_rows)
+            if len(parts) > 1:  # pass-through values only, each part with its own token
+                self._insert_parts(client, parts)
+                continue
             settings = _insert_settings(insert)
             if insert.avro:
-                parts = insert.split(self.settings.insert_parallelism, self.settings.insert_part_min_rows)
-                if len(parts) == 1:
-                    self._insert_avro(client, insert, settings)
-                else:
-                    self._insert_parts(client, parts)
+                self._insert_avro(client, insert, settings)
             if insert.rows:
                 self._insert_rows(client, insert, settings)
         for reason, count in batch.dead_lettered.items():
@@ -630,6 +640,7 @@ def main(families: Iterable[str] | None = None) -> None:
     settings = SinkSettings()
     if families is not None:
         settings = settings.model_copy(update={"families": list(families)})
+    tune_gc(settings.gc_thresholds)
     run(settings, stop=stop)
 
 

@@ -107,3 +107,17 @@ def test_flush_reports_whether_everything_left(deliverable: bool):
     sender = GroupSender(producer, clock=clock)
     sender.send(_records(2), lambda: None)
     assert sender.flush(5.0) is deliverable
+
+
+def test_a_producer_factory_is_called_on_first_use_only():
+    made: list[FakeProducer] = []
+
+    def connect() -> FakeProducer:
+        made.append(FakeProducer())
+        return made[-1]
+
+    sender = GroupSender(connect)
+    assert made == [], "building a sender connects to nothing"
+    sender.send([Record("t", b"k", b"v")], lambda: None)
+    sender.poll(0)
+    assert len(made) == 1 and sender.producer is made[0]

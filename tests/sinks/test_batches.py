@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from onfinish.processors.windows import WindowKey, WindowState
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, WINDOW_SNAPSHOT, RecordType
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
-from onfinish.sinks.batches import BatchBuilder, KafkaRecord, Writer, topic_tables
+from onfinish.sinks.batches import BatchBuilder, KafkaRecord, Writer, offset_ranges, topic_tables
 from onfinish.sinks.tables import EVENTS, WINDOWS
 from tests.processors.test_windows import _enriched
 
@@ -141,3 +141,20 @@ def test_rows_are_never_split():
     records = [KafkaRecord("p.enriched", 0, n, b"k", value) for n in range(100)]
     insert = _builder().build(records, decode_all=True).inserts["events"]
     assert insert.split(2, 1) == [insert]
+
+
+def test_offset_ranges_are_first_and_last_per_partition_across_runs_and_lists():
+    def runs(topic: str, *spans: tuple[int, int, int]) -> list[KafkaRecord]:
+        return [KafkaRecord(topic, p, o, None, b"") for p, a, b in spans for o in range(a, b + 1)]
+
+    # runs of one partition interleaved as the consumer fetched them, one partition read again
+    # from an earlier offset (a rewind), and a second list of records (rows) of the same topic
+    values = runs("t", (0, 10, 19), (1, 5, 9), (0, 20, 24), (1, 0, 4), (2, 7, 7))
+    rows = runs("t", (2, 3, 3)) + runs("u", (0, 100, 101))
+    assert offset_ranges(values, rows) == {
+        ("t", 0): (10, 24),
+        ("t", 1): (0, 9),
+        ("t", 2): (3, 7),
+        ("u", 0): (100, 101),
+    }
+    assert offset_ranges([]) == {}
