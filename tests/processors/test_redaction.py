@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from onfinish.processors.redaction import (
     PatternSet,
     RedactionError,
+    check_re_engine,
     iban_valid,
     luhn_valid,
     pseudonymise,
@@ -705,3 +706,14 @@ def test_an_iban_next_to_a_phone_number_is_masked_in_one_call():
     once = redact_text("AT50 8872 8591 0301 2523 415-555-0100")
     assert once == redact_text(once)
     assert "8872" not in once and "555-0100" not in once
+
+
+@pytest.mark.parametrize("version", [(3, 11, 0), (3, 11, 2), (3, 11, 4)])
+def test_an_re_engine_with_the_possessive_quantifier_bug_is_refused(version: tuple[int, int, int]):
+    with pytest.raises(RedactionError, match="possessive quantifiers"):
+        check_re_engine(version)
+
+
+@pytest.mark.parametrize("version", [(3, 11, 5), (3, 12, 0), (3, 13, 1)])
+def test_fixed_re_engines_are_accepted(version: tuple[int, int, int]):
+    check_re_engine(version)
