@@ -23,7 +23,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -162,13 +162,16 @@ async def commit_what_was_acked(consumer: Any, attempts: int = 5) -> None:
             break
         await consumer.commit(start_new_transaction=False)
     behind = _acked_uncommitted(consumer)
-    committed = {f"{tp.topic}[{tp.partition}]": offset for tp, offset in consumer._committed_offset.items()}
     if behind:
         log.warning(
             "stopping with processed records uncommitted; the next owner processes them again",
-            extra={"first_uncommitted": {f"{tp.topic}[{tp.partition}]": o for tp, o in behind.items()}},
+            extra={"first_uncommitted": _by_partition_name(behind)},
         )
-    log.info("offsets committed at stop", extra={"committed": committed})
+    log.info("offsets committed at stop", extra={"committed": _by_partition_name(consumer._committed_offset)})
+
+
+def _by_partition_name(offsets: Mapping[Any, Any]) -> dict[str, Any]:
+    return {f"{tp.topic}[{tp.partition}]": offset for tp, offset in offsets.items()}
 
 
 def _acked_uncommitted(consumer: Any) -> dict[Any, int]:

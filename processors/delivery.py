@@ -73,10 +73,9 @@ class GroupSender:
     ) -> None:
         # A callable makes the producer on first use: building the app (imports, `--help`, tests)
         # starts no client threads and connects to nothing.
-        if hasattr(producer, "produce"):
-            self.__dict__["producer"] = producer
-        else:
-            self._connect = producer
+        self._connect: Callable[[], KafkaProducer] = (
+            (lambda: producer) if hasattr(producer, "produce") else producer  # type: ignore[assignment,return-value]
+        )
         self.clock = clock
         self.in_flight = 0  # groups sent, not yet delivered
         self.delivered_records = 0
@@ -85,7 +84,7 @@ class GroupSender:
 
     @cached_property
     def producer(self) -> KafkaProducer:
-        return self._connect()  # set in __init__ when no producer was given
+        return self._connect()
 
     def send(self, records: Sequence[Record], on_delivered: Callable[[], None]) -> Group:
         """Send `records` as one group; with none, `on_delivered` runs at once."""

@@ -15,7 +15,6 @@ from onfinish.processors.settings import ProcessorSettings
 from onfinish.processors.worker import Worker
 from onfinish.runtime import tune_gc
 from onfinish.settings import KafkaSettings
-from onfinish.sinks.settings import SinkSettings
 
 FAUST_FETCH_WAIT_MS = 1500  # what Faust hard-codes for aiokafka
 
@@ -125,8 +124,3 @@ def test_worker_logs_keep_each_record_s_fields(capsys: pytest.CaptureFixture[str
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["event"] == "offsets committed at stop"
     assert line["committed"] == {"p[0]": 7}
-
-
-def test_sink_workers_take_gc_thresholds_from_the_environment_too(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("ONFINISH_SINK_GC_THRESHOLDS", "[30000, 7, 9]")
-    assert SinkSettings().gc_thresholds == (30_000, 7, 9)

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from onfinish.settings import ALL_SETTINGS, ClickHouseSettings, KafkaSettings, StackSettings
+from onfinish.sinks.settings import SinkSettings
 
 
 @pytest.mark.parametrize("settings_class", ALL_SETTINGS, ids=lambda c: c.__name__)
@@ -57,3 +58,9 @@ def test_passwords_never_appear_in_the_displayed_dsn(tmp_path: Path):
     assert "s3cr3t" not in shown
     assert shown == "https://analyst:***@ch.example:8443/onfinish"
     assert ClickHouseSettings().display_dsn(stack) == f"chdb://{tmp_path / 'clickhouse'}"
+
+
+def test_sink_workers_take_gc_thresholds_from_the_environment_as_json(monkeypatch):
+    """(The processors' setting, the same field, is tested in tests/processors/test_app.py.)"""
+    monkeypatch.setenv("ONFINISH_SINK_GC_THRESHOLDS", "[30000, 7, 9]")
+    assert SinkSettings().gc_thresholds == (30_000, 7, 9)
