@@ -302,6 +302,7 @@ def build_app(
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
         store="memory://",
+        datadir=settings.data_dir / app_id,  # not Faust's "<app id>-data" in the working directory
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
         web_port=settings.web_port,

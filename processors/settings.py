@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -21,6 +22,13 @@ class ProcessorSettings(BaseSettings):
 
     app_id: str = Field(
         default="onfinish-processors", description="Faust app id: the consumer group of the workers."
+    )
+    data_dir: Path = Field(
+        default=Path(tempfile.gettempdir()) / "onfinish-processors",
+        description=(
+            "Faust's local data directory (a folder per app id). Tables are in memory and restored "
+            "from their changelogs, so nothing here needs keeping."
+        ),
     )
     web_port: int = Field(default=6066, description="Port of the worker's /health and /metrics.")
     web_host: str = Field(

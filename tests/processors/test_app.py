@@ -57,6 +57,13 @@ def test_gc_thresholds_come_from_the_environment_as_json(monkeypatch: pytest.Mon
         ProcessorSettings()
 
 
+def test_faust_s_data_directory_is_the_configured_one_not_the_working_directory(tmp_path):
+    settings = ProcessorSettings(app_id="data-dir-test", data_dir=tmp_path / "state")
+    app = build_app(settings, KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    assert app.conf.datadir == tmp_path / "state" / "data-dir-test"
+    assert app.conf.tabledir.is_relative_to(tmp_path / "state")
+
+
 class _SkippingConsumer:
     """Faust's consumer at stop, as far as the commit goes: acked offsets wait in `_acked` until a
     commit covers them, and the stop's own commit is skipped (a periodic one was in flight)."""
