@@ -119,6 +119,11 @@ class _App(faust.App):
     onfinish_stop_timeout_s: float = 30.0
     onfinish_fetch_max_wait_ms: int | None = None  # None: Faust's own
 
+    def _create_directories(self) -> None:
+        # Faust makes the data directory without its parents: ONFINISH_PROCESSOR_DATA_DIR may not exist.
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
+        super()._create_directories()
+
     async def on_stop(self) -> None:
         sender = getattr(self, "onfinish_sender", None)
         if sender is not None:

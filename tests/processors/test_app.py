@@ -62,6 +62,8 @@ def test_faust_s_data_directory_is_the_configured_one_not_the_working_directory(
     app = build_app(settings, KafkaSettings(bootstrap_servers="127.0.0.1:1"))
     assert app.conf.datadir == tmp_path / "state" / "data-dir-test"
     assert app.conf.tabledir.is_relative_to(tmp_path / "state")
+    asyncio.run(app.on_first_start())  # where a starting worker makes its directories
+    assert app.conf.tabledir.is_dir()
 
 
 class _SkippingConsumer:
