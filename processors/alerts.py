@@ -15,6 +15,7 @@ import hashlib
 import tomllib
 from collections.abc import Mapping
 from datetime import datetime
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -68,8 +69,14 @@ class RuleBook(BaseModel):
                 raise ConfigurationError(f"alert rule {rule.name}: windows have no metric {rule.metric!r}")
         return book
 
-    def of_kind(self, kind: str) -> list[Rule]:
-        return [r for r in self.rule if r.kind == kind]
+    def of_kind(self, kind: str) -> tuple[Rule, ...]:
+        return self._by_kind.get(kind, ())
+
+    @cached_property
+    def _by_kind(self) -> dict[str, tuple[Rule, ...]]:  # looked up per event: the book is frozen
+        return {
+            kind: tuple(r for r in self.rule if r.kind == kind) for kind in ("event", "session", "window")
+        }
 
 
 def _alert(
@@ -135,7 +142,8 @@ def session_alerts(book: RuleBook, before: Mapping[str, Any] | None, after: Mapp
     for rule in book.of_kind("session"):
         now = _value(after, rule.metric)
         then = _value(before, rule.metric) if before is not None else None
-        if now is not None and now > rule.threshold and not (then is not None and then > rule.threshold):
+        if _newly_breached(rule, now, then):
+            assert now is not None
             alerts.append(
                 _alert(
                     book,
@@ -152,20 +160,35 @@ def session_alerts(book: RuleBook, before: Mapping[str, Any] | None, after: Mapp
     return alerts
 
 
+def _window_measure(figures: Mapping[str, Any] | None, rule: Rule) -> float | None:
+    if figures is None or figures["events"] < rule.min_events:
+        return None
+    if rule.metric == "error_rate":
+        return figures["errors"] / figures["events"] if figures["events"] else None
+    return _value(figures, rule.metric)
+
+
+def _newly_breached(rule: Rule, now: float | None, then: float | None) -> bool:
+    return now is not None and now > rule.threshold and not (then is not None and then > rule.threshold)
+
+
+def window_breached(book: RuleBook, before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
+    """Whether `window_alerts` would fire, from the windows' figures alone (`WindowState.figures`):
+    the worker checks every window it touched, and names one (a hash) only when a rule fires."""
+    return any(
+        _newly_breached(rule, _window_measure(after, rule), _window_measure(before, rule))
+        for rule in book.of_kind("window")
+    )
+
+
 def window_alerts(book: RuleBook, before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Alert]:
-    """Window rules that this window's latest updates made true (false before them), over snapshot datums."""
-
-    def measure(snapshot: Mapping[str, Any] | None, rule: Rule) -> float | None:
-        if snapshot is None or snapshot["events"] < rule.min_events:
-            return None
-        if rule.metric == "error_rate":
-            return snapshot["errors"] / snapshot["events"] if snapshot["events"] else None
-        return _value(snapshot, rule.metric)
-
+    """Window rules that this window's latest updates made true (false before them), over snapshot
+    datums (`after` is a `WindowState.summary`; `before` its figures or summary)."""
     alerts = []
     for rule in book.of_kind("window"):
-        now, then = measure(after, rule), measure(before, rule)
-        if now is not None and now > rule.threshold and not (then is not None and then > rule.threshold):
+        now, then = _window_measure(after, rule), _window_measure(before, rule)
+        if _newly_breached(rule, now, then):
+            assert now is not None
             alerts.append(
                 _alert(
                     book,

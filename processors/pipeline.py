@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from onfinish.processors.alerts import RuleBook, event_alerts, session_alerts, window_alerts
+from onfinish.processors.alerts import (
+    RuleBook,
+    event_alerts,
+    session_alerts,
+    window_alerts,
+    window_breached,
+)
 from onfinish.processors.decoding import Decoder, Refused, RegistryUnavailable, SchemaRefused
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
@@ -327,7 +333,7 @@ class Batch:
         self.outputs: list[Output] = []
         # session key -> (session, raw partition, its snapshot datum and version before the batch)
         self.sessions: dict[str, tuple[_Session, int, Datum | None, int]] = {}
-        # window table key -> (state, window key, raw partition, its summary before the batch)
+        # window table key -> (state, window key, raw partition, its figures before the batch)
         self.windows: dict[str, tuple[WindowState, WindowKey, int, Datum | None]] = {}
         self.partitions: set[int] = set()
         self.now = pipeline.clock()
@@ -406,7 +412,7 @@ class Batch:
                 self.pipeline.windows.remember(table_key, state)
                 before = None
             else:
-                before = state.summary(key, partition) if self.pipeline._window_rules else None
+                before = state.figures() if self.pipeline._window_rules else None
             entry = self.windows[table_key] = (state, key, partition, before)
         entry[0].apply(enriched, offset)
 
@@ -468,7 +474,7 @@ class Batch:
             outputs += [pipeline.alert_output(alert) for alert in session_alerts(rules, before, after)]
         if pipeline._window_rules:
             for state, key, partition, before in self.windows.values():
-                if state.events:
+                if state.events and window_breached(rules, before, state.figures()):
                     after = state.summary(key, partition)
                     outputs += [pipeline.alert_output(alert) for alert in window_alerts(rules, before, after)]
         closing = [(p, pipeline._closing(p, self.now)) for p in sorted(self.partitions)]

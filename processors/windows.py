@@ -163,22 +163,24 @@ class WindowState:
             "emitted_at": emitted_at,
         }
 
-    def summary(self, key: WindowKey, partition: int) -> dict[str, Any]:
-        """What window rules look at: the snapshot's identity and numbers, without the bucket arrays."""
-        summary = {name: getattr(self, name) for name in _SCALARS}
+    def figures(self) -> dict[str, Any]:
+        """The window's numbers as in its snapshot, without identity or bucket arrays: what window
+        rules measure (the pipeline reads them twice per window and batch, so no hashing here)."""
+        figures = {name: getattr(self, name) for name in _SCALARS}
         for name in ("latency", "ttft"):
             histogram: Histogram = getattr(self, name)
-            summary.update(
-                {
-                    f"{name}_count": histogram.count,
-                    f"{name}_sum_ms": histogram.sum,
-                    f"{name}_min_ms": histogram.min,
-                    f"{name}_max_ms": histogram.max,
-                }
-            )
+            figures[f"{name}_count"] = histogram.count
+            figures[f"{name}_sum_ms"] = histogram.sum
+            figures[f"{name}_min_ms"] = histogram.min
+            figures[f"{name}_max_ms"] = histogram.max
+        figures["version"] = max(self.version, 0)
+        figures["cost_usd"] = round(self.cost_usd, 9)
+        return figures
+
+    def summary(self, key: WindowKey, partition: int) -> dict[str, Any]:
+        """What an alert on this window names: its figures, the snapshot's identity and dimensions."""
+        summary = self.figures()
         summary.update(
-            version=max(self.version, 0),
-            cost_usd=round(self.cost_usd, 9),
             window_id=key.window_id(partition),
             raw_partition=partition,
             window_start=key.window_start,

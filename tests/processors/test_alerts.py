@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from onfinish.errors import ConfigurationError
-from onfinish.processors.alerts import RuleBook, event_alerts, session_alerts, window_alerts
+from onfinish.processors.alerts import (
+    RuleBook,
+    event_alerts,
+    session_alerts,
+    window_alerts,
+    window_breached,
+)
 from onfinish.processors.sessions import SessionState
 from onfinish.processors.windows import WindowKey, WindowState
 from onfinish.schemas.models import Status
@@ -52,6 +58,21 @@ def test_window_error_rate_needs_enough_calls_and_fires_once():
         before = after
     assert len(fired) == 1
     assert fired[0].observed == 0.5 and "over 20 calls" in fired[0].message
+
+
+def test_the_figures_only_check_agrees_with_the_alerts_at_every_step():
+    """The worker names a window (a hash) only when `window_breached` says a rule fires."""
+    state, key = WindowState(), WindowKey.of(_enriched(0))
+    before = None
+    answers = []
+    for offset in range(60):
+        state.apply(_enriched(0, status=Status.error if offset % 3 == 0 else Status.success), offset)
+        after = state.figures()
+        alerts = window_alerts(BOOK, before, state.summary(key, 0))
+        assert window_breached(BOOK, before, after) is bool(alerts)
+        answers.append(bool(alerts))
+        before = after
+    assert answers.count(True) == 1, "the error rate (1/3) crosses 20% once, at 20 calls"
 
 
 @pytest.mark.parametrize(
