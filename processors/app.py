@@ -23,7 +23,9 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +37,7 @@ from faust.serializers import codecs
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.web import Request, Response, View
 from mode.services import WaitResults
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from onfinish.processors.alerts import RuleBook
@@ -49,7 +51,7 @@ from onfinish.processors.decoding import (
 )
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.pipeline import Batch, Output, Pipeline, RawRecord
+from onfinish.processors.pipeline import STAGES, Batch, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.redaction import PatternSet
 from onfinish.processors.settings import ProcessorSettings
@@ -373,7 +375,10 @@ def build_app(
 
     app.onfinish_topics = (topics, dlq)
 
-    def records(outputs: Iterable[Output]) -> list[Record]:
+    metrics = ProcessorMetrics(pipeline, sender)
+
+    def records(outputs: Sequence[Output]) -> list[Record]:
+        metrics.count_outputs(outputs)
         return _records(outputs, app.onfinish_topics)
 
     async def until_registry(step: Any) -> Any:
@@ -412,6 +417,7 @@ def build_app(
                 _leave(sender, f"a batch failed: {type(exc).__name__}: {str(exc)[:200]}", code=1)
 
     async def process_batch(events: list[Any]) -> None:
+        started = time.perf_counter()
         batch: Batch = pipeline.batch()
         passed_over: set[Any] = set()  # partitions with records skipped for a hole, in this batch
         processed: list[Any] = []  # the messages acked once the batch's outputs are delivered
@@ -449,7 +455,7 @@ def build_app(
         outputs = await until_registry(batch.finish)
         group = records(outputs) + writes
         writes.clear()
-        sender.send(group, _acker(app, processed))
+        sender.send(group, metrics.on_delivered(batch, started, _acker(app, processed)))
         sender.poll(0)
 
     @app.task
@@ -492,9 +498,11 @@ def build_app(
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
-            registry_ = CollectorRegistry()
-            registry_.register(_PipelineCollector(pipeline, sender))
-            return self.text(generate_latest(registry_).decode(), content_type="text/plain; version=0.0.4")
+            if app.consumer is not None:
+                assigned = [tp for tp in app.consumer.assignment() if tp.topic == raw.get_topic_name()]
+                await metrics.measure_lag(app.consumer, assigned, continuity.expected)
+            text = generate_latest(metrics.registry).decode()
+            return self.text(text, content_type="text/plain; version=0.0.4")
 
     return app
 
@@ -520,6 +528,97 @@ def _acker(app: faust.App, messages: list[Any]) -> Callable[[], None]:
     return ack
 
 
+# Seconds: a batch's stages take milliseconds, its delivery up to the producer's linger and more.
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ProcessorMetrics:
+    """The worker's Prometheus metrics (/metrics), in a registry of its own: the pipeline's counts,
+    outputs by type, time per stage and per batch, and lag per raw partition."""
+
+    def __init__(self, pipeline: Pipeline, sender: GroupSender) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_PipelineCollector(pipeline, sender))
+        self.outputs = Counter(
+            "onfinish_processor_outputs",
+            "Records produced, by type (EnrichedEvent, SessionSnapshot, WindowSnapshot, Alert, "
+            "QualityUpdate, dead_letter); state changelog writes are not counted.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "onfinish_processor_stage_seconds",
+            "Time one batch spent in each stage: decode (and validate), enrich (deduplicate, price, "
+            "score, redact), encode, state (sessions, windows), finish (state writes, snapshots, "
+            "rules), deliver (from the send to Kafka's acks for all the batch produced).",
+            ["stage"],
+            buckets=_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "onfinish_processor_batch_seconds",
+            "From a batch's start to the delivery of all it produced (its offsets may then be committed).",
+            buckets=_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_records = Histogram(
+            "onfinish_processor_batch_records",
+            "Raw records per batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "onfinish_processor_lag",
+            "Raw records of an assigned partition not yet processed: its high watermark minus the next "
+            "offset to process (before the partition's first record, the consumer's position).",
+            ["partition"],
+            registry=self.registry,
+        )
+
+    def count_outputs(self, outputs: Sequence[Output]) -> None:
+        for record_type, count in Tally(output.record_type for output in outputs).items():
+            name = "dead_letter" if record_type is None else record_type.full_name.rsplit(".", 1)[-1]
+            self.outputs.labels(name).inc(count)
+
+    def on_delivered(self, batch: Batch, started: float, then: Callable[[], None]) -> Callable[[], None]:
+        """`then`, once the batch's outputs are delivered, after the batch's times are recorded."""
+        for stage in STAGES:
+            self.stage_seconds.labels(stage).observe(batch.seconds[stage])
+        self.batch_records.observe(batch.records)
+        sent = time.perf_counter()
+
+        def delivered() -> None:
+            now = time.perf_counter()
+            self.stage_seconds.labels("deliver").observe(now - sent)
+            self.batch_seconds.observe(now - started)
+            then()
+
+        return delivered
+
+    async def measure_lag(
+        self, consumer: Any, assigned: Iterable[Any], next_offsets: Mapping[Any, int]
+    ) -> None:
+        self.lag.clear()  # partitions given away since the last scrape leave the metric
+        for tp in assigned:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue  # nothing fetched from it yet
+            offset = next_offsets.get(tp)
+            if offset is None:
+                offset = await _position(consumer, tp)
+            if offset is not None:
+                self.lag.labels(str(tp.partition)).set(max(high - offset, 0))
+
+
+async def _position(consumer: Any, tp: Any) -> int | None:
+    """The consumer's position in a partition; None when it has none to tell within a second."""
+    try:
+        return await asyncio.wait_for(consumer.position(tp), timeout=1.0)
+    except Exception as exc:  # between assignments, or the broker away: no figure this time
+        log.debug("no position for the lag", extra={"partition": tp.partition, "error": repr(exc)})
+        return None
+
+
 class _PipelineCollector:
     def __init__(self, pipeline: Pipeline, sender: GroupSender) -> None:
         self.pipeline = pipeline
@@ -528,6 +627,7 @@ class _PipelineCollector:
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         counts = self.pipeline.counts
         for name, help_text, value in (
+            ("records_in", "Raw records read, bad ones included.", counts.records_in),
             ("processed", "Events processed.", counts.processed),
             ("duplicates", "Duplicate events dropped (same event_id at another offset).", counts.duplicates),
             ("replayed", "Records replayed after a takeover and found already applied.", counts.replayed),

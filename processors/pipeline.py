@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from time import perf_counter
 from typing import Any, Protocol
 
 from onfinish.processors.alerts import (
@@ -131,12 +132,19 @@ class Output:
 class Counts:
     """What the pipeline did, for /metrics."""
 
+    records_in: int = 0  # raw records handed to the pipeline, bad ones included
     processed: int = 0
     duplicates: int = 0
     replayed: int = 0
     late: int = 0
     feedback: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
+
+
+# What a batch's time is spent on (`Batch.seconds`, /metrics): decode and validate; deduplicate,
+# price, score and redact; encode the outputs; apply sessions and windows; and the batch's end
+# (state written once per touched key, session and window snapshots, rules).
+STAGES = ("decode", "enrich", "encode", "state", "finish")
 
 
 def _session_key(record: OnFinishEvent | Feedback) -> str:
@@ -337,20 +345,30 @@ class Batch:
         self.windows: dict[str, tuple[WindowState, WindowKey, int, Datum | None]] = {}
         self.partitions: set[int] = set()
         self.now = pipeline.clock()
+        self.records = 0
+        self.seconds = dict.fromkeys(STAGES, 0.0)  # time spent in each of STAGES
 
     def add(self, record: RawRecord) -> None:
         pipeline = self.pipeline
+        pipeline.counts.records_in += 1
+        self.records += 1
+        seconds = self.seconds
+        started = perf_counter()
         try:
             decoded = pipeline.decoder.decode(record.value)
         except Refused as refused:
             stage = Stage.decode if refused.reason is not Reason.contract_violation else Stage.validate
             self.outputs.append(pipeline.dead_letter(stage, refused.reason, refused.message, record))
+            seconds["decode"] += perf_counter() - started
             return
+        decoded_at = perf_counter()
+        seconds["decode"] += decoded_at - started
         try:
             if isinstance(decoded, Feedback):
                 self._feedback(decoded, record.partition, record.offset)
+                seconds["state"] += perf_counter() - decoded_at
             else:
-                self._event(decoded, record.partition, record.offset)
+                self._event(decoded, record.partition, record.offset, decoded_at)
         except (RegistryUnavailable, SchemaRefused):
             raise
         except Exception as exc:  # a bug must not stop the worker: the record goes to the DLQ
@@ -365,16 +383,20 @@ class Batch:
             entry = self.sessions[session_key] = (session, partition, before, session.state.version)
         return entry[0]
 
-    def _event(self, event: OnFinishEvent, partition: int, offset: int) -> None:
+    def _event(self, event: OnFinishEvent, partition: int, offset: int, since: float) -> None:
         pipeline = self.pipeline
+        seconds = self.seconds
         session_key = _session_key(event)
         session = self._touch_session(session_key, partition)
         event_id = str(event.event_id)
         first_offset = session.event_offsets.get(event_id)
         if first_offset is not None and first_offset != offset:
             pipeline.counts.duplicates += 1
+            seconds["enrich"] += perf_counter() - since
             return
         enriched = pipeline.enricher.enrich(event, partition, offset, self.now)
+        enriched_at = perf_counter()
+        seconds["enrich"] += enriched_at - since
         # Everything that may fail for want of the registry comes before any change of state.
         outputs = [
             Output(
@@ -386,6 +408,8 @@ class Batch:
         outputs += [pipeline.alert_output(alert) for alert in event_alerts(pipeline.rules, enriched)]
         self.outputs += outputs
         self.partitions.add(partition)
+        encoded_at = perf_counter()
+        seconds["encode"] += encoded_at - enriched_at
 
         if session.state.apply_event(enriched, offset):
             session.event_offsets[event_id] = offset
@@ -401,6 +425,7 @@ class Batch:
             self._window(window_key, enriched, partition, offset)
         watermark.observe(event.finished_at)
         pipeline.counts.processed += 1
+        seconds["state"] += perf_counter() - encoded_at
 
     def _window(self, key: WindowKey, enriched: EnrichedEvent, partition: int, offset: int) -> None:
         table_key = f"{partition}|{key.as_text()}"
@@ -457,6 +482,7 @@ class Batch:
 
     def finish(self) -> list[Output]:
         """The batch's outputs, once every state it touched is written."""
+        started = perf_counter()
         pipeline = self.pipeline
         rules = pipeline.rules
         outputs = list(self.outputs)
@@ -489,6 +515,7 @@ class Batch:
                 pipeline.dirty_windows.add(table_key)
         for partition, (_, closed, expired) in closing:
             pipeline._close(partition, closed, expired)
+        self.seconds["finish"] += perf_counter() - started
         return outputs
 
 

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from onfinish.processors.pipeline import STAGES
 from onfinish.producers.loadgen import LoadPlan, LoadReport, run_load
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.traffic import TrafficProfile
@@ -204,6 +205,20 @@ def _decode(record_type: Any, value: bytes) -> dict[str, Any]:
     return datum
 
 
+def _assert_metrics_account_for(metrics: dict[str, float], report: LoadReport) -> None:
+    """/metrics after the worker processed a load: what came in, what went out, how long each stage
+    took, and no lag left."""
+    assert metrics["onfinish_processor_records_in_total"] >= report.sent
+    assert metrics['onfinish_processor_outputs_total{type="EnrichedEvent"}'] >= report.events
+    assert metrics['onfinish_processor_outputs_total{type="dead_letter"}'] >= sum(report.malformed.values())
+    for stage in (*STAGES, "deliver"):
+        assert metrics[f'onfinish_processor_stage_seconds_count{{stage="{stage}"}}'] > 0, stage
+    assert metrics["onfinish_processor_batch_seconds_count"] > 0
+    lags = {name: value for name, value in metrics.items() if name.startswith("onfinish_processor_lag{")}
+    assert lags, "a lag per assigned raw partition"
+    assert sum(lags.values()) == 0, lags
+
+
 def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lettered(
     worker: subprocess.Popen[bytes],
     pipeline_env: dict[str, str],
@@ -230,6 +245,7 @@ def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lette
             break
         time.sleep(1)
     time.sleep(3)  # a snapshot interval or two
+    _assert_metrics_account_for(_metrics(WEB_PORT), report)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(60) == 0, "graceful shutdown"
 

@@ -10,10 +10,12 @@ import logging
 import pytest
 from faust.types import TP
 
-from onfinish.processors.app import build_app, commit_what_was_acked
+from onfinish.processors.app import ProcessorMetrics, build_app, commit_what_was_acked
+from onfinish.processors.pipeline import Output, Pipeline
 from onfinish.processors.settings import ProcessorSettings
 from onfinish.processors.worker import Worker
 from onfinish.runtime import tune_gc
+from onfinish.schemas.contract import ALERT, ENRICHED_EVENT
 from onfinish.settings import KafkaSettings
 
 FAUST_FETCH_WAIT_MS = 1500  # what Faust hard-codes for aiokafka
@@ -133,3 +135,75 @@ def test_worker_logs_keep_each_record_s_fields(capsys: pytest.CaptureFixture[str
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["event"] == "offsets committed at stop"
     assert line["committed"] == {"p[0]": 7}
+
+
+class _LagConsumer:
+    """What the lag reads of Faust's consumer: cached high watermarks and, before a partition's
+    first record, the position."""
+
+    def __init__(self, highwaters: dict[TP, int | None], positions: dict[TP, int]) -> None:
+        self.highwaters = highwaters
+        self.positions = positions
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.highwaters[tp]
+
+    async def position(self, tp: TP) -> int:
+        if tp not in self.positions:
+            raise RuntimeError("no position between assignments")
+        return self.positions[tp]
+
+
+def _metrics() -> tuple[ProcessorMetrics, Pipeline]:
+    app = build_app(ProcessorSettings(app_id="metrics-test"), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    pipeline: Pipeline = app.onfinish_pipeline  # type: ignore[attr-defined]
+    return ProcessorMetrics(pipeline, app.onfinish_sender), pipeline  # type: ignore[attr-defined]
+
+
+def _sample(metrics: ProcessorMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_lag_is_the_high_watermark_minus_the_next_offset_to_process_per_partition():
+    metrics, _ = _metrics()
+    tps = [TP("onfinish.raw", p) for p in range(4)]
+    consumer = _LagConsumer({tps[0]: 500, tps[1]: 80, tps[2]: None, tps[3]: 40}, positions={tps[1]: 30})
+    asyncio.run(metrics.measure_lag(consumer, tps, {tps[0]: 120, tps[3]: 40}))
+    assert _sample(metrics, "onfinish_processor_lag", partition="0") == 380  # processed up to 119
+    assert _sample(metrics, "onfinish_processor_lag", partition="1") == 50  # none yet: the position
+    assert _sample(metrics, "onfinish_processor_lag", partition="2") is None  # nothing fetched yet
+    assert _sample(metrics, "onfinish_processor_lag", partition="3") == 0
+    # Partition 0 was given away, and partition 1 has no position to tell this time.
+    asyncio.run(metrics.measure_lag(_LagConsumer({tps[1]: 80}, {}), tps[1:2], {}))
+    assert _sample(metrics, "onfinish_processor_lag", partition="0") is None
+    assert _sample(metrics, "onfinish_processor_lag", partition="1") is None
+
+
+def test_a_batch_s_stage_times_are_recorded_and_its_delivery_timed_when_kafka_acks_it():
+    metrics, pipeline = _metrics()
+    batch = pipeline.batch()
+    batch.seconds.update(decode=0.003, enrich=0.002, encode=0.001, state=0.002, finish=0.004)
+    batch.records = 7
+    acked: list[bool] = []
+    delivered = metrics.on_delivered(batch, started=0.0, then=lambda: acked.append(True))
+    assert _sample(metrics, "onfinish_processor_stage_seconds_sum", stage="decode") == 0.003
+    assert _sample(metrics, "onfinish_processor_batch_records_sum") == 7
+    assert _sample(metrics, "onfinish_processor_stage_seconds_count", stage="deliver") is None
+    assert not acked, "nothing is acked before Kafka has the batch"
+    delivered()
+    assert acked == [True]
+    assert _sample(metrics, "onfinish_processor_stage_seconds_count", stage="deliver") == 1
+    assert _sample(metrics, "onfinish_processor_batch_seconds_count") == 1
+
+
+def test_outputs_are_counted_by_record_type_and_dead_letters_apart():
+    metrics, _ = _metrics()
+    outputs = [Output(ENRICHED_EVENT, b"k", b"v")] * 3 + [
+        Output(ALERT, b"a", b"v"),
+        Output(None, b"k", b"bad"),
+    ]
+    metrics.count_outputs(outputs)
+    metrics.count_outputs(outputs[:1])
+    assert _sample(metrics, "onfinish_processor_outputs_total", type="EnrichedEvent") == 4
+    assert _sample(metrics, "onfinish_processor_outputs_total", type="Alert") == 1
+    assert _sample(metrics, "onfinish_processor_outputs_total", type="dead_letter") == 1

@@ -4,6 +4,7 @@ records arrive twice or a worker crashes and replays its partition."""
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter, defaultdict
 from datetime import timedelta
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, RegistryUnavailable, TimeBounds, WriterSchema
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.pipeline import DictStore, Output, Pipeline, RawRecord
+from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
@@ -284,3 +285,21 @@ def test_feedback_after_its_event_updates_the_events_score_once():
     # The same feedback replayed by a worker that restored the session: no second update.
     again = _run(_pipeline(dict(sessions)), raw, range(1, 2))
     assert not [o for o in again if o.record_type is QUALITY_UPDATE]
+
+
+def test_a_batch_times_each_stage_and_counts_every_record_read():
+    raw, items = _raw(seed=5, count=300, malformed_share=0.05, feedback_share=0.1)
+    pipeline = _pipeline()
+    began = time.perf_counter()
+    batch = pipeline.batch()
+    for offset, (key, value) in enumerate(raw):
+        batch.add(RawRecord(key, value, "onfinish.raw", 0, offset))
+    batch.finish()
+    took = time.perf_counter() - began
+    assert batch.records == pipeline.counts.records_in == len(raw)
+    malformed = sum(isinstance(item, Malformed) for item in items)
+    assert sum(pipeline.counts.dead_lettered.values()) == malformed > 0
+    assert set(batch.seconds) == set(STAGES)
+    assert all(seconds > 0 for seconds in batch.seconds.values()), batch.seconds
+    # The stages share the batch's time: they never add up to more than the batch took.
+    assert sum(batch.seconds.values()) <= took
