@@ -349,9 +349,12 @@ class Batch:
         self.seconds = dict.fromkeys(STAGES, 0.0)  # time spent in each of STAGES
 
     def add(self, record: RawRecord) -> None:
-        pipeline = self.pipeline
-        pipeline.counts.records_in += 1
+        self._add(record)  # RegistryUnavailable leaves the record uncounted: the caller retries it
         self.records += 1
+        self.pipeline.counts.records_in += 1
+
+    def _add(self, record: RawRecord) -> None:
+        pipeline = self.pipeline
         seconds = self.seconds
         started = perf_counter()
         try:

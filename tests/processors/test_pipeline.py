@@ -239,6 +239,7 @@ def test_a_registry_outage_mid_batch_loses_nothing_and_counts_nothing_twice():
         outputs += retried(batch.finish)
         outputs += retried(pipeline.dirty_snapshots)
     assert failures > 10
+    assert pipeline.counts.records_in == len(raw), "a retried record is read once"
     assert len([o for o in outputs if o.record_type is ENRICHED_EVENT]) == sum(
         isinstance(i, OnFinishEvent) for i in items
     )
