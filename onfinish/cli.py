@@ -1108,7 +1108,9 @@ def status() -> None:
     the following ports, and the sink's /health on ONFINISH_SINK_WEB_PORT. Lag: records not yet
     consumed by the processors' group (ONFINISH_PROCESSOR_APP_ID) and each sink family's group
     (ONFINISH_SINK_GROUP_PREFIX-events, -rollups, -dlq), from committed offsets and partition ends.
-    Rates: the workers' /metrics counters read twice, a second apart. Exits 3 when something is down.
+    Rates: the workers' /metrics counters read twice, a second apart. Processor time per record:
+    where the processors' time goes, stage by stage (decode, enrich, encode, state, finish), averaged
+    since the workers started. Exits 3 when something is down.
 
     Example: onfinish status
     """
@@ -1146,6 +1148,9 @@ def status() -> None:
         f"rows out (sink to ClickHouse): {per_second(result.rows_out_per_s)}",
         highlight=False,
     )
+    if result.processor_us_per_record:
+        stages = ", ".join(f"{stage} {us:,.0f} µs" for stage, us in result.processor_us_per_record.items())
+        console.print(f"Processor time per record since start: {stages}", highlight=False)
     if not result.healthy:
         raise typer.Exit(3)
 

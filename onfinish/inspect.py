@@ -556,6 +556,9 @@ class PipelineStatus:
     """Events the processor workers processed per second, None when none answers."""
     rows_out_per_s: float | None
     """Rows the sink inserted into ClickHouse per second, None when it does not answer."""
+    processor_us_per_record: dict[str, float] | None = None
+    """Processor time per raw record in each pipeline stage since the workers started (µs), None
+    before any record."""
 
     @property
     def healthy(self) -> bool:
@@ -629,6 +632,29 @@ def _sink(sink: SinkSettings) -> Health:
     address = f"http://{_loopback(sink.web_host)}:{sink.web_port}"
     answered = _get(f"{address}/health") is not None
     return Health("sink", answered, address, "" if answered else "does not answer: `onfinish sink`")
+
+
+def stage_costs(metrics_texts: list[str]) -> dict[str, float] | None:
+    """µs per raw record in each processor stage, over the workers' /metrics texts (the stage
+    histograms' sums over their records read), None before any record."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from onfinish.processors.pipeline import STAGES
+
+    seconds = dict.fromkeys(STAGES, 0.0)
+    records = 0.0
+    for text in metrics_texts:
+        records += counter_total(text, "onfinish_processor_records_in_total") or 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (
+                    sample.name == "onfinish_processor_stage_seconds_sum"
+                    and sample.labels.get("stage") in seconds
+                ):
+                    seconds[sample.labels["stage"]] += sample.value
+    if not records:
+        return None
+    return {stage: total / records * 1e6 for stage, total in seconds.items()}
 
 
 def _counters(addresses: list[str], sample: str) -> float | None:
@@ -742,9 +768,11 @@ def status(
     elapsed = time.monotonic() - began
     processed_after = _counters(processor_addresses, "onfinish_processor_processed_total")
     rows_after = _counters(sink_addresses, "onfinish_sink_rows_total")
+    bodies = [_get(f"{address}/metrics") for address in processor_addresses]
     return PipelineStatus(
         components=components,
         lags=lags,
         events_in_per_s=rate(processed_before, processed_after, elapsed),
         rows_out_per_s=rate(rows_before, rows_after, elapsed),
+        processor_us_per_record=stage_costs([b.decode(errors="replace") for b in bodies if b is not None]),
     )

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from onfinish.inspect import stage_costs
 from onfinish.processors.pipeline import STAGES
 from onfinish.producers.loadgen import LoadPlan, LoadReport, run_load
 from onfinish.producers.settings import ProducerSettings
@@ -36,11 +37,14 @@ from tests.integration.records import consume, consume_all, from_the_start
 WEB_PORT = 16166
 
 
-def _metrics(port: int) -> dict[str, float]:
+def _metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+        return str(response.read().decode())
+
+
+def _metrics(port: int) -> dict[str, float]:
     values: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in _metrics_text(port).splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
@@ -246,6 +250,8 @@ def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lette
         time.sleep(1)
     time.sleep(3)  # a snapshot interval or two
     _assert_metrics_account_for(_metrics(WEB_PORT), report)
+    costs = stage_costs([_metrics_text(WEB_PORT)])  # what `onfinish status` shows of them
+    assert costs is not None and all(us > 0 for us in costs.values()), costs
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(60) == 0, "graceful shutdown"
 

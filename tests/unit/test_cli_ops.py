@@ -406,6 +406,13 @@ def _status(healthy: bool) -> inspect.PipelineStatus:
         ],
         events_in_per_s=812.25,
         rows_out_per_s=None if not healthy else 790.0,
+        processor_us_per_record={
+            "decode": 64.2,
+            "enrich": 40.0,
+            "encode": 37.5,
+            "state": 29.0,
+            "finish": 37.1,
+        },
     )
 
 
@@ -417,6 +424,7 @@ def test_status_shows_components_lag_and_rates(monkeypatch, healthy):
     out = result.output
     assert "partitions 0,1,2" in out and "1,520" in out and "no committed offsets" in out
     assert "Events in (processors): 812.2/s" in out
+    assert "Processor time per record since start: decode 64 µs, enrich 40 µs, encode 38 µs" in out
     assert ("790.0/s" in out) if healthy else ("rows out (sink to ClickHouse): -" in out and "down" in out)
 
 
@@ -431,6 +439,28 @@ def test_metrics_counters_and_rates():
     assert inspect.rate(100, 350, 0.5) == 500
     assert inspect.rate(100, 30, 1.0) == 30  # the worker restarted: its counter began again
     assert inspect.rate(None, 30, 1.0) is None
+
+
+def _worker_metrics(records: int, decode_s: float, finish_s: float) -> str:
+    return (
+        f"onfinish_processor_records_in_total {records}.0\n"
+        "# TYPE onfinish_processor_stage_seconds histogram\n"
+        f'onfinish_processor_stage_seconds_sum{{stage="decode"}} {decode_s}\n'
+        f'onfinish_processor_stage_seconds_count{{stage="decode"}} 3.0\n'
+        f'onfinish_processor_stage_seconds_sum{{stage="finish"}} {finish_s}\n'
+        'onfinish_processor_stage_seconds_sum{stage="deliver"} 99.0\n'
+    )
+
+
+def test_processor_time_per_record_is_pooled_over_the_workers_per_stage():
+    costs = inspect.stage_costs([_worker_metrics(1000, 0.05, 0.02), _worker_metrics(3000, 0.19, 0.06)])
+    assert costs is not None
+    assert costs["decode"] == pytest.approx(60.0)  # (0.05 + 0.19) s over 4,000 records
+    assert costs["finish"] == pytest.approx(20.0)
+    assert costs["enrich"] == 0.0
+    assert "deliver" not in costs, "the wait for Kafka's acks is not time spent per record"
+    assert inspect.stage_costs([_worker_metrics(0, 0.0, 0.0)]) is None
+    assert inspect.stage_costs([]) is None
 
 
 def test_consumer_groups_are_the_processors_and_one_per_sink_family():
