@@ -598,14 +598,13 @@ class ProcessorMetrics:
     async def measure_lag(
         self, consumer: Any, assigned: Iterable[Any], next_offsets: Mapping[Any, int]
     ) -> None:
+        highs = {tp: high for tp in assigned if (high := consumer.highwater(tp)) is not None}  # fetched
+        unknown = [tp for tp in highs if tp not in next_offsets]  # nothing processed yet: ask, at once
+        answers = await asyncio.gather(*(_position(consumer, tp) for tp in unknown))
+        positions = dict(zip(unknown, answers, strict=True))
         self.lag.clear()  # partitions given away since the last scrape leave the metric
-        for tp in assigned:
-            high = consumer.highwater(tp)
-            if high is None:
-                continue  # nothing fetched from it yet
-            offset = next_offsets.get(tp)
-            if offset is None:
-                offset = await _position(consumer, tp)
+        for tp, high in highs.items():
+            offset = next_offsets.get(tp, positions.get(tp))
             if offset is not None:
                 self.lag.labels(str(tp.partition)).set(max(high - offset, 0))
 
