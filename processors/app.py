@@ -498,9 +498,8 @@ def build_app(
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
-            if app.consumer is not None:
-                assigned = [tp for tp in app.consumer.assignment() if tp.topic == raw.get_topic_name()]
-                await metrics.measure_lag(app.consumer, assigned, continuity.expected)
+            assigned = _assigned(app.consumer, raw.get_topic_name())
+            await metrics.measure_lag(app.consumer, assigned, continuity.expected)
             text = generate_latest(metrics.registry).decode()
             return self.text(text, content_type="text/plain; version=0.0.4")
 
@@ -598,7 +597,7 @@ class ProcessorMetrics:
     async def measure_lag(
         self, consumer: Any, assigned: Iterable[Any], next_offsets: Mapping[Any, int]
     ) -> None:
-        highs = {tp: high for tp in assigned if (high := consumer.highwater(tp)) is not None}  # fetched
+        highs = {tp: high for tp in assigned if (high := _highwater(consumer, tp)) is not None}
         unknown = [tp for tp in highs if tp not in next_offsets]  # nothing processed yet: ask, at once
         answers = await asyncio.gather(*(_position(consumer, tp) for tp in unknown))
         positions = dict(zip(unknown, answers, strict=True))
@@ -607,6 +606,27 @@ class ProcessorMetrics:
             offset = next_offsets.get(tp, positions.get(tp))
             if offset is not None:
                 self.lag.labels(str(tp.partition)).set(max(high - offset, 0))
+
+
+def _assigned(consumer: Any, topic: str) -> list[Any]:
+    """The partitions of `topic` assigned to this worker; none while its consumer has not started."""
+    try:
+        assignment = consumer.assignment()
+    except Exception as exc:  # ConsumerNotStarted: /metrics still shows the counts
+        log.debug("no assignment for the lag", extra={"error": repr(exc)})
+        return []
+    return [tp for tp in assignment if tp.topic == topic]
+
+
+def _highwater(consumer: Any, tp: Any) -> int | None:
+    """The partition's high watermark from the last fetch; None before one, or when the Kafka
+    client no longer holds the partition (a rebalance in progress) or has not started."""
+    try:
+        high = consumer.highwater(tp)
+    except Exception as exc:  # IllegalStateError, ConsumerNotStarted, ...: no figure this time
+        log.debug("no high watermark for the lag", extra={"partition": tp.partition, "error": repr(exc)})
+        return None
+    return None if high is None else int(high)
 
 
 async def _position(consumer: Any, tp: Any) -> int | None:

@@ -10,7 +10,7 @@ import logging
 import pytest
 from faust.types import TP
 
-from onfinish.processors.app import ProcessorMetrics, build_app, commit_what_was_acked
+from onfinish.processors.app import ProcessorMetrics, _assigned, build_app, commit_what_was_acked
 from onfinish.processors.pipeline import Output, Pipeline
 from onfinish.processors.settings import ProcessorSettings
 from onfinish.processors.worker import Worker
@@ -146,6 +146,8 @@ class _LagConsumer:
         self.positions = positions
 
     def highwater(self, tp: TP) -> int | None:
+        if tp not in self.highwaters:
+            raise RuntimeError("No current assignment for partition")  # aiokafka, mid-rebalance
         return self.highwaters[tp]
 
     async def position(self, tp: TP) -> int:
@@ -173,10 +175,17 @@ def test_lag_is_the_high_watermark_minus_the_next_offset_to_process_per_partitio
     assert _sample(metrics, "onfinish_processor_lag", partition="1") == 50  # none yet: the position
     assert _sample(metrics, "onfinish_processor_lag", partition="2") is None  # nothing fetched yet
     assert _sample(metrics, "onfinish_processor_lag", partition="3") == 0
-    # Partition 0 was given away, and partition 1 has no position to tell this time.
-    asyncio.run(metrics.measure_lag(_LagConsumer({tps[1]: 80}, {}), tps[1:2], {}))
+    # Partition 0 was given away, partition 1 has no position to tell this time, and the Kafka
+    # client no longer holds partition 3 while Faust still lists it (a rebalance in progress).
+    asyncio.run(metrics.measure_lag(_LagConsumer({tps[1]: 80}, {}), [tps[1], tps[3]], {tps[3]: 40}))
     assert _sample(metrics, "onfinish_processor_lag", partition="0") is None
     assert _sample(metrics, "onfinish_processor_lag", partition="1") is None
+    assert _sample(metrics, "onfinish_processor_lag", partition="3") is None
+
+
+def test_a_worker_whose_consumer_has_not_started_reports_no_lag_rather_than_failing():
+    app = build_app(ProcessorSettings(app_id="lag-test"), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    assert _assigned(app.consumer, "onfinish.raw") == []  # Faust raises ConsumerNotStarted here
 
 
 def test_a_batch_s_stage_times_are_recorded_and_its_delivery_timed_when_kafka_acks_it():
