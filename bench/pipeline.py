@@ -86,9 +86,13 @@ def _pipeline(stack: Stack, workers: int, home: Path, partitions: int = PARTITIO
 def _drained(demo: Demo, report: LoadReport, timeout_s: float = 600) -> QueryClient:
     client = QueryClient(demo.query_url, timeout=30)
     deadline = time.monotonic() + timeout_s
-    while client.query("SELECT count() FROM events FINAL").rows[0][0] < report.events:
+    while (stored := client.query("SELECT count() FROM events FINAL").rows[0][0]) < report.events:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"ClickHouse did not get all {report.events} events within {timeout_s:.0f}s")
+            logs = ", ".join(str(worker.log) for worker in demo.children)
+            raise RuntimeError(
+                f"ClickHouse holds {stored} of the {report.events} events sent after {timeout_s:.0f}s "
+                f"(the workers' logs: {logs})"
+            )
         time.sleep(0.5)
     return client
 

@@ -3,6 +3,8 @@
 - throughput: a processor worker (its own process, a group of its own) reading a topic filled with
   loadgen traffic beforehand, from its first processed record to its last (start-up excluded),
   against an aiokafka loop that consumes the same records and produces each one again unchanged;
+  and where that worker's time goes: its µs per event in each pipeline stage (its own
+  `onfinish_processor_stage_seconds`), against its whole time per event;
 - memory: the state of 100,000 live sessions, measured with tracemalloc over the pipeline's store.
 """
 
@@ -16,6 +18,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +26,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.report import Figure, rate_until
+from onfinish.inspect import stage_costs
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, WriterSchema
 from onfinish.processors.enrichment import Enricher
@@ -106,7 +110,9 @@ def _aiokafka_loop(stack: Stack, prefix: str, count: int) -> float:
     return asyncio.run(run())
 
 
-def _worker(stack: Stack, prefix: str, count: int) -> float:
+def _worker(stack: Stack, prefix: str, count: int) -> tuple[float, dict[str, float]]:
+    """Events/s of one worker over the filled topic, and its µs per record in each pipeline stage
+    (its /metrics once it has processed them all)."""
     env = {
         **os.environ,
         "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_settings.bootstrap_servers,
@@ -128,7 +134,9 @@ def _worker(stack: Stack, prefix: str, count: int) -> float:
             rate = rate_until(WEB_PORT, "onfinish_processor_processed_total", count)
             if rate is None:
                 raise RuntimeError("the worker did not process the benchmark's events in time")
-            return rate
+            with urllib.request.urlopen(f"http://127.0.0.1:{WEB_PORT}/metrics", timeout=10) as response:
+                stages = stage_costs([response.read().decode()])
+            return rate, stages or {}
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
@@ -179,7 +187,7 @@ def run(stack: Stack) -> list[Figure]:
     prefix = f"benchp{uuid.uuid4().hex[:6]}"
     count = _fill(stack, prefix)
     baseline = _aiokafka_loop(stack, prefix, count)
-    rate = _worker(stack, prefix, count)
+    rate, stages = _worker(stack, prefix, count)
     figures = [
         Figure(
             "processor worker, full path, one process",
@@ -188,6 +196,19 @@ def run(stack: Stack) -> list[Figure]:
             "aiokafka consume + produce loop",
             baseline,
         )
+    ]
+    # Where the worker's time goes, from its own stage histograms: each stage's µs per event
+    # against the worker's whole time per event (the ratio is the stage's share).
+    figures += [
+        Figure(
+            f"processor worker, {stage} stage, per event",
+            us,
+            "µs",
+            "the worker's whole time per event",
+            1e6 / rate,
+            higher_is_better=False,
+        )
+        for stage, us in stages.items()
     ]
     memory = session_memory()
     figures.append(memory)
