@@ -107,14 +107,26 @@ class KafkaBroker(Component):
             check=False,
         )
         if result.returncode != 0:
+            output = result.stdout + result.stderr
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text(result.stdout + result.stderr)
-            raise ComponentStartError(self.name, "formatting KRaft storage failed", self.log_path)
+            self.log_path.write_text(output)
+            last = output.strip().splitlines()[-1:] or ["no output"]
+            raise ComponentStartError(
+                self.name, f"formatting KRaft storage failed ({last[0]})", self.log_path
+            )
 
     @staticmethod
     def _random_cluster_id() -> str:
-        # Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
-        return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        """16 random bytes in URL-safe base64 without padding, as Kafka's own cluster ids.
+
+        One id in 64 would start with "-", which kafka-storage's argument parser reads as an option
+        ("argument --cluster-id/-t: expected one argument"); Kafka's Uuid.randomUuid() draws again
+        in that case, and so does this.
+        """
+        while True:
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            if not cluster_id.startswith("-"):
+                return cluster_id
 
     def _java(self) -> list[str]:
         return [

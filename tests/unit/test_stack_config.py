@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
 from pathlib import Path
+
+import pytest
 
 from onfinish.settings import StackSettings
 from onfinish.stack.kafka import KafkaBroker
@@ -53,3 +57,12 @@ def test_provisioning_without_a_broker_is_a_clear_error():
 
     with pytest.raises(StackError, match=r"Kafka at 127\.0\.0\.1:1 did not answer"):
         provision_topics(KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_s=1))
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch):
+    # 0xF8 puts "-" (base64url index 62) first; kafka-storage would read that id as an option.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+    cluster_id = KafkaBroker._random_cluster_id()
+    assert cluster_id == base64.urlsafe_b64encode(b"\x01" * 16).decode().rstrip("=")
+    assert len(cluster_id) == 22
