@@ -12,16 +12,22 @@ a chDB directory), as `onfinish demo` runs it:
   partitions, and with one worker on 1 and 2 partitions (how it scales with each); the rate at
   which events became queryable, from the first stored row to the last, against the rate loadgen
   achieved (a ratio below 1 means the pipeline fell behind, and its lag grew).
+- where the CPU goes, in the throughput run of the shape the targets name: each component's CPU
+  seconds per event (loadgen with the SDK in this process, the processor workers, the sink, the
+  broker, the registry with its PostgreSQL), read from the kernel's accounting, and the rate this
+  machine's cores could reach at that cost if nothing ever waited.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
@@ -46,6 +52,7 @@ FEWER_PARTITIONS = (1, 2)  # with one worker
 PORTS = {"processor": 16366, "sink_web": 16566, "sink_query": 16567}
 PROFILE = TrafficProfile(malformed_share=0, feedback_share=0)
 ROOT = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -81,6 +88,42 @@ def _pipeline(stack: Stack, workers: int, home: Path, partitions: int = PARTITIO
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a live process and of its descendants, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime, stime, and the cutime, cstime of children it reaped (postgres backends come and go).
+        seconds = sum(int(tick) for tick in fields[11:15]) / TICKS
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        seconds += sum(_cpu_seconds(int(child)) for child in children)
+    return seconds
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _component_pids(stack: Stack, demo: Demo) -> dict[str, list[int]]:
+    """The pipeline's processes by the component they run, as CPU_COMPONENTS names them."""
+    stack_pids = {c.name: record.pid for c in stack.components if (record := c.pid_file.running())}
+    return {
+        "processor workers": [w.process.pid for w in demo.children if w.name.startswith("demo-processor")],
+        "sink worker": [w.process.pid for w in demo.children if w.name == "demo-sink"],
+        "Kafka broker": [stack_pids["kafka"]] if "kafka" in stack_pids else [],
+        "schema registry and its PostgreSQL": [
+            stack_pids[name] for name in ("registry", "postgres") if name in stack_pids
+        ],
+    }
 
 
 def _drained(demo: Demo, report: LoadReport, timeout_s: float = 600) -> QueryClient:
@@ -155,18 +198,61 @@ def _kafka_round_trip(stack: Stack) -> float:
     return statistics.quantiles(delays, n=100)[98]
 
 
-def _throughput(stack: Stack, workers: int, home: Path, partitions: int = PARTITIONS) -> tuple[float, float]:
-    """(events/s stored in ClickHouse, events/s loadgen achieved) while offered OFFERED events/s."""
+@dataclass
+class Throughput:
+    stored: float  # events/s that became queryable
+    offered: float  # events/s loadgen achieved
+    cpu_us: dict[str, float]  # component -> CPU µs per event, over the load and the drain
+
+
+def _throughput(stack: Stack, workers: int, home: Path, partitions: int = PARTITIONS) -> Throughput:
+    """What the pipeline stored while offered OFFERED events/s, and what each component spent."""
     with _pipeline(stack, workers, home, partitions) as demo:
+        pids = _component_pids(stack, demo)
+        before = {name: sum(map(_cpu_seconds, group)) for name, group in pids.items()}
+        own = _own_cpu_seconds()
         report = demo.send_traffic(OFFERED, LOAD_S, seed=502 + workers, profile=PROFILE)
+        # Only loadgen and the SDK run in this process while it sends; the drain below only polls.
+        own = _own_cpu_seconds() - own
         client = _drained(demo, report)
+        spent = {name: sum(map(_cpu_seconds, group)) - before[name] for name, group in pids.items()}
         first, last = client.query(
             "SELECT toUnixTimestamp64Milli(min(inserted_at)), toUnixTimestamp64Milli(max(inserted_at)) "
             "FROM events FINAL"
         ).rows[0]
-    stored = report.events / max((int(last) - int(first)) / 1000, 1e-3)
-    offered = report.events / report.send_seconds
-    return stored, offered
+    spent = {"loadgen and the SDK": own, **spent}
+    return Throughput(
+        stored=report.events / max((int(last) - int(first)) / 1000, 1e-3),
+        offered=report.events / report.send_seconds,
+        cpu_us={name: seconds / report.events * 1e6 for name, seconds in spent.items()},
+    )
+
+
+def _cpu_figures(run: Throughput, shape: str) -> list[Figure]:
+    """Each component's CPU per event against the whole pipeline's, and the cores' ceiling."""
+    total = sum(run.cpu_us.values())
+    cores = os.cpu_count() or 1
+    figures = [
+        Figure(
+            f"whole pipeline CPU per event, {name}, {shape}",
+            us,
+            "µs",
+            "the whole pipeline's CPU per event",
+            total,
+            higher_is_better=False,
+        )
+        for name, us in run.cpu_us.items()
+    ]
+    figures.append(
+        Figure(
+            f"whole pipeline ceiling on {cores} cores at that CPU per event, {shape}",
+            cores * 1e6 / total,
+            "events/s",
+            "the rate it stored",
+            run.stored,
+        )
+    )
+    return figures
 
 
 def _shape(workers: int, partitions: int) -> str:
@@ -206,15 +292,18 @@ def run(stack: Stack) -> list[Figure]:
         )
         for shape in shapes[1:]
     ]
+    cpu: list[Figure] = []
     for workers, partitions in shapes:
-        stored, offered = _throughput(stack, workers, home, partitions)
+        run = _throughput(stack, workers, home, partitions)
         figures.append(
             Figure(
                 f"whole pipeline, {_shape(workers, partitions)}, offered {OFFERED:,}/s (target 5,000/s)",
-                stored,
+                run.stored,
                 "events/s",
                 "loadgen's achieved rate",
-                offered,
+                run.offered,
             )
         )
-    return figures
+        if (workers, partitions) == shapes[0]:
+            cpu = _cpu_figures(run, _shape(workers, partitions))
+    return figures + cpu
