@@ -657,13 +657,14 @@ def stage_costs(metrics_texts: list[str]) -> dict[str, float] | None:
     return {stage: total / records * 1e6 for stage, total in seconds.items()}
 
 
-def _counters(addresses: list[str], sample: str) -> float | None:
-    values = [
-        counter_total(body.decode(errors="replace"), sample)
-        for body in (_get(f"{address}/metrics") for address in addresses)
-        if body is not None
-    ]
-    known = [value for value in values if value is not None]
+def _metrics_texts(addresses: list[str]) -> list[str]:
+    """The /metrics pages of the workers at `addresses` that answer."""
+    bodies = (_get(f"{address}/metrics") for address in addresses)
+    return [body.decode(errors="replace") for body in bodies if body is not None]
+
+
+def _counters(texts: list[str], sample: str) -> float | None:
+    known = [value for text in texts if (value := counter_total(text, sample)) is not None]
     return sum(known) if known else None
 
 
@@ -743,8 +744,8 @@ def status(
     processor_addresses = [w.address for w in workers if w.healthy]
     sink_addresses = [sink_health.address] if sink_health.healthy else []
     began = time.monotonic()
-    processed_before = _counters(processor_addresses, "onfinish_processor_processed_total")
-    rows_before = _counters(sink_addresses, "onfinish_sink_rows_total")
+    processed_before = _counters(_metrics_texts(processor_addresses), "onfinish_processor_processed_total")
+    rows_before = _counters(_metrics_texts(sink_addresses), "onfinish_sink_rows_total")
 
     if kafka_health.healthy:
         consumer = Consumer(
@@ -766,13 +767,13 @@ def status(
 
     time.sleep(max(interval_s - (time.monotonic() - began), 0.0))
     elapsed = time.monotonic() - began
-    processed_after = _counters(processor_addresses, "onfinish_processor_processed_total")
-    rows_after = _counters(sink_addresses, "onfinish_sink_rows_total")
-    bodies = [_get(f"{address}/metrics") for address in processor_addresses]
+    processor_texts = _metrics_texts(processor_addresses)  # the rate's second read and the stage costs
+    processed_after = _counters(processor_texts, "onfinish_processor_processed_total")
+    rows_after = _counters(_metrics_texts(sink_addresses), "onfinish_sink_rows_total")
     return PipelineStatus(
         components=components,
         lags=lags,
         events_in_per_s=rate(processed_before, processed_after, elapsed),
         rows_out_per_s=rate(rows_before, rows_after, elapsed),
-        processor_us_per_record=stage_costs([b.decode(errors="replace") for b in bodies if b is not None]),
+        processor_us_per_record=stage_costs(processor_texts),
     )
