@@ -60,6 +60,9 @@ class LoadReport:
         return self.events + self.feedback + sum(self.malformed.values())
 
 
+PACE_SLACK_S = 0.002  # how far ahead of its schedule loadgen may run before it sleeps
+
+
 def _restamp(item: OnFinishEvent | Feedback, now: datetime) -> OnFinishEvent | Feedback:
     if isinstance(item, Feedback):
         return item.model_copy(update={"at": now})
@@ -91,10 +94,11 @@ def run_load(
     total = plan.items
     began = time.monotonic()
     for index, item in enumerate(generator.items(total)):
-        # Pace by schedule rather than by sleeping a fixed gap, so slow moments are caught up.
-        due = began + index / plan.rate
-        delay = due - time.monotonic()
-        if delay > 0:
+        # Pace by schedule rather than by sleeping a fixed gap, so slow moments are caught up; and
+        # sleep only once ahead by PACE_SLACK_S: a sleep per item cost about 24 µs of CPU (a quarter
+        # of loadgen's main thread at 5,000/s), and an item sent up to 2 ms early is stamped then.
+        delay = began + index / plan.rate - time.monotonic()
+        if delay > PACE_SLACK_S:
             time.sleep(delay)
         if isinstance(item, Malformed):
             raw.produce(producer_settings.topic, item.value, item.key)

@@ -9,7 +9,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from onfinish.producers.loadgen import LoadPlan, run_load
+from onfinish.producers.loadgen import PACE_SLACK_S, LoadPlan, run_load
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.traffic import TrafficProfile
 from onfinish.settings import KafkaSettings, RegistrySettings
@@ -36,6 +36,8 @@ def test_loadgen_sends_what_it_reports(
         manifest=tmp_path / "manifest.json",
     )
     assert report.delivered
+    # Paced: no item left more than PACE_SLACK_S before its time on the schedule.
+    assert report.send_seconds >= (plan.items - 1) / plan.rate - PACE_SLACK_S
     assert report.sent == plan.items == 3000 and seen[-1] == 3000
     assert report.events > 2500 and report.feedback > 0 and sum(report.malformed.values()) > 0
     assert report.sdk["produced"] == report.events + report.feedback and report.sdk["rejected"] == 0
