@@ -114,7 +114,7 @@ def _own_cpu_seconds() -> float:
 
 
 def _component_pids(stack: Stack, demo: Demo) -> dict[str, list[int]]:
-    """The pipeline's processes by the component they run, as CPU_COMPONENTS names them."""
+    """The pipeline's processes (loadgen aside: it runs in this one), by the component they run."""
     stack_pids = {c.name: record.pid for c in stack.components if (record := c.pid_file.running())}
     return {
         "processor workers": [w.process.pid for w in demo.children if w.name.startswith("demo-processor")],
