@@ -372,6 +372,13 @@ def loadgen(
             "model_id=gpt-4o:version=gpt-4o-2026-11:errors=0.1:from=5000 (repeatable).",
         ),
     ] = None,
+    predraw: Annotated[
+        bool,
+        typer.Option(
+            help="Draw all the traffic before sending (about 5 KB an item, at most 500,000 items), "
+            "so that making it up does not take CPU from a pipeline measured on the same machine.",
+        ),
+    ] = False,
 ) -> None:
     """Send realistic LLM telemetry through the SDK to ONFINISH_PRODUCER_TOPIC at a steady rate.
 
@@ -394,7 +401,7 @@ def loadgen(
     profile = TrafficProfile(
         sessions=sessions, pii_share=pii_share, malformed_share=malformed_share, effects=effects
     )
-    plan = LoadPlan(rate=rate, duration_s=duration, seed=seed, profile=profile)
+    plan = LoadPlan(rate=rate, duration_s=duration, seed=seed, profile=profile, predraw=predraw)
     with Progress(*_progress_columns(), console=console) as bar:
         task = bar.add_task(f"sending {plan.items} items at {rate:g}/s", total=plan.items)
         report = _fail_cleanly(

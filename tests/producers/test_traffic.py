@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import statistics
@@ -304,3 +305,24 @@ def test_a_profile_refuses_a_naive_start():
 def test_count_must_not_be_negative():
     with pytest.raises(ValueError, match="negative"):
         TrafficGenerator(TrafficProfile(), seed=1).items(-1)
+
+
+def test_predrawn_traffic_is_the_traffic_drawn_as_it_is_sent():
+    from onfinish.producers.loadgen import LoadPlan, draw
+
+    plan = LoadPlan(rate=500, duration_s=2, seed=11, profile=TrafficProfile(sessions=20, pii_share=0.1))
+    predrawn_generator, predrawn = draw(dataclasses.replace(plan, predraw=True))
+    # Drawn already: the generator has planted its PII before anything is sent.
+    assert predrawn_generator.planted_pii
+    lazy_generator, lazy = draw(plan)
+    assert not lazy_generator.planted_pii
+    assert [_comparable(i) for i in predrawn] == [_comparable(i) for i in lazy]
+    assert predrawn_generator.planted_pii == lazy_generator.planted_pii
+
+
+def test_too_much_traffic_to_predraw_is_refused_before_anything_is_drawn():
+    from onfinish.errors import OnfinishError
+    from onfinish.producers.loadgen import PREDRAW_MAX_ITEMS, LoadPlan, draw
+
+    with pytest.raises(OnfinishError, match="too many to draw beforehand"):
+        draw(LoadPlan(rate=PREDRAW_MAX_ITEMS, duration_s=1.01, predraw=True))

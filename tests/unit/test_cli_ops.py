@@ -145,6 +145,7 @@ def fake(monkeypatch) -> FakeQuerier:
         (["dlq", "show"], ["--reason", "--limit", "--bytes", "personal data", "Example"]),
         (["dlq", "replay"], ["--reason", "--dry-run", "--source-topic", "onfinish.replayed=1", "Example"]),
         (["status"], ["lag", "/health", "/metrics", "Example"]),
+        (["loadgen"], ["--rate", "--plant", "--predraw", "5 KB"]),
     ],
 )
 def test_each_command_explains_itself(command, mentions):
