@@ -10,8 +10,14 @@ a chDB directory), as `onfinish demo` runs it:
   produce-to-consume round trip, p99.
 - throughput: OFFERED events/s for LOAD_S seconds with 1, 2 and 4 processor workers on PARTITIONS
   partitions, and with one worker on 1 and 2 partitions (how it scales with each); the rate at
-  which events became queryable, from the first stored row to the last, against the rate loadgen
-  achieved (a ratio below 1 means the pipeline fell behind, and its lag grew).
+  which events became queryable, the rows stored after the first insert over the time from it to
+  the last, against the rate loadgen achieved (a ratio below 1 means the pipeline fell behind, and
+  its lag grew). The latency runs set the workers as the demo does, for a moving dashboard (the
+  sink inserts every 0.5 s, windows are sent every 1 s); the throughput runs keep the workers'
+  defaults (1 s and 5 s), which cost less CPU per event.
+- in both, loadgen draws its traffic before the clock starts (`--predraw`): making up realistic
+  events is the simulated application's work, not the pipeline's; the SDK's (encoding, spooling,
+  producing) is measured, on the same cores.
 - where the CPU goes, in the throughput run of the shape the targets name: each component's CPU
   seconds per event (loadgen with the SDK in this process, the processor workers, the sink, the
   broker, the registry with its PostgreSQL), read from the kernel's accounting, and the rate this
@@ -56,8 +62,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def _pipeline(stack: Stack, workers: int, home: Path, partitions: int = PARTITIONS) -> Iterator[Demo]:
-    """Sink and processor workers on topics, groups and a ClickHouse of their own."""
+def _pipeline(
+    stack: Stack, workers: int, home: Path, partitions: int = PARTITIONS, *, fresh: bool = True
+) -> Iterator[Demo]:
+    """Sink and processor workers on topics, groups and a ClickHouse of their own (`fresh`: as the
+    demo sets them, for a moving dashboard; else with the workers' defaults)."""
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     environment = {
         "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": stack.settings.kafka_bootstrap,
@@ -74,7 +83,11 @@ def _pipeline(stack: Stack, workers: int, home: Path, partitions: int = PARTITIO
     saved = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
     demo = Demo(
-        stack.settings, workers=workers, sink_settings=SinkSettings(), processor_settings=ProcessorSettings()
+        stack.settings,
+        workers=workers,
+        sink_settings=SinkSettings(),
+        processor_settings=ProcessorSettings(),
+        fresh=fresh,
     )
     try:
         demo.ensure_topics()
@@ -143,7 +156,7 @@ def _drained(demo: Demo, report: LoadReport, timeout_s: float = 600) -> QueryCli
 def _latencies(stack: Stack, home: Path, workers: int, partitions: int) -> tuple[float, float]:
     """p50 and p99 ms from on_finish to the stored row, at a steady STEADY_RATE events/s."""
     with _pipeline(stack, workers, home, partitions) as demo:
-        report = demo.send_traffic(STEADY_RATE, STEADY_S, seed=501, profile=PROFILE)
+        report = demo.send_traffic(STEADY_RATE, STEADY_S, seed=501, profile=PROFILE, predraw=True)
         client = _drained(demo, report)
         row = client.query(
             "SELECT quantile(0.5)(ms), quantile(0.99)(ms) FROM "
@@ -207,22 +220,26 @@ class Throughput:
 
 def _throughput(stack: Stack, workers: int, home: Path, partitions: int = PARTITIONS) -> Throughput:
     """What the pipeline stored while offered OFFERED events/s, and what each component spent."""
-    with _pipeline(stack, workers, home, partitions) as demo:
+    with _pipeline(stack, workers, home, partitions, fresh=False) as demo:
         pids = _component_pids(stack, demo)
         before = {name: sum(map(_cpu_seconds, group)) for name, group in pids.items()}
         own = _own_cpu_seconds()
-        report = demo.send_traffic(OFFERED, LOAD_S, seed=502 + workers, profile=PROFILE)
-        # Only loadgen and the SDK run in this process while it sends; the drain below only polls.
-        own = _own_cpu_seconds() - own
+        report = demo.send_traffic(OFFERED, LOAD_S, seed=502 + workers, profile=PROFILE, predraw=True)
+        # Only loadgen and the SDK run in this process while it sends (the traffic drawn beforehand
+        # is not theirs to pay); the drain below only polls.
+        own = _own_cpu_seconds() - own - report.draw_cpu_seconds
         client = _drained(demo, report)
         spent = {name: sum(map(_cpu_seconds, group)) - before[name] for name, group in pids.items()}
-        first, last = client.query(
-            "SELECT toUnixTimestamp64Milli(min(inserted_at)), toUnixTimestamp64Milli(max(inserted_at)) "
+        # The rate from the first insert to the last counts the rows stored after the first: that
+        # one (its parts land within milliseconds) holds a whole batch interval's events.
+        first, last, in_first = client.query(
+            "SELECT toUnixTimestamp64Milli(min(inserted_at)), toUnixTimestamp64Milli(max(inserted_at)), "
+            "countIf(inserted_at < (SELECT min(inserted_at) FROM events) + toIntervalMillisecond(200)) "
             "FROM events FINAL"
         ).rows[0]
     spent = {"loadgen and the SDK": own, **spent}
     return Throughput(
-        stored=report.events / max((int(last) - int(first)) / 1000, 1e-3),
+        stored=(report.events - int(in_first)) / max((int(last) - int(first)) / 1000, 1e-3),
         offered=report.events / report.send_seconds,
         cpu_us={name: seconds / report.events * 1e6 for name, seconds in spent.items()},
     )

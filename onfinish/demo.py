@@ -62,6 +62,10 @@ class Demo:
     workers: int = 1
     sink_settings: SinkSettings = field(default_factory=SinkSettings)
     processor_settings: ProcessorSettings = field(default_factory=ProcessorSettings)
+    # A dashboard that moves: the sink inserts every 0.5 s and the processors send changed windows
+    # every 1 s. False leaves the workers' defaults (1 s and 5 s), which cost less CPU per event:
+    # at 5,000 events/s on two cores the sink spends about a fifth less.
+    fresh: bool = True
     children: list[Worker] = field(default_factory=list)
 
     @property
@@ -103,7 +107,7 @@ class Demo:
         worker = self._start(
             "demo-sink",
             [sys.executable, "-m", "onfinish.sinks.worker"],
-            {**self._env(), "ONFINISH_SINK_BATCH_SECONDS": "0.5"},
+            {**self._env(), **({"ONFINISH_SINK_BATCH_SECONDS": "0.5"} if self.fresh else {})},
             f"http://{self.sink_settings.web_host}:{self.sink_settings.web_port}/health",
         )
         self._wait_healthy(worker, f"{self.query_url}/health", timeout_s)
@@ -123,7 +127,7 @@ class Demo:
                 {
                     **self._env(),
                     "ONFINISH_PROCESSOR_WEB_PORT": str(port),
-                    "ONFINISH_PROCESSOR_SNAPSHOT_INTERVAL_S": "1",
+                    **({"ONFINISH_PROCESSOR_SNAPSHOT_INTERVAL_S": "1"} if self.fresh else {}),
                 },
                 f"http://{self.processor_settings.web_host}:{port}/health",
             )
@@ -156,8 +160,11 @@ class Demo:
         progress: Callable[[int, int], None] | None = None,
         *,
         profile: TrafficProfile | None = None,
+        predraw: bool = False,
     ) -> LoadReport:
-        plan = LoadPlan(rate=rate, duration_s=duration_s, seed=seed, profile=profile or TrafficProfile())
+        plan = LoadPlan(
+            rate=rate, duration_s=duration_s, seed=seed, profile=profile or TrafficProfile(), predraw=predraw
+        )
         spool = self.stack.home / "demo-spool"
         report = run_load(
             plan,
