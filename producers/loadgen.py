@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,7 +79,7 @@ def _restamp(item: OnFinishEvent | Feedback, now: datetime) -> OnFinishEvent | F
     return item.model_copy(update={"started_at": item.started_at + shift, "finished_at": now})
 
 
-def draw(plan: LoadPlan) -> tuple[TrafficGenerator, Iterator[Item]]:
+def draw(plan: LoadPlan) -> tuple[TrafficGenerator, Iterable[Item]]:
     """The plan's generator and its items, in order: drawn as they are sent, or all at once now
     with `plan.predraw`."""
     if plan.predraw and plan.items > PREDRAW_MAX_ITEMS:
@@ -89,7 +89,9 @@ def draw(plan: LoadPlan) -> tuple[TrafficGenerator, Iterator[Item]]:
         )
     generator = TrafficGenerator(plan.profile, plan.seed)
     items = generator.items(plan.items)
-    return generator, iter(list(items)) if plan.predraw else items
+    # The list itself, not an iterator over it: an exhausted iterator drops the list, and freeing
+    # 100,000 items took 0.3 s, counted in the send's time.
+    return generator, list(items) if plan.predraw else items
 
 
 def run_load(
