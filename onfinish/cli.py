@@ -403,6 +403,7 @@ def loadgen(
     )
     plan = LoadPlan(rate=rate, duration_s=duration, seed=seed, profile=profile, predraw=predraw)
     with Progress(*_progress_columns(), console=console) as bar:
+        drawing = bar.add_task(f"drawing {plan.items} items", total=plan.items, visible=predraw)
         task = bar.add_task(f"sending {plan.items} items at {rate:g}/s", total=plan.items)
         report = _fail_cleanly(
             lambda: run_load(
@@ -412,6 +413,7 @@ def loadgen(
                 RegistrySettings(),
                 progress=lambda done, _: bar.update(task, completed=done),
                 manifest=manifest,
+                draw_progress=lambda done, _: bar.update(drawing, completed=done),
             )
         )
     table = Table(

@@ -79,9 +79,9 @@ def _restamp(item: OnFinishEvent | Feedback, now: datetime) -> OnFinishEvent | F
     return item.model_copy(update={"started_at": item.started_at + shift, "finished_at": now})
 
 
-def draw(plan: LoadPlan) -> tuple[TrafficGenerator, Iterable[Item]]:
+def draw(plan: LoadPlan, progress: Progress | None = None) -> tuple[TrafficGenerator, Iterable[Item]]:
     """The plan's generator and its items, in order: drawn as they are sent, or all at once now
-    with `plan.predraw`."""
+    with `plan.predraw` (`progress` is told how far the drawing is)."""
     if plan.predraw and plan.items > PREDRAW_MAX_ITEMS:
         raise OnfinishError(
             f"{plan.items:,} items are too many to draw beforehand (at most {PREDRAW_MAX_ITEMS:,}, "
@@ -89,9 +89,16 @@ def draw(plan: LoadPlan) -> tuple[TrafficGenerator, Iterable[Item]]:
         )
     generator = TrafficGenerator(plan.profile, plan.seed)
     items = generator.items(plan.items)
+    if not plan.predraw:
+        return generator, items
     # The list itself, not an iterator over it: an exhausted iterator drops the list, and freeing
     # 100,000 items took 0.3 s, counted in the send's time.
-    return generator, list(items) if plan.predraw else items
+    drawn: list[Item] = []
+    for item in items:
+        drawn.append(item)
+        if progress is not None and (len(drawn) % 1000 == 0 or len(drawn) == plan.items):
+            progress(len(drawn), plan.items)
+    return generator, drawn
 
 
 def run_load(
@@ -102,10 +109,12 @@ def run_load(
     *,
     progress: Progress | None = None,
     manifest: Path | None = None,
+    draw_progress: Progress | None = None,
 ) -> LoadReport:
-    """Send `plan.items` items at `plan.rate` per second, then wait for Kafka to acknowledge them."""
+    """Send `plan.items` items at `plan.rate` per second, then wait for Kafka to acknowledge them
+    (`draw_progress` follows the drawing beforehand, with `plan.predraw`)."""
     drawing = time.process_time()
-    generator, items = draw(plan)
+    generator, items = draw(plan, draw_progress)
     draw_cpu_seconds = time.process_time() - drawing
     emitter = Emitter(producer_settings, kafka, registry)
     raw = Producer(

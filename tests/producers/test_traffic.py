@@ -310,8 +310,10 @@ def test_count_must_not_be_negative():
 def test_predrawn_traffic_is_the_traffic_drawn_as_it_is_sent():
     from onfinish.producers.loadgen import LoadPlan, draw
 
-    plan = LoadPlan(rate=500, duration_s=2, seed=11, profile=TrafficProfile(sessions=20, pii_share=0.1))
-    predrawn_generator, predrawn = draw(dataclasses.replace(plan, predraw=True))
+    plan = LoadPlan(rate=500, duration_s=5, seed=11, profile=TrafficProfile(sessions=20, pii_share=0.1))
+    told: list[tuple[int, int]] = []
+    predrawn_generator, predrawn = draw(dataclasses.replace(plan, predraw=True), lambda *at: told.append(at))
+    assert told == [(1000, 2500), (2000, 2500), (2500, 2500)]  # every thousand, and the last
     # Drawn already: the generator has planted its PII before anything is sent; and held in a list
     # that outlives the send (an exhausted iterator would free the items inside the timed send).
     assert predrawn_generator.planted_pii and isinstance(predrawn, list)
