@@ -18,14 +18,13 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.report import Figure, rate_until
+from bench.report import Figure, metrics_text, rate_until
 from onfinish.inspect import stage_costs
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, WriterSchema
@@ -134,8 +133,8 @@ def _worker(stack: Stack, prefix: str, count: int) -> tuple[float, dict[str, flo
             rate = rate_until(WEB_PORT, "onfinish_processor_processed_total", count)
             if rate is None:
                 raise RuntimeError("the worker did not process the benchmark's events in time")
-            with urllib.request.urlopen(f"http://127.0.0.1:{WEB_PORT}/metrics", timeout=10) as response:
-                stages = stage_costs([response.read().decode()])
+            text = metrics_text(WEB_PORT, timeout_s=10)
+            stages = stage_costs([text]) if text is not None else None
             return rate, stages or {}
         finally:
             worker.send_signal(signal.SIGTERM)

@@ -85,15 +85,23 @@ def update_readme(figures: list[Figure], readme: Path) -> None:
     readme.write_text(pattern.sub(lambda _: block, text))
 
 
+def metrics_text(port: int, timeout_s: float = 2) -> str | None:
+    """A local worker's /metrics page; None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
 def metric(port: int, name: str) -> float:
     """A worker's Prometheus metric (the first line starting with `name`); -1 while it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name):
-                    return float(line.rsplit(" ", 1)[1])
-    except OSError:
+    text = metrics_text(port)
+    if text is None:
         return -1.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
