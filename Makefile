@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The processors' native core (processors/native/, decision 0011): built with the machine's cargo.
+NATIVE := processors/native
+NATIVE_SOURCES := $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml $(wildcard $(NATIVE)/src/*.rs) $(wildcard $(NATIVE)/*.pyi)
 
 .PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(NATIVE_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The native core first: the `processors` extra requires onfinish-native, which no index serves
+	# yet, and a requirement that is already installed is satisfied from here.
+	$(BIN)/python -m pip install --quiet -c constraints.txt ./$(NATIVE)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from onfinish.errors import ConfigurationError
+from onfinish.processors.calls import EnrichedCall
 from onfinish.schemas.models import Alert, EnrichedEvent, SessionSnapshot, WindowSnapshot
 
 
@@ -114,7 +115,7 @@ def _value(record: object, metric: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def event_alerts(book: RuleBook, event: EnrichedEvent) -> list[Alert]:
+def event_alerts(book: RuleBook, event: EnrichedCall) -> list[Alert]:
     """Breaches of event rules by one call (an event is processed once, so each fires once)."""
     alerts = []
     for rule in book.of_kind("event"):

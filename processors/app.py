@@ -50,11 +50,12 @@ from onfinish.processors.decoding import (
     TimeBounds,
 )
 from onfinish.processors.delivery import GroupSender, Record
+from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import STAGES, Batch, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.redaction import PatternSet
-from onfinish.processors.settings import ProcessorSettings
+from onfinish.processors.settings import Engine, ProcessorSettings
 from onfinish.schemas.contract import (
     DEAD_LETTER_OVERHEAD_BYTES,
     MAX_RECORD_BYTES,
@@ -260,6 +261,10 @@ class OutputSchemas:
         self._prefixes: dict[str, bytes] = {}
 
     def encode(self, record_type: RecordType, datum: dict[str, Any]) -> bytes:
+        return self.prefix(record_type) + record_type.encode(datum)
+
+    def prefix(self, record_type: RecordType) -> bytes:
+        """The Confluent prefix of `record_type`'s records (the native engine frames with it)."""
         prefix = self._prefixes.get(record_type.full_name)
         if prefix is None:
             subject = record_type.subject(record_type.topic(self.topic_prefix))
@@ -273,7 +278,7 @@ class OutputSchemas:
                 raise RegistryUnavailable(f"registering {subject}: {exc}") from exc
             prefix = b"\x00" + int(schema_id).to_bytes(4, "big")
             self._prefixes[record_type.full_name] = prefix
-        return prefix + record_type.encode(datum)
+        return prefix
 
 
 def _registry_config(registry: RegistrySettings) -> dict[str, Any]:
@@ -354,6 +359,7 @@ def build_app(
         window_store,
         allowed_lateness=timedelta(seconds=settings.allowed_lateness_s),
         clock=lambda: datetime.now(UTC),
+        native=NativeCore(decoder, enricher, schemas.prefix) if settings.engine is Engine.native else None,
     )
     sender = GroupSender(
         lambda: confluent_kafka.Producer(

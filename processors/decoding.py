@@ -50,10 +50,22 @@ class SchemaRefused(OnfinishError):
 
 @dataclass(frozen=True)
 class WriterSchema:
-    """A registered schema a producer wrote with, and the contract record type it belongs to."""
+    """A registered schema a producer wrote with, and the contract record type it belongs to.
+
+    `text` is the schema as registered, what the native engine plans its reads from; without it the
+    native engine reads only records written with the contract's own schema (`parsed` being the
+    record type's), and hands the others to this module.
+    """
 
     record_type: RecordType
     parsed: Any
+    text: str | None = None
+
+    @property
+    def schema_text(self) -> str | None:
+        if self.text is not None:
+            return self.text
+        return self.record_type.schema_str if self.parsed is self.record_type.parsed else None
 
 
 # Returns the writer schema of an id, None when the registry does not know it (or it is not a
@@ -85,7 +97,7 @@ class RegistrySchemas:
                     f"{document.get('namespace', '')}.{document.get('name', '')}"
                 )
                 if record_type is not None:
-                    writer = WriterSchema(record_type, fastavro.parse_schema(document))
+                    writer = WriterSchema(record_type, fastavro.parse_schema(document), text)
         self._cache[schema_id] = writer
         return writer
 
@@ -96,6 +108,19 @@ class TimeBounds:
 
     max_future: timedelta = timedelta(minutes=5)
     max_past: timedelta = timedelta(days=7)
+
+
+def unframe(value: bytes) -> int:
+    """The schema id of a Confluent-framed value: magic byte 0, then the id in 4 bytes, big-endian.
+
+    The one place the processors read the raw topic's framing (the native engine's Rust does the
+    same for the records it reads). Refused when the value is not framed.
+    """
+    if value[0] != 0 or len(value) < 5:
+        raise Refused(
+            Reason.not_confluent_framed, f"first byte {value[0]:#04x}, expected the magic byte 0x00"
+        )
+    return int.from_bytes(value[1:5], "big")
 
 
 def _describe(error: ValidationError) -> str:
@@ -124,11 +149,7 @@ class Decoder:
             raise Refused(Reason.empty, "the record has no value")
         if len(value) > MAX_VALUE_BYTES:
             raise Refused(Reason.oversized, f"{len(value)} bytes, more than {MAX_VALUE_BYTES}")
-        if value[0] != 0 or len(value) < 5:
-            raise Refused(
-                Reason.not_confluent_framed, f"first byte {value[0]:#04x}, expected the magic byte 0x00"
-            )
-        schema_id = int.from_bytes(value[1:5], "big")
+        schema_id = unframe(value)
         writer = self.lookup(schema_id)
         if writer is None:
             raise Refused(Reason.unknown_schema_id, f"schema id {schema_id} is not a schema of the contract")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from time import perf_counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from onfinish.processors.alerts import (
     RuleBook,
@@ -35,7 +35,9 @@ from onfinish.processors.alerts import (
     window_alerts,
     window_breached,
 )
+from onfinish.processors.calls import EnrichedCall
 from onfinish.processors.decoding import Decoder, Refused, RegistryUnavailable, SchemaRefused
+from onfinish.processors.engines import NativeCore, Result, behaviour_of, feedback_of
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
 from onfinish.processors.sessions import SessionState
@@ -49,7 +51,10 @@ from onfinish.schemas.contract import (
     RecordType,
 )
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
-from onfinish.schemas.models import Alert, EnrichedEvent, Feedback, OnFinishEvent
+from onfinish.schemas.models import Alert, Feedback, OnFinishEvent
+
+if TYPE_CHECKING:
+    from onfinish_native import Call
 
 Datum = dict[str, Any]
 Encode = Callable[[RecordType, Datum], bytes]
@@ -163,6 +168,7 @@ class Pipeline:
         *,
         allowed_lateness: timedelta,
         clock: Callable[[], datetime],
+        native: NativeCore | None = None,
     ) -> None:
         self.decoder = decoder
         self.enricher = enricher
@@ -179,6 +185,8 @@ class Pipeline:
         self.retention = max(allowed_lateness, timedelta(minutes=1))
         self.counts = Counts()
         self._window_rules = bool(rules.of_kind("window"))
+        # The per-event engine (processors/engines.py): None runs the Python reference per record.
+        self.native = native
 
     def batch(self) -> Batch:
         """Start a batch: `add` its records in offset order, then `finish` it."""
@@ -347,11 +355,48 @@ class Batch:
         self.now = pipeline.clock()
         self.records = 0
         self.seconds = dict.fromkeys(STAGES, 0.0)  # time spent in each of STAGES
+        # With the native engine, records wait here for one call at the batch's end; `applied` of
+        # them are in state (a registry outage may stop the batch's end part way, to be retried).
+        self.pending: list[RawRecord] = []
+        self.results: list[Result] | None = None
+        self.applied = 0
 
     def add(self, record: RawRecord) -> None:
-        self._add(record)  # RegistryUnavailable leaves the record uncounted: the caller retries it
+        # RegistryUnavailable leaves the record uncounted: the caller retries it.
+        native = self.pipeline.native
+        if native is None:
+            self._add(record)
+        else:
+            started = perf_counter()
+            native.prepare(record.value)
+            self.pending.append(record)
+            self.seconds["decode"] += perf_counter() - started
         self.records += 1
         self.pipeline.counts.records_in += 1
+
+    def _apply_pending(self) -> None:
+        """The native engine's records: one call for all, then each applied to state in offset
+        order, exactly where the reference path would apply it; a record the core handed back
+        takes the reference path (`_add`) in its place."""
+        native = self.pipeline.native
+        if native is None or not self.pending:
+            return
+        if self.results is None:
+            self.results, seconds = native.run(self.pending, self.now)
+            for stage, spent in seconds.items():
+                self.seconds[stage] += spent
+        while self.applied < len(self.pending):
+            record, result = self.pending[self.applied], self.results[self.applied]
+            if result is None:
+                self._add(record)
+            elif isinstance(result, tuple):
+                started = perf_counter()
+                self._feedback(feedback_of(result), record.partition, record.offset)
+                self.seconds["state"] += perf_counter() - started
+            else:
+                self._call(result, record.partition, record.offset)
+            self.applied += 1
+        self.pending, self.results, self.applied = [], None, 0
 
     def _add(self, record: RawRecord) -> None:
         pipeline = self.pipeline
@@ -413,24 +458,54 @@ class Batch:
         self.partitions.add(partition)
         encoded_at = perf_counter()
         seconds["encode"] += encoded_at - enriched_at
+        self._apply(session, enriched, event_id, Behaviour.of(event), partition, offset)
+        seconds["state"] += perf_counter() - encoded_at
 
-        if session.state.apply_event(enriched, offset):
+    def _call(self, call: Call, partition: int, offset: int) -> None:
+        """`_event` for a call the native core decoded, enriched and encoded."""
+        pipeline = self.pipeline
+        seconds = self.seconds
+        started = perf_counter()
+        session = self._touch_session(call.key, partition)
+        first_offset = session.event_offsets.get(call.event_id)
+        if first_offset is not None and first_offset != offset:
+            pipeline.counts.duplicates += 1
+            seconds["state"] += perf_counter() - started
+            return
+        outputs = [Output(ENRICHED_EVENT, call.key.encode(), call.value)]
+        outputs += [pipeline.alert_output(alert) for alert in event_alerts(pipeline.rules, call)]
+        self.outputs += outputs
+        self.partitions.add(partition)
+        self._apply(session, call, call.event_id, behaviour_of(call), partition, offset)
+        seconds["state"] += perf_counter() - started
+
+    def _apply(
+        self,
+        session: _Session,
+        call: EnrichedCall,
+        event_id: str,
+        behaviour: Behaviour,
+        partition: int,
+        offset: int,
+    ) -> None:
+        """An enriched call into its session, its window and the partition's watermark."""
+        pipeline = self.pipeline
+        if session.state.apply_event(call, offset):
             session.event_offsets[event_id] = offset
-            session.behaviours[event.request_id] = Behaviour.of(event)
+            session.behaviours[call.request_id] = behaviour
         else:
             pipeline.counts.replayed += 1
 
         watermark = pipeline.watermark(partition)
-        window_key = WindowKey.of(enriched)
+        window_key = WindowKey.of(call)
         if watermark.is_closed(window_key.window_start):
             pipeline.counts.late += 1  # still in the events table; its closed window is not reopened
         else:
-            self._window(window_key, enriched, partition, offset)
-        watermark.observe(event.finished_at)
+            self._window(window_key, call, partition, offset)
+        watermark.observe(call.finished_at)
         pipeline.counts.processed += 1
-        seconds["state"] += perf_counter() - encoded_at
 
-    def _window(self, key: WindowKey, enriched: EnrichedEvent, partition: int, offset: int) -> None:
+    def _window(self, key: WindowKey, enriched: EnrichedCall, partition: int, offset: int) -> None:
         table_key = f"{partition}|{key.as_text()}"
         entry = self.windows.get(table_key)
         if entry is None:
@@ -485,6 +560,7 @@ class Batch:
 
     def finish(self) -> list[Output]:
         """The batch's outputs, once every state it touched is written."""
+        self._apply_pending()
         started = perf_counter()
         pipeline = self.pipeline
         rules = pipeline.rules

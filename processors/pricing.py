@@ -291,6 +291,14 @@ class PriceCatalog:
     def metadata(self, provider: str, model: str) -> ModelMetadata | None:
         return self._metadata.get((provider, model))
 
+    def prices(self) -> list[Price]:
+        """Every entry, in the order :meth:`price_for` tries them within a key (by effective date)."""
+        return [price for prices in self._prices.values() for price in prices]
+
+    def all_metadata(self) -> dict[tuple[str, str], ModelMetadata]:
+        """Model metadata by (provider, model)."""
+        return dict(self._metadata)
+
 
 # --- Cost ---------------------------------------------------------------------------------------
 

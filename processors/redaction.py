@@ -200,13 +200,14 @@ def _validation_message(error: ValidationError, raw: Any) -> str:
 class _Gate:
     """A cheap necessary condition: a match can only exist if the text contains one of ``needles``."""
 
-    __slots__ = ("_needle", "_regex", "folded")
+    __slots__ = ("_needle", "_regex", "folded", "needles")
 
     def __init__(self, needles: tuple[str, ...], folded: bool) -> None:
         self.folded = folded
         # Case-folded needles are searched in the lowered text: an IGNORECASE alternation is slow in
         # re, a plain one of literals is scanned in C, and one needle is a substring test.
         wanted = tuple(needle.lower() for needle in needles) if folded else needles
+        self.needles = wanted
         self._needle = wanted[0] if len(wanted) == 1 else None
         self._regex = re.compile("|".join(map(re.escape, wanted)))
 
@@ -226,6 +227,8 @@ class _CompiledPattern:
     validate: Callable[[str], bool] | None
     validated_group: str | int
     gate: int | None
+    flags: tuple[str, ...] = ()
+    validator_name: str | None = None
 
     def masked(self, match: re.Match[str]) -> str | None:
         """The replacement for ``match``, or None when its validator refuses the candidate."""
@@ -274,6 +277,8 @@ def _compile(entry: _PatternEntry, gate: int | None) -> _CompiledPattern:
         validate=_VALIDATORS[entry.validator] if entry.validator is not None else None,
         validated_group=VALIDATED_GROUP if VALIDATED_GROUP in regex.groupindex else 0,
         gate=gate,
+        flags=entry.flags,
+        validator_name=entry.validator,
     )
 
 
@@ -347,6 +352,32 @@ class PatternSet:
     def names(self) -> tuple[str, ...]:
         """The pattern names, in the order they are applied."""
         return self._names
+
+    def definitions(self) -> dict[str, Any]:
+        """The compiled set as plain data, for the native engine (processors/engines.py): per pattern
+        its name, regex, flags, replacement parts (is a group, text), validator, validated group and
+        gate; the gates' needles (lowered when folded); and the version."""
+        patterns = []
+        for pattern in self._patterns:
+            replacement = pattern.replacement
+            parts = [(False, replacement)] if isinstance(replacement, str) else list(replacement)
+            group = pattern.validated_group
+            patterns.append(
+                (
+                    pattern.name,
+                    pattern.regex.pattern,
+                    list(pattern.flags),
+                    parts,
+                    pattern.validator_name,
+                    group if isinstance(group, str) else None,
+                    pattern.gate,
+                )
+            )
+        return {
+            "patterns": patterns,
+            "gates": [(list(gate.needles), gate.folded) for gate in self._gates],
+            "redaction_version": self._version,
+        }
 
     def redact(self, text: str) -> str:
         """``text`` with every PII or secret the patterns find replaced by its placeholder.

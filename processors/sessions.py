@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from onfinish.schemas.models import EnrichedEvent, SessionSnapshot, Status
+from onfinish.processors.calls import EnrichedCall
+from onfinish.schemas.models import SessionSnapshot, Status
 
 DEFAULT_GAP = timedelta(minutes=30)
 
@@ -47,7 +48,7 @@ class SessionState:
     calls: dict[str, CallRecord] = field(default_factory=dict)
     closed: bool = False
 
-    def apply_event(self, event: EnrichedEvent, offset: int) -> bool:
+    def apply_event(self, event: EnrichedCall, offset: int) -> bool:
         """Add one call read at `offset`; False (and no change) for an offset already applied."""
         if offset <= self.version:
             return False

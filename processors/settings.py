@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -13,6 +14,14 @@ from onfinish.runtime import GcThresholds, gc_thresholds_field
 
 # A published default for local runs, never a secret: production sets ONFINISH_PROCESSOR_PSEUDONYM_KEY.
 DEVELOPMENT_PSEUDONYM_KEY = "onfinish-local-development-key"
+
+
+class Engine(StrEnum):
+    """Which code runs the per-event path (processors/engines.py): the Python reference, or the
+    native core that hands every record it is not sure of to the reference."""
+
+    python = "python"
+    native = "native"
 
 
 class ProcessorSettings(BaseSettings):
@@ -41,6 +50,13 @@ class ProcessorSettings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(
         default=3.0, gt=0, description="How often a worker tells the group it lives."
+    )
+    engine: Engine = Field(
+        default=Engine.python,
+        description=(
+            "The per-event path's engine: native (the Rust core, one call per batch; records it is "
+            "not sure of take the Python path) or python (the reference alone)."
+        ),
     )
     price_catalog: Path | None = Field(
         default=None, description="Price catalog TOML; unset means the packaged one."

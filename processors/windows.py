@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from onfinish.processors.calls import EnrichedCall
 from onfinish.processors.histograms import DEFAULT_GRID, Histogram
-from onfinish.schemas.models import EnrichedEvent, RoutingStrategy, Status, WindowSnapshot
+from onfinish.schemas.models import RoutingStrategy, Status, WindowSnapshot
 
 WINDOW = timedelta(minutes=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -43,7 +44,7 @@ class WindowKey:
     status: str
 
     @classmethod
-    def of(cls, event: EnrichedEvent) -> WindowKey:
+    def of(cls, event: EnrichedCall) -> WindowKey:
         return cls(
             window_start=window_start(event.finished_at),
             provider=event.provider,
@@ -98,7 +99,7 @@ class WindowState:
     latency: Histogram = field(default_factory=lambda: Histogram(DEFAULT_GRID))
     ttft: Histogram = field(default_factory=lambda: Histogram(DEFAULT_GRID))
 
-    def apply(self, event: EnrichedEvent, offset: int) -> bool:
+    def apply(self, event: EnrichedCall, offset: int) -> bool:
         """Add one event read at `offset`; False (and no change) when that offset was applied already."""
         if offset <= self.version:
             return False

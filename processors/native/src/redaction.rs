@@ -1,0 +1,278 @@
+//! Redaction with the same patterns file as processors/redaction.py, and the keyed pseudonym.
+//!
+//! The patterns are compiled with fancy-regex, a backtracking engine like Python's `re` (look-around,
+//! back-references, possessive quantifiers), so a match is the one `re` finds. The engines differ
+//! outside ASCII (Python's `\w`, `\s` and case folding follow str methods, Rust's follow Unicode
+//! properties) and on the ASCII separators 0x1C-0x1F, which Python counts as whitespace: a text
+//! with any such character is not redacted here but handed back (`None`), and the caller asks the
+//! Python reference. So are texts on which fancy-regex gives up (its backtracking limit) and any
+//! empty match, where the two engines' iteration rules differ.
+
+use std::collections::HashMap;
+
+use fancy_regex::{Captures, Regex};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+const MAX_ROUNDS: usize = 4;
+const CACHED_TEXT_CHARS: usize = 256;
+const CACHE_ENTRIES: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Validator {
+    Luhn,
+    Iban,
+    Ipv4,
+}
+
+impl Validator {
+    pub fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "luhn" => Self::Luhn,
+            "iban_mod97" => Self::Iban,
+            "ipv4_octets" => Self::Ipv4,
+            _ => return None,
+        })
+    }
+
+    fn valid(self, candidate: &str) -> bool {
+        match self {
+            Self::Luhn => luhn_valid(candidate),
+            Self::Iban => iban_valid(candidate),
+            Self::Ipv4 => ipv4_octets_valid(candidate),
+        }
+    }
+}
+
+/// ASCII texts only (see the module docstring), as the redaction.py functions of the same names.
+fn luhn_valid(candidate: &str) -> bool {
+    let digits: Vec<u32> = candidate.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let total: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(position, &digit)| {
+            if position % 2 == 1 {
+                if digit > 4 { digit * 2 - 9 } else { digit * 2 }
+            } else {
+                digit
+            }
+        })
+        .sum();
+    total % 10 == 0
+}
+
+fn iban_valid(candidate: &str) -> bool {
+    let compact: Vec<u8> = candidate.bytes().filter(|&b| b != b' ').map(|b| b.to_ascii_uppercase()).collect();
+    if !(15..=34).contains(&compact.len()) || !compact.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let mut remainder: u32 = 0;
+    for &byte in compact[4..].iter().chain(&compact[..4]) {
+        let value = if byte.is_ascii_digit() { u32::from(byte - b'0') } else { u32::from(byte - b'A') + 10 };
+        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+    }
+    remainder == 1
+}
+
+fn ipv4_octets_valid(candidate: &str) -> bool {
+    let octets: Vec<&str> = candidate.split('.').collect();
+    octets.len() == 4
+        && octets.iter().all(|octet| {
+            !octet.is_empty() && octet.bytes().all(|b| b.is_ascii_digit()) && octet.parse::<u64>().is_ok_and(|v| v <= 255)
+        })
+}
+
+pub enum Replacement {
+    Literal(String),
+    /// Literal text, or the name of a group to insert (empty when it did not take part).
+    Parts(Vec<(bool, String)>),
+}
+
+pub struct Pattern {
+    pub name: String,
+    pub regex: Regex,
+    pub replacement: Replacement,
+    pub validator: Option<Validator>,
+    /// The group a validator checks: "value" when the regex has one, else the whole match.
+    pub validated_group: Option<String>,
+    pub gate: Option<usize>,
+}
+
+pub struct Gate {
+    pub needles: Vec<String>,
+    pub folded: bool,
+}
+
+pub struct Patterns {
+    pub version: i64,
+    pub patterns: Vec<Pattern>,
+    pub gates: Vec<Gate>,
+    cache: HashMap<String, String>,
+}
+
+/// Whether a text is redacted here: printable ASCII, tab, newline, vertical tab, form feed and
+/// carriage return, on which Python's `re` and fancy-regex agree.
+pub fn native_text(text: &str) -> bool {
+    text.bytes().all(|b| (0x20..0x7F).contains(&b) || (0x09..=0x0D).contains(&b))
+}
+
+impl Patterns {
+    pub fn new(version: i64, patterns: Vec<Pattern>, gates: Vec<Gate>) -> Self {
+        Self { version, patterns, gates, cache: HashMap::new() }
+    }
+
+    /// PatternSet.redact: rounds until nothing changes (at most four); None: ask Python.
+    pub fn redact(&mut self, text: &str) -> Option<String> {
+        if let Some(cached) = self.cache.get(text) {
+            return Some(cached.clone());
+        }
+        if !native_text(text) {
+            return None;
+        }
+        let mut current = text.to_string();
+        let mut redacted = self.apply(&current, None)?;
+        let mut rounds = 1;
+        while redacted != current && rounds < MAX_ROUNDS {
+            current = redacted;
+            redacted = self.apply(&current, None)?;
+            rounds += 1;
+        }
+        // Python counts characters; these texts are ASCII, so bytes are characters.
+        if text.len() <= CACHED_TEXT_CHARS {
+            if self.cache.len() >= CACHE_ENTRIES {
+                self.cache.clear();
+            }
+            self.cache.insert(text.to_string(), redacted.clone());
+        }
+        Some(redacted)
+    }
+
+    /// PatternSet.findings: (pattern name, matched text) in the order masked; None: ask Python.
+    pub fn findings(&self, text: &str) -> Option<Vec<(String, String)>> {
+        if !native_text(text) {
+            return None;
+        }
+        let mut found = Vec::new();
+        self.apply(text, Some(&mut found))?;
+        Some(found)
+    }
+
+    fn admits(&self, gate: usize, text: &str, lowered: &mut Option<String>) -> bool {
+        let gate = &self.gates[gate];
+        let haystack: &str = if gate.folded { lowered.get_or_insert_with(|| text.to_ascii_lowercase()) } else { text };
+        gate.needles.iter().any(|needle| haystack.contains(needle.as_str()))
+    }
+
+    fn apply(&self, text: &str, mut found: Option<&mut Vec<(String, String)>>) -> Option<String> {
+        let mut text = text.to_string();
+        let mut admitted: Vec<Option<bool>> = vec![None; self.gates.len()];
+        let mut lowered: Option<String> = None;
+        for pattern in &self.patterns {
+            if let Some(gate) = pattern.gate {
+                let verdict = match admitted[gate] {
+                    Some(verdict) => verdict,
+                    None => {
+                        let verdict = self.admits(gate, &text, &mut lowered);
+                        admitted[gate] = Some(verdict);
+                        verdict
+                    }
+                };
+                if !verdict {
+                    continue;
+                }
+            }
+            let redacted = substitute(pattern, &text, found.as_deref_mut())?;
+            if redacted != text {
+                text = redacted;
+                admitted.iter_mut().for_each(|verdict| *verdict = None);
+                lowered = None;
+            }
+        }
+        Some(text)
+    }
+}
+
+fn masked(pattern: &Pattern, captures: &Captures<'_, str>) -> Option<Option<String>> {
+    if let Some(validator) = pattern.validator {
+        let candidate = match &pattern.validated_group {
+            Some(group) => captures.name(group)?.as_str(),
+            None => captures.get(0)?.as_str(),
+        };
+        if !validator.valid(candidate) {
+            return Some(None);
+        }
+    }
+    Some(Some(match &pattern.replacement {
+        Replacement::Literal(text) => text.clone(),
+        Replacement::Parts(parts) => parts
+            .iter()
+            .map(|(is_group, text)| {
+                if *is_group { captures.name(text).map_or("", |m| m.as_str()) } else { text.as_str() }
+            })
+            .collect(),
+    }))
+}
+
+/// `regex.sub(substitute, text)`: every non-overlapping match from the left, a refused candidate
+/// left as it is (and its span passed over, as `re.sub` does).
+fn substitute(pattern: &Pattern, text: &str, mut found: Option<&mut Vec<(String, String)>>) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for captures in pattern.regex.captures_iter(text) {
+        let captures = captures.ok()?;
+        let whole = captures.get(0)?;
+        if whole.start() == whole.end() {
+            return None;
+        }
+        out.push_str(&text[last..whole.start()]);
+        match masked(pattern, &captures)? {
+            Some(replacement) => {
+                if let Some(found) = found.as_deref_mut() {
+                    found.push((pattern.name.clone(), whole.as_str().to_string()));
+                }
+                out.push_str(&replacement);
+            }
+            None => out.push_str(whole.as_str()),
+        }
+        last = whole.end();
+    }
+    if last == 0 {
+        return Some(text.to_string());
+    }
+    out.push_str(&text[last..]);
+    Some(out)
+}
+
+/// `pseudonymise`: "u_" and the first 32 hex digits of HMAC-SHA256(key, user id).
+pub fn pseudonym(user_id: &str, key: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(user_id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    format!("u_{}", &hex::encode(digest)[..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validators_agree_with_the_reference() {
+        assert!(luhn_valid("4111 1111 1111 1111"));
+        assert!(!luhn_valid("4111 1111 1111 1112"));
+        assert!(iban_valid("DE89 3704 0044 0532 0130 00"));
+        assert!(!iban_valid("DE88 3704 0044 0532 0130 00"));
+        assert!(ipv4_octets_valid("192.168.1.20"));
+        assert!(!ipv4_octets_valid("256.1.1.1"));
+    }
+
+    #[test]
+    fn pseudonyms_are_keyed_hashes() {
+        let pseudonym = pseudonym("user-1", b"k");
+        assert!(pseudonym.starts_with("u_"));
+        assert_eq!(pseudonym.len(), 34);
+    }
+}
