@@ -147,6 +147,8 @@ class NativeCore:
             }
         )
         self.unplanned: dict[int, str] = {}  # writer schema ids the core does not read, and why
+        self.records = 0  # raw records given to the core...
+        self.handed_back = 0  # ...and those it handed back to the reference path
 
     def prepare(self, value: bytes | None) -> None:
         """Give the core the writer schema of `value` if it is new: RegistryUnavailable while the
@@ -182,6 +184,8 @@ class NativeCore:
             _micros(now),
             prefix,
         )
+        self.records += len(records)
+        self.handed_back += sum(result is None for result in results)
         # What the call spent outside its stages (arguments, results) is counted as decoding.
         overhead = perf_counter() - started - decode - enrich - encode
         return results, {"decode": decode + max(overhead, 0.0), "enrich": enrich, "encode": encode}

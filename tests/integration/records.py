@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +13,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from onfinish.schemas.contract import ONFINISH_EVENT
 from onfinish.schemas.models import OnFinishEvent
 from onfinish.settings import KafkaSettings, RegistrySettings
 from onfinish.stack.topics import TopicSpec, provision_topics
@@ -100,3 +103,38 @@ def consume_all(
             last = time.monotonic()
     consumer.close()
     return messages
+
+
+def hostile_values(frame: bytes, now: datetime, rng: random.Random) -> list[tuple[bytes, str]]:
+    """(value, reason it must be dead-lettered with) for the hostile inputs of the fault suite;
+    `frame` is the Confluent prefix of the contract's event schema, `now` the processors' clock."""
+
+    def event(**changes: Any) -> bytes:
+        datum = ONFINISH_EVENT.to_datum(sample_event(rng.randrange(10**6)))
+        datum.update(changes)
+        return frame + ONFINISH_EVENT.encode(datum)
+
+    marker = "X" * 12
+    invalid_utf8 = event(attributes={"k": marker}).replace(marker.encode(), b"\xff\xfe" * 6)
+    return [
+        (random.Random(1).randbytes(300), "not_confluent_framed"),
+        (b"\x07" + event()[1:], "not_confluent_framed"),
+        (b"\x00\x7f\xff\xff\x00" + event()[5:], "unknown_schema_id"),
+        (event()[:-40], "truncated"),
+        (event(error_message="e" * 200_000), "contract_violation"),
+        (event(error_message="e" * 10_000_000), "oversized"),  # a 10 MB string
+        (event(latency_ms=math.nan), "contract_violation"),
+        (event(latency_ms=-5.0), "contract_violation"),
+        (
+            event(started_at=now + timedelta(days=400), finished_at=now + timedelta(days=400, seconds=1)),
+            "timestamp_out_of_range",
+        ),
+        (
+            event(
+                started_at=now - timedelta(days=900),
+                finished_at=now - timedelta(days=900) + timedelta(seconds=1),
+            ),
+            "timestamp_out_of_range",
+        ),
+        (invalid_utf8, "invalid_encoding"),
+    ]

@@ -11,7 +11,6 @@ each: 0 lost, 0 counted twice, every bad record dead-lettered with its reason, e
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -20,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -33,7 +32,7 @@ from onfinish.schemas.contract import MAX_RECORD_BYTES, ONFINISH_EVENT
 from onfinish.settings import KafkaSettings
 from onfinish.stack.stack import Stack
 from tests.integration.pipeline import Reconciliation, Run
-from tests.integration.records import consume_all, sample_event
+from tests.integration.records import consume_all, hostile_values
 
 pytestmark = pytest.mark.faults
 
@@ -94,38 +93,7 @@ def _hostile(registry_url: str, prefix: str) -> list[tuple[bytes, str]]:
     client = SchemaRegistryClient({"url": registry_url})
     subject = ONFINISH_EVENT.subject(ONFINISH_EVENT.topic(prefix))
     schema_id = client.register_schema(subject, Schema(ONFINISH_EVENT.schema_str, "AVRO"))
-    frame = b"\x00" + schema_id.to_bytes(4, "big")
-
-    def event(**changes: Any) -> bytes:
-        datum = ONFINISH_EVENT.to_datum(sample_event(random.randrange(10**6)))
-        datum.update(changes)
-        return frame + ONFINISH_EVENT.encode(datum)
-
-    now = datetime.now(UTC)
-    marker = "X" * 12
-    invalid_utf8 = event(attributes={"k": marker}).replace(marker.encode(), b"\xff\xfe" * 6)
-    return [
-        (random.Random(1).randbytes(300), "not_confluent_framed"),
-        (b"\x07" + event()[1:], "not_confluent_framed"),
-        (b"\x00\x7f\xff\xff\x00" + event()[5:], "unknown_schema_id"),
-        (event()[:-40], "truncated"),
-        (event(error_message="e" * 200_000), "contract_violation"),
-        (event(error_message="e" * 10_000_000), "oversized"),  # a 10 MB string
-        (event(latency_ms=math.nan), "contract_violation"),
-        (event(latency_ms=-5.0), "contract_violation"),
-        (
-            event(started_at=now + timedelta(days=400), finished_at=now + timedelta(days=400, seconds=1)),
-            "timestamp_out_of_range",
-        ),
-        (
-            event(
-                started_at=now - timedelta(days=900),
-                finished_at=now - timedelta(days=900) + timedelta(seconds=1),
-            ),
-            "timestamp_out_of_range",
-        ),
-        (invalid_utf8, "invalid_encoding"),
-    ]
+    return hostile_values(b"\x00" + schema_id.to_bytes(4, "big"), datetime.now(UTC), random.Random())
 
 
 def test_hostile_input_is_dead_lettered_with_its_reason_and_nothing_else_is_lost(
