@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Final, Literal, Self, TypeAlias
+from typing import Any, Final, Literal, Protocol, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -457,8 +457,14 @@ def redact_text(text: str) -> str:
     return default_patterns().redact(text)
 
 
+class TextRedactor(Protocol):
+    """What redacts a text: a PatternSet, or its native counterpart (processors/engines.py)."""
+
+    def redact(self, text: str) -> str: ...
+
+
 def redact_attributes(
-    attributes: Mapping[str, str], allow_list: frozenset[str], patterns: PatternSet | None = None
+    attributes: Mapping[str, str], allow_list: frozenset[str], patterns: TextRedactor | None = None
 ) -> dict[str, str]:
     """The attributes whose keys are allow-listed, their values redacted; every other key is dropped.
 
