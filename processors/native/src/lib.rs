@@ -19,7 +19,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use avro::{Type, Val};
 use redaction::{Gate, Pattern, Patterns, Replacement, Validator};
@@ -35,6 +35,8 @@ const MAX_ITEMS: usize = 64;
 const MAX_NATIVE_DURATION_US: i64 = 366 * 86_400 * 1_000_000;
 // Keys of the pseudonym cache (a user makes many calls), cleared when full.
 const PSEUDONYM_CACHE_ENTRIES: usize = 65_536;
+// Repeating texts kept as Python strings (a few hundred dimensions; session keys come and go).
+const INTERNED_STRINGS: usize = 16_384;
 
 fn error(message: impl Into<String>) -> PyErr {
     PyValueError::new_err(message.into())
@@ -263,6 +265,7 @@ struct Engine {
     allow_list: Vec<String>,
     pseudonym_key: Vec<u8>,
     pseudonyms: HashMap<String, String>,
+    strings: HashMap<String, Py<PyString>>,
     max_future_us: i64,
     max_past_us: i64,
     margin_us: i64,
@@ -280,41 +283,44 @@ struct Batch<'a> {
 }
 
 /// A call the core enriched: the framed enriched record and what Python's state stages read of it
-/// (the numeric fields of the enriched event too, for event rules).
+/// (the numeric fields of the enriched event too, for event rules). Its texts and times are Python
+/// objects made once, as a model's attributes are: the state stages read each several times.
 #[pyclass(module = "onfinish_native", frozen)]
 struct Call {
     #[pyo3(get)]
     value: Py<PyBytes>,
     #[pyo3(get)]
-    key: String,
+    key: Py<PyString>,
     #[pyo3(get)]
-    event_id: String,
+    event_id: Py<PyString>,
     #[pyo3(get)]
-    request_id: String,
+    request_id: Py<PyString>,
     #[pyo3(get)]
-    session_id: Option<String>,
+    session_id: Option<Py<PyString>>,
     #[pyo3(get)]
-    user_id: Option<String>,
+    user_id: Option<Py<PyString>>,
     #[pyo3(get)]
-    service: String,
+    service: Py<PyString>,
     #[pyo3(get)]
-    environment: String,
+    environment: Py<PyString>,
     #[pyo3(get)]
-    provider: String,
+    provider: Py<PyString>,
     #[pyo3(get)]
-    model_id: String,
+    model_id: Py<PyString>,
     #[pyo3(get)]
-    feature_id: Option<String>,
+    feature_id: Option<Py<PyString>>,
     #[pyo3(get)]
-    variant_id: Option<String>,
+    variant_id: Option<Py<PyString>>,
     #[pyo3(get)]
-    raw_finish_reason: Option<String>,
+    raw_finish_reason: Option<Py<PyString>>,
     #[pyo3(get)]
     status: Py<PyAny>,
     #[pyo3(get)]
     routing_strategy: Py<PyAny>,
-    started_at_us: i64,
-    finished_at_us: i64,
+    #[pyo3(get)]
+    started_at: Py<PyAny>,
+    #[pyo3(get)]
+    finished_at: Py<PyAny>,
     #[pyo3(get)]
     latency_ms: f64,
     #[pyo3(get)]
@@ -383,18 +389,6 @@ fn utc(micros: i64) -> PyResult<DateTime<Utc>> {
     DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| error(format!("{micros} µs is out of range")))
 }
 
-#[pymethods]
-impl Call {
-    #[getter]
-    fn started_at(&self) -> PyResult<DateTime<Utc>> {
-        utc(self.started_at_us)
-    }
-
-    #[getter]
-    fn finished_at(&self) -> PyResult<DateTime<Utc>> {
-        utc(self.finished_at_us)
-    }
-}
 
 enum Redacted<'a> {
     Kept(&'a str),
@@ -417,6 +411,20 @@ impl Engine {
             None => self.python_redact.call1(py, (text,))?.extract::<String>(py)?,
         };
         Ok(if redacted == text { Redacted::Kept(text) } else { Redacted::Changed(redacted) })
+    }
+
+    /// The Python string of a text that repeats from call to call (dimensions, session keys,
+    /// pseudonyms): one object for all, as a dict's keys would share it.
+    fn interned(&mut self, py: Python<'_>, text: &str) -> Py<PyString> {
+        if let Some(interned) = self.strings.get(text) {
+            return interned.clone_ref(py);
+        }
+        let string = PyString::new(py, text).unbind();
+        if self.strings.len() >= INTERNED_STRINGS {
+            self.strings.clear();
+        }
+        self.strings.insert(text.to_string(), string.clone_ref(py));
+        string
     }
 
     fn pseudonym(&mut self, user_id: &str) -> String {
@@ -657,22 +665,22 @@ impl Engine {
         }
         let call = Call {
             value: PyBytes::new(py, &out).unbind(),
-            key: session_id.unwrap_or(request_id).to_string(),
-            event_id: event_id.to_string(),
-            request_id: request_id.to_string(),
-            session_id: session_id.map(str::to_string),
-            user_id: pseudonym,
-            service: service.to_string(),
-            environment: environment.to_string(),
-            provider: provider.to_string(),
-            model_id: model_id.to_string(),
-            feature_id: feature_id.map(str::to_string),
-            variant_id: variant_id.map(str::to_string),
-            raw_finish_reason: finish_reason.map(str::to_string),
+            key: self.interned(py, session_id.unwrap_or(request_id)),
+            event_id: PyString::new(py, event_id).unbind(),
+            request_id: PyString::new(py, request_id).unbind(),
+            session_id: session_id.map(|text| self.interned(py, text)),
+            user_id: pseudonym.as_deref().map(|text| self.interned(py, text)),
+            service: self.interned(py, service),
+            environment: self.interned(py, environment),
+            provider: self.interned(py, provider),
+            model_id: self.interned(py, model_id),
+            feature_id: feature_id.map(|text| self.interned(py, text)),
+            variant_id: variant_id.map(|text| self.interned(py, text)),
+            raw_finish_reason: finish_reason.map(|text| self.interned(py, text)),
             status: self.status_members[status as usize].clone_ref(py),
             routing_strategy: self.routing_members[routing as usize].clone_ref(py),
-            started_at_us: started_at,
-            finished_at_us: finished_at,
+            started_at: utc(started_at)?.into_pyobject(py)?.into_any().unbind(),
+            finished_at: utc(finished_at)?.into_pyobject(py)?.into_any().unbind(),
             latency_ms,
             ttft_ms,
             queue_ms,
@@ -873,6 +881,7 @@ impl Core {
             allow_list: item(config, "allow_list")?,
             pseudonym_key: item(config, "pseudonym_key")?,
             pseudonyms: HashMap::new(),
+            strings: HashMap::new(),
             max_future_us: item(config, "max_future_us")?,
             max_past_us: item(config, "max_past_us")?,
             margin_us: item(config, "margin_us")?,
