@@ -3,8 +3,11 @@
 - throughput: a processor worker (its own process, a group of its own) reading a topic filled with
   loadgen traffic beforehand, from its first processed record to its last (start-up excluded),
   against an aiokafka loop that consumes the same records and produces each one again unchanged;
+  once on each engine of the per-event path (ONFINISH_PROCESSOR_ENGINE, processors/engines.py);
   and where that worker's time goes: its µs per event in each pipeline stage (its own
-  `onfinish_processor_stage_seconds`), against its whole time per event;
+  `onfinish_processor_stage_seconds`), the native engine's beside the Python reference's;
+- the pipeline alone, in this process, without Kafka: the same loadgen records through both
+  engines' pipelines, µs per event in each stage and events/s, the Python engine as the baseline;
 - memory: the state of 100,000 live sessions, measured with tracemalloc over the pipeline's store.
 """
 
@@ -27,20 +30,24 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.report import Figure, metrics_text, rate_until
 from onfinish.inspect import stage_costs
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, WriterSchema
+from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
+from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.pipeline import DictStore, Pipeline, RawRecord
+from onfinish.processors.pipeline import STAGES, DictStore, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers import Emitter, OnFinishEvent, ProducerSettings
+from onfinish.processors.settings import Engine, ProcessorSettings
+from onfinish.producers import Emitter, Feedback, OnFinishEvent, ProducerSettings
 from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
-from onfinish.schemas.contract import ONFINISH_EVENT
+from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT
 from onfinish.settings import RegistrySettings
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import provision_topics
 
 EVENTS = int(os.environ.get("ONFINISH_BENCH_PROCESSOR_EVENTS", "30000"))
+# Raw records through the in-process pipelines (loadgen traffic with its feedback and malformed share).
+PIPELINE_RECORDS = int(os.environ.get("ONFINISH_BENCH_PIPELINE_RECORDS", "30000"))
 SESSIONS = 100_000
 WEB_PORT = 16266
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,16 +116,17 @@ def _aiokafka_loop(stack: Stack, prefix: str, count: int) -> float:
     return asyncio.run(run())
 
 
-def _worker(stack: Stack, prefix: str, count: int) -> tuple[float, dict[str, float]]:
-    """Events/s of one worker over the filled topic, and its µs per record in each pipeline stage
-    (its /metrics once it has processed them all)."""
+def _worker(stack: Stack, prefix: str, count: int, engine: Engine) -> tuple[float, dict[str, float]]:
+    """Events/s of one worker on `engine` over the filled topic (a group of its own), and its µs
+    per record in each pipeline stage (its /metrics once it has processed them all)."""
     env = {
         **os.environ,
+        "ONFINISH_PROCESSOR_ENGINE": engine.value,
         "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_settings.bootstrap_servers,
         "ONFINISH_KAFKA_PARTITIONS": str(stack.kafka_settings.partitions),
         "ONFINISH_KAFKA_TOPIC_PREFIX": prefix,
         "ONFINISH_REGISTRY_URL": stack.settings.registry_url,
-        "ONFINISH_PROCESSOR_APP_ID": f"{prefix}-processors",
+        "ONFINISH_PROCESSOR_APP_ID": f"{prefix}-processors-{engine.value}",
         "ONFINISH_PROCESSOR_WEB_PORT": str(WEB_PORT),
     }
     with tempfile.TemporaryFile() as log:
@@ -139,6 +147,97 @@ def _worker(stack: Stack, prefix: str, count: int) -> tuple[float, dict[str, flo
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
+
+
+def _pipeline_records() -> list[RawRecord]:
+    """Loadgen traffic as a raw topic of 12 partitions holds it, framed with the contract's ids."""
+    records = []
+    offsets = [0] * 12
+    generator = TrafficGenerator(TrafficProfile(), seed=79)
+    for index, item in enumerate(generator.items(PIPELINE_RECORDS)):
+        partition = index % 12
+        if isinstance(item, OnFinishEvent | Feedback):
+            record_type = ONFINISH_EVENT if isinstance(item, OnFinishEvent) else FEEDBACK
+            schema_id = 1 if record_type is ONFINISH_EVENT else 2
+            value = b"\x00" + schema_id.to_bytes(4, "big") + record_type.encode(record_type.to_datum(item))
+            key = item.key.encode()
+        else:
+            key, value = item.key, item.value
+        records.append(RawRecord(key, value, "bench", partition, offsets[partition]))
+        offsets[partition] += 1
+    return records
+
+
+def pipeline_engines() -> list[Figure]:
+    """The pipeline alone, in this process: µs per raw record in each stage and records/s on the
+    native engine, each beside the Python reference's over the same records in the same run."""
+    records = _pipeline_records()
+    writers = {
+        1: WriterSchema(ONFINISH_EVENT, ONFINISH_EVENT.parsed),
+        2: WriterSchema(FEEDBACK, FEEDBACK.parsed),
+    }
+    now = datetime(2026, 11, 23, 13, tzinfo=UTC)  # an hour after the traffic's start
+    settings = ProcessorSettings()
+    enricher = Enricher(
+        PriceCatalog.load(),
+        settings.quality_weights(),
+        PatternSet.load(),
+        frozenset(settings.attribute_allow_list),
+        b"k",
+    )
+    frame = b"\x00\x00\x00\x00\x09"
+    measured: dict[Engine, tuple[float, dict[str, float]]] = {}
+    for engine in (Engine.python, Engine.native):
+        decoder = Decoder(writers.get, bounds=TimeBounds(max_past=timedelta(days=2)), clock=lambda: now)
+        pipeline = Pipeline(
+            decoder,
+            enricher,
+            RuleBook.load(),
+            lambda record_type, datum: frame + record_type.encode(datum),
+            DictStore(),
+            DictStore(),
+            allowed_lateness=timedelta(minutes=2),
+            clock=lambda: now,
+            native=NativeCore(decoder, enricher, lambda record_type: frame)
+            if engine is Engine.native
+            else None,
+        )
+        seconds = dict.fromkeys(STAGES, 0.0)
+        began = time.perf_counter()
+        for start in range(0, len(records), 1000):  # the worker's batches
+            batch = pipeline.batch()
+            for record in records[start : start + 1000]:
+                batch.add(record)
+            batch.finish()
+            for stage in STAGES:
+                seconds[stage] += batch.seconds[stage]
+        elapsed = time.perf_counter() - began
+        measured[engine] = (len(records) / elapsed, {k: v / len(records) * 1e6 for k, v in seconds.items()})
+    (python_rate, python_stages), (native_rate, native_stages) = (
+        measured[Engine.python],
+        measured[Engine.native],
+    )
+    figures = [
+        Figure(
+            "processor pipeline alone, native engine, per raw record",
+            native_rate,
+            "records/s",
+            "the same on the Python engine",
+            python_rate,
+        )
+    ]
+    figures += [
+        Figure(
+            f"processor pipeline alone, native engine, {stage} stage, per raw record",
+            native_stages[stage],
+            "µs",
+            "the same on the Python engine",
+            python_stages[stage],
+            higher_is_better=False,
+        )
+        for stage in STAGES
+    ]
+    return figures
 
 
 def session_memory() -> Figure:
@@ -186,29 +285,53 @@ def run(stack: Stack) -> list[Figure]:
     prefix = f"benchp{uuid.uuid4().hex[:6]}"
     count = _fill(stack, prefix)
     baseline = _aiokafka_loop(stack, prefix, count)
-    rate, stages = _worker(stack, prefix, count)
+    python_rate, python_stages = _worker(stack, prefix, count, Engine.python)
+    native_rate, native_stages = _worker(stack, prefix, count, Engine.native)
     figures = [
         Figure(
-            "processor worker, full path, one process",
+            f"processor worker, full path, one process, {engine.value} engine",
             rate,
             "events/s",
             "aiokafka consume + produce loop",
             baseline,
         )
+        for engine, rate in ((Engine.native, native_rate), (Engine.python, python_rate))
     ]
-    # Where the worker's time goes, from its own stage histograms: each stage's µs per event
-    # against the worker's whole time per event (the ratio is the stage's share).
+    figures.append(
+        Figure(
+            "processor worker, full path, native engine",
+            native_rate,
+            "events/s",
+            "the same worker on the Python engine",
+            python_rate,
+        )
+    )
+    # Where the worker's time goes, from its own stage histograms: each stage's µs per event on the
+    # native engine against the same stage on the Python reference, then the reference's stages
+    # against its whole time per event (the ratio is the stage's share).
     figures += [
         Figure(
-            f"processor worker, {stage} stage, per event",
+            f"processor worker, {stage} stage, per event, native engine",
+            us,
+            "µs",
+            "the same stage on the Python engine",
+            python_stages.get(stage, 0.0),
+            higher_is_better=False,
+        )
+        for stage, us in native_stages.items()
+    ]
+    figures += [
+        Figure(
+            f"processor worker, {stage} stage, per event, python engine",
             us,
             "µs",
             "the worker's whole time per event",
-            1e6 / rate,
+            1e6 / python_rate,
             higher_is_better=False,
         )
-        for stage, us in stages.items()
+        for stage, us in python_stages.items()
     ]
+    figures += pipeline_engines()
     memory = session_memory()
     figures.append(memory)
     figures.append(

@@ -465,19 +465,25 @@ class Batch:
         """`_event` for a call the native core decoded, enriched and encoded."""
         pipeline = self.pipeline
         seconds = self.seconds
+        # Stages as `_event` counts them: the session's lookup and deduplication with enrichment,
+        # the outputs (event alerts included) with encoding.
         started = perf_counter()
         session = self._touch_session(call.key, partition)
         first_offset = session.event_offsets.get(call.event_id)
         if first_offset is not None and first_offset != offset:
             pipeline.counts.duplicates += 1
-            seconds["state"] += perf_counter() - started
+            seconds["enrich"] += perf_counter() - started
             return
+        looked_up = perf_counter()
+        seconds["enrich"] += looked_up - started
         outputs = [Output(ENRICHED_EVENT, call.key.encode(), call.value)]
         outputs += [pipeline.alert_output(alert) for alert in event_alerts(pipeline.rules, call)]
         self.outputs += outputs
         self.partitions.add(partition)
+        encoded_at = perf_counter()
+        seconds["encode"] += encoded_at - looked_up
         self._apply(session, call, call.event_id, behaviour_of(call), partition, offset)
-        seconds["state"] += perf_counter() - started
+        seconds["state"] += perf_counter() - encoded_at
 
     def _apply(
         self,
