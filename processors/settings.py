@@ -52,7 +52,7 @@ class ProcessorSettings(BaseSettings):
         default=3.0, gt=0, description="How often a worker tells the group it lives."
     )
     engine: Engine = Field(
-        default=Engine.python,
+        default=Engine.native,
         description=(
             "The per-event path's engine: native (the Rust core, one call per batch; records it is "
             "not sure of take the Python path) or python (the reference alone)."
