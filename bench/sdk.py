@@ -25,10 +25,10 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bench.report import Figure
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.producers import Emitter, OnFinishEvent, ProducerSettings
 from onfinish.producers.encoding import Encoder
 from onfinish.producers.spool import Spool
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ONFINISH_EVENT
 from onfinish.settings import RegistrySettings
 from onfinish.stack.stack import Stack

@@ -26,12 +26,12 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from bench.report import Figure, rate_until
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.producers import OnFinishEvent
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.tables import EVENTS
@@ -120,7 +120,7 @@ def _sink(stack: Stack, prefix: str, directory: Path) -> float:
     }
     with tempfile.TemporaryFile() as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "onfinish.sinks.worker"],
+            [sys.executable, "-m", "onfinish", "sink"],
             env=env,
             cwd=ROOT,
             stdout=log,

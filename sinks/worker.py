@@ -13,11 +13,12 @@ and each can be scaled on its own. A family thread:
 A worker killed between 3 and 4 re-inserts the same batch on restart (same records, same token)
 and ClickHouse drops it; the replacing tables collapse anything that still arrives twice.
 
-In embedded mode (chDB) this process owns the data directory, so it also serves the read-only SQL
-endpoint (sinks/query.py) that the CLI, the dashboard and analysts use. /health and /metrics are
+In embedded mode (chDB) this process owns the data directory, so `onfinish sink` also has it serve the
+read-only SQL endpoint (onfinish/query/) that the CLI, the dashboard and analysts use; this module
+only offers the hook (`serve_reads`), so the write path imports no application. /health and /metrics are
 served on `web_port`. SIGTERM or SIGINT: every family finishes its batch, commits and closes.
 
-Run it with `onfinish sink` or `python -m onfinish.sinks.worker`.
+Run it with `onfinish sink` (`python -m onfinish.sinks.worker` runs the write path alone).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from onfinish.errors import OnfinishError
 from onfinish.runtime import tune_gc
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
+from onfinish.sinks import clickhouse
 from onfinish.sinks.batches import (
     Batch,
     BatchBuilder,
@@ -55,12 +57,14 @@ from onfinish.sinks.batches import (
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.settings import SinkSettings
 from onfinish.sinks.tables import DLQ_COLUMNS, TABLES
-from onfinish.stack import clickhouse
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger(__name__)
+
+ServeReads = Callable[["Client"], Callable[[], None]]
+"""Starts read access on the owner's ClickHouse client and returns how to stop it."""
 
 
 class RegistryUnavailable(OnfinishError):
@@ -543,8 +547,14 @@ def run(
     *,
     stop: threading.Event | None = None,
     ready: Callable[[], None] | None = None,
+    serve_reads: ServeReads | None = None,
 ) -> None:
-    """Run the sink worker until `stop` is set (or SIGTERM/SIGINT when run as a program)."""
+    """Run the sink worker until `stop` is set (or SIGTERM/SIGINT when run as a program).
+
+    With the embedded ClickHouse this process owns the data directory, and `serve_reads` (the query
+    room's endpoint, given by `onfinish sink`) is started on the owner's client once the migrations
+    are applied; it returns how to stop what it started.
+    """
     settings = settings or SinkSettings()
     kafka = kafka or KafkaSettings()
     registry = registry or RegistrySettings()
@@ -565,15 +575,9 @@ def run(
     ]
     handler = type("Handler", (_WebHandler,), {"metrics": metrics})
     web = ThreadingHTTPServer((settings.web_host, settings.web_port), handler)
-    servers: list[Any] = [web]
     threading.Thread(target=web.serve_forever, name="sink-web", daemon=True).start()
     embedded = clickhouse_settings.resolved_dsn(stack).startswith("chdb:")
-    if embedded and settings.query_port:
-        from onfinish.sinks.query import QueryServer
-
-        query = QueryServer(owner, settings.query_host, settings.query_port)
-        query.start()
-        servers.append(query)
+    stop_reads = serve_reads(owner) if embedded and serve_reads is not None else None
 
     def start(family: FamilySink) -> threading.Thread:
         thread = threading.Thread(target=family.run, args=(stop,), name=f"sink-{family.family}", daemon=True)
@@ -602,11 +606,9 @@ def run(
         stop.set()
         for thread in threads:
             thread.join(60)
-        for server in servers:
-            if hasattr(server, "shutdown"):
-                server.shutdown()
-            else:
-                server.stop()
+        web.shutdown()
+        if stop_reads is not None:
+            stop_reads()
         owner.close()
 
 
@@ -626,7 +628,7 @@ def _connect_with_retry(
     return None
 
 
-def main(families: Iterable[str] | None = None) -> None:
+def main(families: Iterable[str] | None = None, serve_reads: ServeReads | None = None) -> None:
     from onfinish.logs import LogSettings, configure_logging
 
     configure_logging(LogSettings())
@@ -641,7 +643,7 @@ def main(families: Iterable[str] | None = None) -> None:
     if families is not None:
         settings = settings.model_copy(update={"families": list(families)})
     tune_gc(settings.gc_thresholds)
-    run(settings, stop=stop)
+    run(settings, stop=stop, serve_reads=serve_reads)
 
 
 if __name__ == "__main__":

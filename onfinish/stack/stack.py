@@ -96,7 +96,7 @@ class Stack:
         return report
 
     def _check_clickhouse(self) -> tuple[str, str]:
-        from onfinish.stack import clickhouse
+        from onfinish.sinks import clickhouse
 
         client = clickhouse.connect(self.clickhouse_settings, self.settings)
         try:

@@ -22,11 +22,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from onfinish.inspect import stage_costs
+from onfinish.inspection.status import stage_costs
+from onfinish.loadgen.load import LoadPlan, LoadReport, run_load
+from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.pipeline import STAGES
-from onfinish.producers.loadgen import LoadPlan, LoadReport, run_load
 from onfinish.producers.settings import ProducerSettings
-from onfinish.producers.traffic import TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.settings import KafkaSettings, RegistrySettings

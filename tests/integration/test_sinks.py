@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from onfinish.loadgen.traffic import Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
 from onfinish.processors.enrichment import Enricher
@@ -32,7 +33,8 @@ from onfinish.processors.pipeline import DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.traffic import Malformed, TrafficGenerator, TrafficProfile
+from onfinish.query.client import QueryClient
+from onfinish.query.guard import ReadOnlyRefused
 from onfinish.schemas.contract import (
     ALERT,
     ENRICHED_EVENT,
@@ -46,7 +48,6 @@ from onfinish.schemas.contract import (
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import OnFinishEvent, Status
 from onfinish.settings import KafkaSettings, RegistrySettings
-from onfinish.sinks.query import QueryClient, ReadOnlyRefused
 from onfinish.stack.topics import provision_topics
 from tests.conftest import REPO
 
@@ -135,7 +136,7 @@ class _Outputs:
 
 def _start_sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "onfinish.sinks.worker"],
+        [sys.executable, "-m", "onfinish", "sink"],
         env=env,
         cwd=REPO,
         stdout=log.open("ab"),

@@ -10,8 +10,8 @@ from typing import Any
 import fastavro
 import pytest
 
+from onfinish.loadgen.traffic import Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.decoding import Decoder, Refused, WriterSchema
-from onfinish.producers.traffic import Malformed, TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT, RecordType
 from onfinish.schemas.deadletter import Reason
 from onfinish.schemas.models import Feedback, OnFinishEvent

@@ -12,6 +12,7 @@ from typing import Any
 import fastavro
 import pytest
 
+from onfinish.loadgen.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, RegistryUnavailable, TimeBounds, WriterSchema
 from onfinish.processors.enrichment import Enricher
@@ -19,7 +20,6 @@ from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, Ra
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import (
     ENRICHED_EVENT,
     FEEDBACK,

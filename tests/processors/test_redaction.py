@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.redaction import (
     PatternSet,
     RedactionError,
@@ -22,7 +23,6 @@ from onfinish.processors.redaction import (
     redact_attributes,
     redact_text,
 )
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.models import OnFinishEvent
 
 PATTERNS_FILE = Path(__file__).resolve().parents[2] / "processors" / "data" / "redaction_patterns.v1.toml"

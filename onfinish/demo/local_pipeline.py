@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onfinish.errors import OnfinishError
+from onfinish.loadgen.load import LoadPlan, LoadReport, run_load
+from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.producers.loadgen import LoadPlan, LoadReport, run_load
 from onfinish.producers.settings import ProducerSettings
-from onfinish.producers.traffic import TrafficProfile
+from onfinish.query.client import QueryClient
 from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
-from onfinish.sinks.query import QueryClient
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.topics import provision_topics
 
@@ -106,7 +106,7 @@ class Demo:
         """The sink worker; ready once its read-only endpoint answers (migrations applied)."""
         worker = self._start(
             "demo-sink",
-            [sys.executable, "-m", "onfinish.sinks.worker"],
+            [sys.executable, "-m", "onfinish", "sink"],
             {**self._env(), **({"ONFINISH_SINK_BATCH_SECONDS": "0.5"} if self.fresh else {})},
             f"http://{self.sink_settings.web_host}:{self.sink_settings.web_port}/health",
         )

@@ -21,7 +21,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from onfinish.errors import OnfinishError
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
-from onfinish.stack import clickhouse
+from onfinish.sinks import clickhouse
 from onfinish.stack.topics import TopicSpec, provision_topics
 
 PROBE_SCHEMA = """
@@ -41,7 +41,7 @@ SELFCHECK_TOPIC = TopicSpec("selfcheck", "round-trip probes of `onfinish demo`")
 SELFCHECK_TABLE = "selfcheck"
 # librdkafka's own log lines go to Python logging instead of straight to stderr. Its warnings here
 # are retried transients (a new broker still loading its coordinators): a real failure raises below.
-_CLIENT_LOG = logging.getLogger("onfinish.roundtrip.kafka")
+_CLIENT_LOG = logging.getLogger("onfinish.stack.roundtrip.kafka")
 _CLIENT_LOG.setLevel(logging.ERROR)
 
 
