@@ -31,8 +31,6 @@ from typing import Any
 
 import confluent_kafka
 import faust
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from faust.serializers import codecs
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.web import Request, Response, View
@@ -42,13 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.continuity import Continuity, HoleDrill, Verdict
-from onfinish.processors.decoding import (
-    Decoder,
-    RegistrySchemas,
-    RegistryUnavailable,
-    SchemaRefused,
-    TimeBounds,
-)
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import STAGES, Batch, Output, Pipeline, RawRecord
@@ -60,6 +52,14 @@ from onfinish.schemas.contract import (
     MAX_RECORD_BYTES,
     PROCESSED_RECORD_TYPES,
     RecordType,
+)
+from onfinish.schemas.wire import (
+    RegistryUnavailable,
+    WriterSchemas,
+    framing,
+    register,
+    registry_client,
+    schema_text_fetch,
 )
 from onfinish.settings import KafkaSettings, RegistrySettings
 
@@ -255,7 +255,7 @@ class OutputSchemas:
     """Schema ids of the processors' outputs, registered on first use and then remembered."""
 
     def __init__(self, registry: RegistrySettings, topic_prefix: str) -> None:
-        self.client = SchemaRegistryClient(_registry_config(registry))
+        self.client = registry_client(registry, quick=True)  # the pipeline retries on its own
         self.topic_prefix = topic_prefix
         self._prefixes: dict[str, bytes] = {}
 
@@ -263,37 +263,9 @@ class OutputSchemas:
         prefix = self._prefixes.get(record_type.full_name)
         if prefix is None:
             subject = record_type.subject(record_type.topic(self.topic_prefix))
-            try:
-                schema_id = self.client.register_schema(subject, Schema(record_type.schema_str, "AVRO"))
-            except SchemaRegistryError as exc:
-                if exc.http_status_code < 500:  # an incompatible schema, say: waiting mends nothing
-                    raise SchemaRefused(f"registering {subject}: {exc}") from exc
-                raise RegistryUnavailable(f"registering {subject}: {exc}") from exc  # starting up
-            except Exception as exc:  # the client's transport errors: the registry is away
-                raise RegistryUnavailable(f"registering {subject}: {exc}") from exc
-            prefix = b"\x00" + int(schema_id).to_bytes(4, "big")
+            prefix = framing(register(self.client, record_type, subject))
             self._prefixes[record_type.full_name] = prefix
         return prefix + record_type.encode(datum)
-
-
-def _registry_config(registry: RegistrySettings) -> dict[str, Any]:
-    """One quick attempt per call: the client's own retries sleep in the event loop (no heartbeat,
-    no stop) while the registry is away; the pipeline retries on its own, asynchronously."""
-    return {"url": registry.url, "timeout": min(registry.timeout_s, 2.0), "max.retries": 0}
-
-
-def _fetch_schema(client: SchemaRegistryClient) -> Any:
-    def fetch(schema_id: int) -> str | None:
-        try:
-            return client.get_schema(schema_id).schema_str
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                return None
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-        except Exception as exc:  # transport errors
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-
-    return fetch
 
 
 def build_app(
@@ -328,9 +300,8 @@ def build_app(
     windows = app.Table("windows", default=None)
 
     schemas = OutputSchemas(registry, prefix)
-    registry_client = SchemaRegistryClient(_registry_config(registry))
     decoder = Decoder(
-        RegistrySchemas(_fetch_schema(registry_client)),
+        WriterSchemas(schema_text_fetch(registry_client(registry, quick=True))),
         bounds=TimeBounds(timedelta(seconds=settings.max_future_s), timedelta(seconds=settings.max_past_s)),
     )
     enricher = Enricher(

@@ -52,10 +52,6 @@ class TableSpec:
     """(decoded datum, Kafka partition, Kafka offset) -> the row's values, in ``columns`` order."""
 
 
-def _field_names(record_type: RecordType) -> tuple[str, ...]:
-    return tuple(str(field["name"]) for field in record_type.schema["fields"])
-
-
 def _values(fields: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """The datum's values of ``fields`` as a tuple, read in C (itemgetter)."""
     if len(fields) == 1:
@@ -75,7 +71,7 @@ def _copy_row(fields: Sequence[str]) -> RowBuilder:
 
 
 def _spec(name: str, record_type: RecordType) -> TableSpec:
-    fields = _field_names(record_type)
+    fields = record_type.field_names
     return TableSpec(name, record_type, (*fields, *KAFKA_COLUMNS), _copy_row(fields))
 
 
@@ -91,7 +87,7 @@ def dense_counts(buckets: Sequence[int], counts: Sequence[int]) -> list[int]:
 
 # The window columns are the snapshot's fields with each histogram's sparse pair (<h>_buckets,
 # <h>_counts) replaced by one dense <h>_counts column at the place of the pair.
-_WINDOW_FIELDS = _field_names(WINDOW_SNAPSHOT)
+_WINDOW_FIELDS = WINDOW_SNAPSHOT.field_names
 
 
 def _sparse_pair_at(histogram: str) -> int:

@@ -37,12 +37,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from onfinish.errors import OnfinishError
 from onfinish.runtime import tune_gc
+from onfinish.schemas.wire import RegistryUnavailable, WriterSchemas, registry_client, schema_text_fetch
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks import clickhouse
 from onfinish.sinks.batches import (
@@ -50,7 +48,6 @@ from onfinish.sinks.batches import (
     BatchBuilder,
     Insert,
     KafkaRecord,
-    RegistryWriters,
     offset_ranges,
     topic_tables,
 )
@@ -65,10 +62,6 @@ log = logging.getLogger(__name__)
 
 ServeReads = Callable[["Client"], Callable[[], None]]
 """Starts read access on the owner's ClickHouse client and returns how to stop it."""
-
-
-class RegistryUnavailable(OnfinishError):
-    """The registry could not be asked: the batch waits for it."""
 
 
 class SinkMetrics:
@@ -102,20 +95,6 @@ class SinkMetrics:
         self.lag = Gauge("onfinish_sink_lag", "Records not yet consumed.", ["family"], registry=self.registry)
 
 
-def _fetch_schema(client: SchemaRegistryClient) -> Callable[[int], str | None]:
-    def fetch(schema_id: int) -> str | None:
-        try:
-            return str(client.get_schema(schema_id).schema_str)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                return None
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-        except Exception as exc:  # transport errors
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-
-    return fetch
-
-
 class FamilySink:
     """One table family: its consumer group, batches, inserts and commits."""
 
@@ -146,9 +125,7 @@ class FamilySink:
         if family == "dlq":
             self.topics = [f"{prefix}.dlq"]
         self.builder = BatchBuilder(
-            RegistryWriters(
-                _fetch_schema(SchemaRegistryClient({"url": registry.url, "timeout": registry.timeout_s}))
-            ),
+            WriterSchemas(schema_text_fetch(registry_client(registry))),
             tables,
             f"{prefix}.dlq",
             clock=lambda: datetime.now(UTC),

@@ -8,7 +8,6 @@ wire module (onfinish/schemas/wire.py) with each writer schema fetched once from
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import uuid
@@ -16,7 +15,6 @@ from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from typing import Any
 
-import fastavro
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
@@ -30,6 +28,16 @@ from confluent_kafka import (
 from onfinish.errors import ConfigurationError, OnfinishError
 from onfinish.query.results import JsonValue, json_safe
 from onfinish.schemas.deadletter import DeadLetter
+from onfinish.schemas.wire import (
+    Refused,
+    RegistryUnavailable,
+    WriterSchema,
+    WriterSchemas,
+    read_body,
+    registry_client,
+    schema_id_of,
+    schema_text_fetch,
+)
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -78,63 +86,41 @@ def matches(record: dict[str, Any], filters: list[tuple[str, str]]) -> bool:
     return all(field in record and _as_text(record[field]) == value for field, value in filters)
 
 
-# Returns the schema text of an id, None when the registry does not know it; raises InspectError
-# when the registry cannot be asked.
-SchemaFetch = Callable[[int], str | None]
+# Returns the writer schema of an id, None when the registry does not know it; raises
+# RegistryUnavailable when the registry cannot be asked.
+SchemaLookup = Callable[[int], WriterSchema | None]
 
 
-def registry_schemas(registry: RegistrySettings) -> SchemaFetch:
-    """A schema fetch from the registry (its client caches by id)."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-    from confluent_kafka.schema_registry.error import SchemaRegistryError
+def registry_schemas(registry: RegistrySettings) -> SchemaLookup:
+    """Writer schemas from the registry, each fetched once; an outage is an InspectError that says where."""
+    lookup = WriterSchemas(schema_text_fetch(registry_client(registry)))
 
-    client = SchemaRegistryClient({"url": registry.url, "timeout": registry.timeout_s})
-
-    def fetch(schema_id: int) -> str | None:
+    def writer(schema_id: int) -> WriterSchema | None:
         try:
-            return str(client.get_schema(schema_id).schema_str)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                return None
-            raise InspectError(
-                f"the schema registry at {registry.url} refused schema {schema_id}: {exc}"
-            ) from exc
-        except Exception as exc:  # the client's transport errors
+            return lookup(schema_id)
+        except RegistryUnavailable as exc:
             raise InspectError(f"the schema registry at {registry.url} did not answer: {exc}") from exc
 
-    return fetch
+    return writer
 
 
 class ValueDecoder:
     """Confluent-framed Avro values into JSON-safe dicts, with each writer schema fetched once by id."""
 
-    def __init__(self, fetch: SchemaFetch) -> None:
-        self._fetch = fetch
-        self._schemas: dict[int, Any] = {}
+    def __init__(self, lookup: SchemaLookup) -> None:
+        self._lookup = lookup
 
     def decode(self, value: bytes | None) -> dict[str, JsonValue]:
         """The value's fields, or {"undecodable": reason, "bytes": n} when it cannot be read."""
-        if not value:
-            return self._undecodable("the record has no value", value)
-        if value[0] != 0 or len(value) < 5:
-            return self._undecodable(f"not Confluent-framed (first byte {value[0]:#04x})", value)
-        schema_id = int.from_bytes(value[1:5], "big")
-        if schema_id not in self._schemas:
-            text = self._fetch(schema_id)
-            self._schemas[schema_id] = None if text is None else fastavro.parse_schema(json.loads(text))
-        schema = self._schemas[schema_id]
-        if schema is None:
-            return self._undecodable(f"schema id {schema_id} is unknown to the registry", value)
-        body = io.BytesIO(value)
-        body.seek(5)
         try:
-            datum = fastavro.schemaless_reader(body, schema, None)
-        except Exception as exc:  # fastavro raises assorted errors on garbage
-            return self._undecodable(f"{type(exc).__name__} with schema {schema_id}", value)
-        if body.tell() != len(value):
-            return self._undecodable(f"{len(value) - body.tell()} bytes left after the record", value)
-        if not isinstance(datum, dict):
-            return self._undecodable("the body is not a record", value)
+            schema_id = schema_id_of(value)
+            assert value is not None  # schema_id_of refuses an empty value
+            writer = self._lookup(schema_id)
+            if writer is None:
+                return self._undecodable(f"schema id {schema_id} is unknown to the registry", value)
+            datum = read_body(value, writer.parsed, None, schema_id)
+        except Refused as refused:
+            return self._undecodable(refused.message, value)
         return {str(name): json_safe(item) for name, item in datum.items()}
 
     @staticmethod

@@ -27,7 +27,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from onfinish.loadgen.traffic import Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
@@ -47,6 +47,7 @@ from onfinish.schemas.contract import (
 )
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import OnFinishEvent, Status
+from onfinish.schemas.wire import WriterSchema
 from onfinish.settings import KafkaSettings, RegistrySettings
 from onfinish.stack.topics import provision_topics
 from tests.conftest import REPO

@@ -28,6 +28,7 @@ from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.query import client as query_client
 from onfinish.query import sql as query_sql
 from onfinish.query.results import QueryResult
+from onfinish.schemas import wire
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.settings import KafkaSettings
 
@@ -307,7 +308,7 @@ def test_tail_prints_json_lines(monkeypatch):
     def fake_tail(kafka, registry, topic, *, follow, filters, limit):
         seen.update(topic=topic, follow=follow, filters=filters, limit=limit)
         yield {"model_id": "gpt-4o", "_kafka": {"partition": 0, "offset": 1}}
-        yield {"undecodable": "not Confluent-framed (first byte 0x7b)", "bytes": 14}
+        yield {"undecodable": "first byte 0x7b, expected the magic byte 0x00", "bytes": 14}
 
     monkeypatch.setattr(topics, "tail", fake_tail)
     result = runner.invoke(
@@ -360,19 +361,19 @@ def test_values_are_decoded_with_the_writer_schema_fetched_once_by_id():
     body = io.BytesIO()
     moment = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
     fastavro.schemaless_writer(body, fastavro.parse_schema(writer), {"model_id": "gpt-4o", "at": moment})
-    framed = b"\x00" + (7).to_bytes(4, "big") + body.getvalue()
+    framed = wire.frame(7, body.getvalue())
     fetched = []
 
     def fetch(schema_id):
         fetched.append(schema_id)
         return json.dumps(writer) if schema_id == 7 else None
 
-    decoder = topics.ValueDecoder(fetch)
+    decoder = topics.ValueDecoder(wire.WriterSchemas(fetch))
     assert decoder.decode(framed) == {"model_id": "gpt-4o", "at": moment.isoformat()}
     assert decoder.decode(framed)["model_id"] == "gpt-4o"
     assert fetched == [7]  # cached by id
     assert decoder.decode(b'{"json": 1}') == {
-        "undecodable": "not Confluent-framed (first byte 0x7b)",
+        "undecodable": "first byte 0x7b, expected the magic byte 0x00",
         "bytes": 11,
     }
     unknown = decoder.decode(b"\x00\x00\x00\x00\x09" + body.getvalue())
