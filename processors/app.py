@@ -8,9 +8,10 @@ in Kafka: every output of a committed record is delivered (at least once; downst
 make it once in effect). The next batch is processed while the last one is on its way. A timer
 sends the snapshots of windows that changed. /health and /metrics are pages of Faust's web server.
 
-Two things here go around Faust's defaults, for speed (docs/decisions/0007): records are produced
-with confluent-kafka rather than Faust's producer, and the consumer hands each fetched record to
-the stream directly instead of racing it against a flow-control event in four new tasks.
+Records are produced with confluent-kafka rather than Faust's producer, for speed (docs/decisions/0007).
+Where the app goes around Faust's own behaviour (the consumer that hands each fetched record to the
+stream directly, aiokafka's fetch wait, the commit at stop), it does so through
+processors/faust_overrides.py, the one module that touches Faust's private surface.
 
 Run it with `onfinish process` (which starts `--workers N` of these), or `faust -A
 onfinish.processors.app worker`.
@@ -19,7 +20,6 @@ onfinish.processors.app worker`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import threading
@@ -32,17 +32,16 @@ from typing import Any
 import confluent_kafka
 import faust
 from faust.serializers import codecs
-from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.web import Request, Response, View
-from mode.services import WaitResults
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.continuity import Continuity, HoleDrill, Verdict
+from onfinish.processors.continuity import Continuity, Verdict
 from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.enrichment import Enricher
+from onfinish.processors.faust_overrides import OverriddenApp
 from onfinish.processors.pipeline import STAGES, Batch, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.redaction import PatternSet
@@ -67,51 +66,7 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.005
 
 
-class _DirectDeliveryConsumer(aiokafka_driver.Consumer):
-    """Faust's consumer, handing each fetched record to the streams without four tasks per record.
-
-    Faust delivers every record with `wait_first(deliver(record), suspend_flow.wait())`, which
-    creates a task per argument plus two for its own stop events: about half of a worker's time at
-    a few thousand records a second. While the flow is not suspended, this awaits the delivery
-    directly; cancellation (how a rebalance stops the fetcher) still reaches it. Any other call,
-    and any call while the flow is suspended, takes Faust's own path.
-    """
-
-    def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        if timeout is None and len(coros) == 2 and not self.suspend_flow.is_set():
-            deliver, suspended = coros
-            if inspect.iscoroutine(suspended) and suspended.cr_code is type(self.suspend_flow).wait.__code__:
-                suspended.close()
-                result = await deliver
-                return WaitResults([deliver], [result], False)
-        return await super().wait_first(*coros, timeout=timeout)
-
-
-class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """Faust's consumer thread, with aiokafka's fetch wait from onfinish's settings.
-
-    Faust fixes `fetch_max_wait_ms` at 1500. aiokafka keeps one fetch in flight per broker and
-    leaves out of it the partitions whose records are still buffered; once the stream is a little
-    behind, that fetch holds only partitions where nothing comes (the assignor's leader topic), so
-    the broker keeps it the full wait while the raw partitions, drained meanwhile, cannot be
-    fetched: records reached the stream in bursts, up to 1.5 s late (decision 0007).
-    """
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        wait_ms = getattr(self.app, "onfinish_fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            if hasattr(consumer, "_fetch_max_wait_ms"):  # read when the consumer starts its fetcher
-                consumer._fetch_max_wait_ms = wait_ms
-            else:
-                log.warning("this aiokafka has no fetch wait to set; Faust's 1500 ms stays")
-        return consumer
-
-
-class _App(faust.App):
+class _App(OverriddenApp):
     """The processors' app: delivers what is in flight before Faust commits and stops (SIGTERM)."""
 
     onfinish_pipeline: Pipeline
@@ -119,12 +74,6 @@ class _App(faust.App):
     onfinish_topics: tuple[dict[str, str], str]  # output topic by record type, and the DLQ
 
     onfinish_stop_timeout_s: float = 30.0
-    onfinish_fetch_max_wait_ms: int | None = None  # None: Faust's own
-
-    def _create_directories(self) -> None:
-        # Faust makes the data directory without its parents: ONFINISH_PROCESSOR_DATA_DIR may not exist.
-        self.conf.datadir.mkdir(parents=True, exist_ok=True)
-        super()._create_directories()
 
     async def on_stop(self) -> None:
         sender = getattr(self, "onfinish_sender", None)
@@ -150,40 +99,6 @@ class _App(faust.App):
                 log.warning("schema registry unavailable at shutdown; the successor re-sends windows")
             if not sender.flush(10.0):
                 log.warning("window snapshots undelivered at shutdown; the successor re-sends them")
-
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        # Faust waits for the handed-out records to be acked, then commits. That last commit is
-        # skipped when Faust's periodic commit is in flight: it waits for that one, which took the
-        # offsets acked when it began, and returns. Whatever was acked since stayed uncommitted and
-        # the next owner processed it again (seen once in CI: 1,304 events on the enriched topic
-        # twice after a SIGTERM). Committing until nothing acked is left closes that window.
-        await super()._consumer_wait_empty(consumer, logger)
-        await commit_what_was_acked(consumer)
-
-
-async def commit_what_was_acked(consumer: Any, attempts: int = 5) -> None:
-    """Commit until no acked record is left uncommitted (Faust keeps acked offsets in `_acked` until
-    a commit covers them); log what stays behind, such as acked records past a hole."""
-    for _ in range(attempts):
-        if not _acked_uncommitted(consumer):
-            break
-        await consumer.commit(start_new_transaction=False)
-    behind = _acked_uncommitted(consumer)
-    if behind:
-        log.warning(
-            "stopping with processed records uncommitted; the next owner processes them again",
-            extra={"first_uncommitted": _by_partition_name(behind)},
-        )
-    log.info("offsets committed at stop", extra={"committed": _by_partition_name(consumer._committed_offset)})
-
-
-def _by_partition_name(offsets: Mapping[Any, Any]) -> dict[str, Any]:
-    return {f"{tp.topic}[{tp.partition}]": offset for tp, offset in offsets.items()}
-
-
-def _acked_uncommitted(consumer: Any) -> dict[Any, int]:
-    """The lowest acked offset no commit has covered yet, by partition."""
-    return {tp: min(acked) for tp, acked in consumer._acked.items() if acked}
 
 
 def _leave(sender: GroupSender, why: str, code: int = 0) -> None:
@@ -291,7 +206,7 @@ def build_app(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
-    app.transport.Consumer = _DirectDeliveryConsumer  # type: ignore[misc]  # the instance's, on purpose
+    app.use_direct_delivery()
     prefix = kafka.topic_prefix
     raw = _raw_topic(app, f"{prefix}.raw")
     topics = {record_type.full_name: record_type.topic(prefix) for record_type in PROCESSED_RECORD_TYPES}
@@ -312,7 +227,6 @@ def build_app(
         settings.pseudonym_key.get_secret_value().encode(),
     )
     continuity = Continuity()  # no record of a partition is passed over (processors/continuity.py)
-    drill = HoleDrill(settings.fault_hole_after_records, settings.fault_hole_records)
     writes: list[Record] = []  # this batch's changelog writes, sent with its outputs
     session_store = ChangelogStore(sessions, writes)
     window_store = ChangelogStore(windows, writes)
@@ -394,8 +308,6 @@ def build_app(
         processed: list[Any] = []  # the messages acked once the batch's outputs are delivered
         for event in events:
             message = event.message
-            if drill.passes_over(message.tp, message.offset):
-                continue  # never acked, as if it never came
             verdict = continuity.check(message.tp, message.offset)
             if verdict is not Verdict.process:
                 if verdict is Verdict.rewind:

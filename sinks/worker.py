@@ -24,7 +24,6 @@ Run it with `onfinish sink` (`python -m onfinish.sinks.worker` runs the write pa
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -157,7 +156,6 @@ class FamilySink:
             else None
         )
         self.pending: list[Any] = []  # consumed messages of the batch being built
-        self.stored_batches = 0
         self.inflight: _InFlight | None = None  # the batch being inserted
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{family}-insert")
         self.stop = threading.Event()
@@ -256,10 +254,6 @@ class FamilySink:
     def _commit(self, inflight: _InFlight) -> None:
         self.inflight = None
         inflight.future.result()  # raises _Stopped when the batch was given up at shutdown
-        self.stored_batches += 1
-        if self.stored_batches == self.settings.fault_exit_after_batches:
-            log.warning("fault drill: exiting between insert and commit")
-            os._exit(86)
         self._commit_offsets(
             [
                 confluent_kafka.TopicPartition(t, p, last + 1)
