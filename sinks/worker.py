@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import confluent_kafka
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from onfinish.retry import Backoff, Stopped, retry_until_stopped
 from onfinish.runtime import tune_gc
 from onfinish.schemas.wire import RegistryUnavailable, WriterSchemas, registry_client, schema_text_fetch
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
@@ -272,28 +273,36 @@ class FamilySink:
         what happens when this worker left the group meanwhile (its generation is over), and when
         the worker is stopping; any other failure is retried with backoff, for as long as it lasts.
         """
-        delay = self.settings.retry_initial_s
-        while True:
+
+        def commit() -> None:
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
-                return
             except confluent_kafka.KafkaException as exc:
                 error = exc.args[0]
-                if error.code() in _MEMBERSHIP_LOST:
-                    log.info(
-                        "commit refused: the partitions moved on; the next owner re-reads the batch",
-                        extra={"family": self.family, "error": error.str()},
-                    )
-                    return
-                self.metrics.failures.labels(self.family).inc()
-                log.warning(
-                    "commit failed; retrying",
-                    extra={"family": self.family, "error": error.str(), "retry_in_s": delay},
+                if error.code() not in _MEMBERSHIP_LOST:
+                    raise
+                log.info(
+                    "commit refused: the partitions moved on; the next owner re-reads the batch",
+                    extra={"family": self.family, "error": error.str()},
                 )
-            if self.stop.wait(delay):
-                log.info("stopping with a commit not done; the batch is re-read and dropped on restart")
-                return
-            delay = min(delay * 2, self.settings.retry_max_s)
+
+        def failed(exc: Exception, delay: float) -> None:
+            self.metrics.failures.labels(self.family).inc()
+            log.warning(
+                "commit failed; retrying",
+                extra={"family": self.family, "error": exc.args[0].str(), "retry_in_s": delay},
+            )
+
+        try:
+            retry_until_stopped(
+                commit,
+                backoff=self._backoff(),
+                stop=self.stop,
+                on_failure=failed,
+                retry_on=(confluent_kafka.KafkaException,),
+            )
+        except Stopped:
+            log.info("stopping with a commit not done; the batch is re-read and dropped on restart")
 
     def _drain(self) -> None:
         """Store and commit everything consumed: at shutdown, and before partitions are revoked."""
@@ -312,23 +321,31 @@ class FamilySink:
 
     def _store(self, records: list[KafkaRecord], batch: Batch | None) -> None:
         """Insert a batch (on the insert thread); returns once ClickHouse took all of it."""
-        delay = self.settings.retry_initial_s
-        while True:
-            try:
-                self._insert(batch or self.builder.build(records))
-                return
-            except RegistryUnavailable as exc:
+
+        def failed(exc: Exception, delay: float) -> None:
+            if isinstance(exc, RegistryUnavailable):
                 log.warning("schema registry unavailable; the batch waits", extra={"error": str(exc)[:200]})
-            except Exception as exc:  # ClickHouse unreachable, locked, or refusing
-                self.metrics.failures.labels(self.family).inc()
-                log.warning(
-                    "ClickHouse did not accept the batch; retrying",
-                    extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
-                )
-                self._disconnect()
-            if self.stop.wait(delay):
-                raise _Stopped
-            delay = min(delay * 2, self.settings.retry_max_s)
+                return
+            # ClickHouse unreachable, locked, or refusing
+            self.metrics.failures.labels(self.family).inc()
+            log.warning(
+                "ClickHouse did not accept the batch; retrying",
+                extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
+            )
+            self._disconnect()
+
+        try:
+            retry_until_stopped(
+                lambda: self._insert(batch or self.builder.build(records)),
+                backoff=self._backoff(),
+                stop=self.stop,
+                on_failure=failed,
+            )
+        except Stopped:
+            raise _Stopped from None
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
 
     def _insert(self, batch: Batch) -> None:
         if self.client is None:
@@ -586,17 +603,21 @@ def run(
 def _connect_with_retry(
     connect: Callable[[], Client], stop: threading.Event, settings: SinkSettings
 ) -> Client | None:
-    delay = settings.retry_initial_s
-    while not stop.is_set():
-        try:
-            return connect()
-        except Exception as exc:  # locked by another process, or a server that is not up yet
-            log.warning(
-                "ClickHouse not reachable; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay}
-            )
-            stop.wait(delay)
-            delay = min(delay * 2, settings.retry_max_s)
-    return None
+    def failed(exc: Exception, delay: float) -> None:
+        # Locked by another process, or a server that is not up yet.
+        log.warning(
+            "ClickHouse not reachable; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay}
+        )
+
+    try:
+        return retry_until_stopped(
+            connect,
+            backoff=Backoff(settings.retry_initial_s, settings.retry_max_s),
+            stop=stop,
+            on_failure=failed,
+        )
+    except Stopped:
+        return None
 
 
 def main(families: Iterable[str] | None = None, serve_reads: ServeReads | None = None) -> None:
