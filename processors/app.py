@@ -6,7 +6,8 @@ is what a worker taking that partition over restores) leave as one group through
 producer (processors/delivery.py), and the batch's records are acked only once the whole group is
 in Kafka: every output of a committed record is delivered (at least once; downstream identities
 make it once in effect). The next batch is processed while the last one is on its way. A timer
-sends the snapshots of windows that changed. /health and /metrics are pages of Faust's web server.
+sends the snapshots of windows that changed. /health and /metrics are onfinish's own small server
+(onfinish/health.py); Faust's web server is off.
 
 Records are produced with confluent-kafka rather than Faust's producer, for speed (docs/decisions/0007).
 Where the app goes around Faust's own behaviour (the consumer that hands each fetched record to the
@@ -32,10 +33,10 @@ from typing import Any
 import confluent_kafka
 import faust
 from faust.serializers import codecs
-from faust.web import Request, Response, View
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from onfinish.health import HealthServer
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.continuity import Continuity, Verdict
 from onfinish.processors.decoding import Decoder, TimeBounds
@@ -64,6 +65,7 @@ from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.005
+LAG_SCRAPE_WAIT_S = 2.0  # the lag asks the broker at most a second per partition set (measure_lag)
 
 
 class _App(OverriddenApp):
@@ -199,8 +201,7 @@ def build_app(
         datadir=settings.data_dir / app_id,  # not Faust's "<app id>-data" in the working directory
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
-        web_port=settings.web_port,
-        web_host=settings.web_host,
+        web_enabled=False,  # /health and /metrics: onfinish's own server (onfinish/health.py), below
         stream_buffer_maxsize=max(8192, 2 * settings.batch_size),
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
@@ -371,20 +372,35 @@ def build_app(
         session_store.forget(partitions)
         window_store.forget(partitions)
 
-    @app.page("/health")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            assignment = app.consumer.assignment() if app.consumer else set()
-            assigned = sorted(tp.partition for tp in assignment if tp.topic == raw.get_topic_name())
-            return self.json({"status": "ok", "app": app_id, "partitions": assigned})
+    def health() -> tuple[bool, dict[str, Any]]:
+        try:
+            assignment = app.consumer.assignment()
+        except Exception:  # the consumer has not started yet: alive, with nothing assigned
+            assignment = set()
+        assigned = sorted(tp.partition for tp in assignment if tp.topic == raw.get_topic_name())
+        return True, {"status": "ok", "app": app_id, "partitions": assigned}
 
-    @app.page("/metrics")
-    class Metrics(View):
-        async def get(self, request: Request) -> Response:
-            assigned = _assigned(app.consumer, raw.get_topic_name())
-            await metrics.measure_lag(app.consumer, assigned, continuity.expected)
-            text = generate_latest(metrics.registry).decode()
-            return self.text(text, content_type="text/plain; version=0.0.4")
+    def measure_lag() -> None:
+        """Runs on the worker's event loop (the Kafka client is not used from other threads); a
+        scrape while the loop is busy for longer than the wait keeps the last figures."""
+        measured = asyncio.run_coroutine_threadsafe(
+            metrics.measure_lag(
+                app.consumer, _assigned(app.consumer, raw.get_topic_name()), continuity.expected
+            ),
+            app.loop,
+        )
+        try:
+            measured.result(timeout=LAG_SCRAPE_WAIT_S)
+        except Exception as exc:  # timed out, or the loop is stopping
+            measured.cancel()
+            log.debug("no fresh lag for this scrape", extra={"error": repr(exc)})
+
+    @app.task
+    async def serve_health() -> None:
+        """/health and /metrics on ONFINISH_PROCESSOR_WEB_PORT, from the worker's start."""
+        HealthServer(
+            settings.web_host, settings.web_port, metrics.registry, health, before_scrape=measure_lag
+        ).start()
 
     return app
 

@@ -32,12 +32,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from onfinish.health import HealthServer
 from onfinish.retry import Backoff, Stopped, retry_until_stopped
 from onfinish.runtime import tune_gc
 from onfinish.schemas.wire import RegistryUnavailable, WriterSchemas, registry_client, schema_text_fetch
@@ -491,29 +491,6 @@ def _spec_named(table: str) -> Any:
 # --- the process -------------------------------------------------------------------------------
 
 
-class _WebHandler(BaseHTTPRequestHandler):
-    metrics: SinkMetrics
-
-    def do_GET(self) -> None:
-        if self.path == "/health":
-            body = b'{"status": "ok"}'
-            content_type = "application/json"
-        elif self.path == "/metrics":
-            body = generate_latest(self.metrics.registry)
-            content_type = "text/plain; version=0.0.4"
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
 def _lag(consumer: Any) -> float:
     """Records of the assigned partitions not yet consumed, from the client's cached watermarks."""
     try:
@@ -561,9 +538,9 @@ def run(
     families = [
         FamilySink(family, settings, kafka, registry, connect, metrics) for family in settings.families
     ]
-    handler = type("Handler", (_WebHandler,), {"metrics": metrics})
-    web = ThreadingHTTPServer((settings.web_host, settings.web_port), handler)
-    threading.Thread(target=web.serve_forever, name="sink-web", daemon=True).start()
+    web = HealthServer(
+        settings.web_host, settings.web_port, metrics.registry, lambda: (True, {"status": "ok"})
+    ).start()
     embedded = clickhouse_settings.resolved_dsn(stack).startswith("chdb:")
     stop_reads = serve_reads(owner) if embedded and serve_reads is not None else None
 
@@ -594,7 +571,7 @@ def run(
         stop.set()
         for thread in threads:
             thread.join(60)
-        web.shutdown()
+        web.stop()
         if stop_reads is not None:
             stop_reads()
         owner.close()

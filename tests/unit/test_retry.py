@@ -50,9 +50,12 @@ def test_a_step_is_retried_until_it_succeeds_and_each_failure_is_reported() -> N
 
 
 def test_other_errors_pass_through_and_a_stop_ends_the_wait() -> None:
+    def broken() -> None:
+        raise KeyError("x")
+
     with pytest.raises(KeyError):
         retry_until_stopped(
-            lambda: {}["x"],
+            broken,
             backoff=Backoff(1, 1),
             stop=threading.Event(),
             on_failure=lambda *_: None,
