@@ -21,7 +21,6 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.schemas.contract import (
     ALERT,
     COST_CORRECTION,
@@ -33,6 +32,7 @@ from onfinish.schemas.contract import (
     RecordType,
 )
 from onfinish.schemas.deadletter import DeadLetter
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 
 RowBuilder = Callable[[dict[str, Any], int, int], list[Any]]
 

@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from onfinish.errors import ConfigurationError
-from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.query.client import Querier, records, timestamp
 from onfinish.query.sql import describe_period, seconds_of
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 
 if TYPE_CHECKING:
     from rich.console import Console

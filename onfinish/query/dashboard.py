@@ -25,7 +25,7 @@ from functools import cache
 from importlib import resources
 
 from onfinish.errors import OnfinishError
-from onfinish.processors.histograms import DEFAULT_GRID
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]+$")
 """What a model filter may be: the characters model ids are made of, and nothing SQL could read."""

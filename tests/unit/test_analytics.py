@@ -26,13 +26,14 @@ from onfinish.errors import ConfigurationError
 from onfinish.insights import report as reports
 from onfinish.inspection import deadletters, topics
 from onfinish.processors.alerts import RuleBook, event_alerts
-from onfinish.processors.histograms import Histogram, quantile_from_counts
+from onfinish.processors.histograms import Histogram
 from onfinish.processors.windows import WindowKey, WindowState
 from onfinish.query import client as query_client
 from onfinish.query import sql as query_sql
 from onfinish.query.server import QueryServer
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.histogram_grid import quantile_from_counts
 from onfinish.schemas.models import EnrichedEvent, RoutingStrategy, Status
 from onfinish.settings import KafkaSettings
 from onfinish.sinks.migrate import apply_migrations

@@ -24,12 +24,12 @@ from onfinish.insights import cli as insights_cli
 from onfinish.insights import report as reports
 from onfinish.inspection import status as pipeline_status
 from onfinish.inspection import topics
-from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.query import client as query_client
 from onfinish.query import sql as query_sql
 from onfinish.query.results import QueryResult
 from onfinish.schemas import wire
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.settings import KafkaSettings
 
 runner = CliRunner()
