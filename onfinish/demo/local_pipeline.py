@@ -27,6 +27,7 @@ from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.settings import ProcessorSettings
 from onfinish.producers.settings import ProducerSettings
 from onfinish.query.client import QueryClient
+from onfinish.schemas.governance import register
 from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.topics import provision_topics
@@ -81,8 +82,10 @@ class Demo:
         return f"http://{self.sink_settings.query_host}:{self.sink_settings.query_port}"
 
     def ensure_topics(self) -> None:
-        """The pipeline's topics under the configured prefix (the stack creates the default ones)."""
+        """The pipeline's topics and the contract's subjects (FULL_TRANSITIVE) under the configured
+        prefix: the admin step the stack runs for the default prefix."""
         provision_topics(self.kafka)
+        register(self.registry, self.kafka.topic_prefix)
 
     def _env(self) -> dict[str, str]:
         return {
