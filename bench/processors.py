@@ -28,9 +28,10 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.report import Figure, metrics_text, rate_until
-from onfinish.inspect import stage_costs
+from onfinish.inspection.status import stage_costs
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import STAGES, DictStore, Pipeline, RawRecord
@@ -39,8 +40,9 @@ from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.processors.settings import Engine, ProcessorSettings
 from onfinish.producers import Emitter, Feedback, OnFinishEvent, ProducerSettings
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
+from onfinish.schemas import wire
 from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT
+from onfinish.schemas.wire import WriterSchema
 from onfinish.settings import RegistrySettings
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import provision_topics
@@ -159,7 +161,7 @@ def _pipeline_records() -> list[RawRecord]:
         if isinstance(item, OnFinishEvent | Feedback):
             record_type = ONFINISH_EVENT if isinstance(item, OnFinishEvent) else FEEDBACK
             schema_id = 1 if record_type is ONFINISH_EVENT else 2
-            value = b"\x00" + schema_id.to_bytes(4, "big") + record_type.encode(record_type.to_datum(item))
+            value = wire.frame(schema_id, record_type.encode(record_type.to_datum(item)))
             key = item.key.encode()
         else:
             key, value = item.key, item.value
@@ -185,7 +187,7 @@ def pipeline_engines() -> list[Figure]:
         frozenset(settings.attribute_allow_list),
         b"k",
     )
-    frame = b"\x00\x00\x00\x00\x09"
+    frame = wire.framing(9)
     measured: dict[Engine, tuple[float, dict[str, float]]] = {}
     for engine in (Engine.python, Engine.native):
         decoder = Decoder(writers.get, bounds=TimeBounds(max_past=timedelta(days=2)), clock=lambda: now)

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from uuid import UUID
 
 from onfinish.errors import ConfigurationError
-from onfinish.processors.decoding import MAX_VALUE_BYTES, Decoder, Refused, unframe
+from onfinish.processors.decoding import MAX_VALUE_BYTES, Decoder
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour
 from onfinish.processors.redaction import PatternSet
 from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, RecordType
 from onfinish.schemas.models import Feedback, RoutingStrategy, Status
+from onfinish.schemas.wire import Refused, WriterSchema, schema_id_of
 
 if TYPE_CHECKING:
     from onfinish_native import Call
@@ -156,18 +157,17 @@ class NativeCore:
         if not value or len(value) > MAX_VALUE_BYTES:
             return
         try:
-            schema_id = unframe(value)
+            schema_id = schema_id_of(value)
         except Refused:
             return
         if self.core.knows_writer(schema_id):
             return
         writer = self.decoder.lookup(schema_id)
-        if writer is None:
+        if writer is None or writer.record_type is None:
             why = self.core.add_writer(schema_id, None, None)
         else:
-            why = self.core.add_writer(
-                schema_id, _KINDS.get(writer.record_type.full_name), writer.schema_text
-            )
+            kind = _KINDS.get(writer.record_type.full_name)
+            why = self.core.add_writer(schema_id, kind, _schema_text(writer))
         if why is not None:
             self.unplanned[schema_id] = why
 
@@ -189,6 +189,16 @@ class NativeCore:
         # What the call spent outside its stages (arguments, results) is counted as decoding.
         overhead = perf_counter() - started - decode - enrich - encode
         return results, {"decode": decode + max(overhead, 0.0), "enrich": enrich, "encode": encode}
+
+
+def _schema_text(writer: WriterSchema) -> str | None:
+    """The writer schema's JSON: as registered, or the contract's own when that is what was parsed."""
+    if writer.text is not None:
+        return writer.text
+    record_type = writer.record_type
+    if record_type is not None and writer.parsed is record_type.parsed:
+        return record_type.schema_str
+    return None
 
 
 def _nano(amount: Any) -> int:

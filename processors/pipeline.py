@@ -36,7 +36,7 @@ from onfinish.processors.alerts import (
     window_breached,
 )
 from onfinish.processors.calls import EnrichedCall
-from onfinish.processors.decoding import Decoder, Refused, RegistryUnavailable, SchemaRefused
+from onfinish.processors.decoding import Decoder
 from onfinish.processors.engines import NativeCore, Result, behaviour_of, feedback_of
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
@@ -52,6 +52,7 @@ from onfinish.schemas.contract import (
 )
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import Alert, Feedback, OnFinishEvent
+from onfinish.schemas.wire import Refused, RegistryUnavailable, SchemaRefused
 
 if TYPE_CHECKING:
     from onfinish_native import Call

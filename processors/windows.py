@@ -19,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from onfinish.processors.calls import EnrichedCall
-from onfinish.processors.histograms import DEFAULT_GRID, Histogram
+from onfinish.processors.histograms import Histogram
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.schemas.models import RoutingStrategy, Status, WindowSnapshot
 
 WINDOW = timedelta(minutes=1)

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish.analytics import ClientQuerier
 from onfinish.errors import ConfigurationError
 from onfinish.insights.compare import Calls, compare
 from onfinish.insights.readouts import drift
 from onfinish.insights.stats import Verdict
-from onfinish.producers.traffic import Effect, TrafficGenerator, TrafficProfile
+from onfinish.loadgen.traffic import Effect, TrafficGenerator, TrafficProfile
+from onfinish.query.client import ClientQuerier
 from onfinish.schemas.contract import ENRICHED_EVENT
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
 from onfinish.sinks.migrate import apply_migrations

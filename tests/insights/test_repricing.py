@@ -12,11 +12,11 @@ from importlib.resources import files
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish.analytics import ClientQuerier
 from onfinish.errors import ConfigurationError
 from onfinish.insights import repricing
 from onfinish.processors.pricing import PriceCatalog, compute_cost
 from onfinish.processors.windows import WindowKey, WindowState
+from onfinish.query.client import ClientQuerier
 from onfinish.schemas.contract import (
     COST_CORRECTION,
     ENRICHED_EVENT,

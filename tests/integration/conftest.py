@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from onfinish.demo import Demo
+from onfinish.demo.local_pipeline import Demo
 from onfinish.processors.settings import ProcessorSettings
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings
 from onfinish.sinks.settings import SinkSettings

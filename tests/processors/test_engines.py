@@ -23,8 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from onfinish.loadgen.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import DictStore, Output, Pipeline, RawRecord
@@ -32,10 +33,10 @@ from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.producers.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, RecordType
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
+from onfinish.schemas.wire import WriterSchema
 from tests.integration.records import hostile_values, sample_event
 
 NOW = TRAFFIC_START + timedelta(hours=1)

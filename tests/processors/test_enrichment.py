@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
 

@@ -12,13 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onfinish.processors.histograms import (
-    DEFAULT_GRID,
-    BucketGrid,
-    Histogram,
-    quantile_from_counts,
-    quantile_rank,
-)
+from onfinish.processors.histograms import Histogram
+from onfinish.schemas.histogram_grid import DEFAULT_GRID, BucketGrid, quantile_from_counts, quantile_rank
 
 GRID = DEFAULT_GRID
 ALPHA = GRID.relative_accuracy

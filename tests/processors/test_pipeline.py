@@ -12,14 +12,14 @@ from typing import Any
 import fastavro
 import pytest
 
+from onfinish.loadgen.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, RegistryUnavailable, TimeBounds, WriterSchema
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import (
     ENRICHED_EVENT,
     FEEDBACK,
@@ -30,6 +30,7 @@ from onfinish.schemas.contract import (
 )
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import Feedback, OnFinishEvent, Status
+from onfinish.schemas.wire import RegistryUnavailable, WriterSchema
 
 SCHEMA_IDS = {ONFINISH_EVENT.full_name: 1, FEEDBACK.full_name: 2}
 WRITERS = {1: WriterSchema(ONFINISH_EVENT, ONFINISH_EVENT.parsed), 2: WriterSchema(FEEDBACK, FEEDBACK.parsed)}

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.engines import NativePatternSet
 from onfinish.processors.redaction import (
     PatternSet,
@@ -26,7 +27,6 @@ from onfinish.processors.redaction import (
     pseudonymise,
     redact_attributes,
 )
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.models import OnFinishEvent
 
 PATTERNS_FILE = Path(__file__).resolve().parents[2] / "processors" / "data" / "redaction_patterns.v1.toml"

@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
 from onfinish.schemas.contract import ALL_RECORD_TYPES, FEEDBACK, ONFINISH_EVENT, RecordType
 from onfinish.schemas.models import Feedback, OnFinishEvent, Status

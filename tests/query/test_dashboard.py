@@ -25,16 +25,17 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook, event_alerts
 from onfinish.processors.sessions import SessionState
 from onfinish.processors.windows import WindowKey, WindowState
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
+from onfinish.query import dashboard
+from onfinish.query.dashboard import InvalidDashboardRequest, PanelFilter, panel_sql, parse_filter
+from onfinish.query.guard import check_read_only
+from onfinish.query.server import QueryServer
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
-from onfinish.sinks import dashboard
-from onfinish.sinks.dashboard import InvalidDashboardRequest, PanelFilter, panel_sql, parse_filter
 from onfinish.sinks.migrate import apply_migrations
-from onfinish.sinks.query import QueryServer, check_read_only
 from onfinish.sinks.tables import TABLES
 from tests.browser import chromium
 from tests.conftest import REPO
