@@ -36,11 +36,13 @@ demo: install
 test: install
 	$(BIN)/pytest
 
+## test-unit: every test that needs no running stack or browser, over all of tests/, in seconds
 test-unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -m "not integration"
 
+## test-integration: the tests against the real local stack and Chromium, and the calibrations
 test-integration: install
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest -m integration
 
 ## test-faults: the fault suite alone (also part of `make test`)
 test-faults: install

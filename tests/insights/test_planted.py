@@ -79,6 +79,10 @@ def test_an_effect_changes_only_the_events_it_selects() -> None:
         assert after.started_at <= after.finished_at
 
 
+# A calibration: 20 seeds, each drawing 12,000 loadgen items four times: minutes of CPU. It measures the
+# statistics' power and false-alarm rate rather than checking code paths (test_readouts.py and
+# test_compare.py do that in seconds), so it runs with the integration suite in `make test`.
+@pytest.mark.integration
 def test_the_readout_finds_a_planted_slowdown_and_nothing_where_none_was_planted() -> None:
     """Calls of a session are correlated (one model, one feature, a growing context) and variants
     are assigned per session: only intervals that take the session as the unit keep the false
