@@ -104,8 +104,8 @@ def test_the_readout_finds_a_planted_slowdown_and_nothing_where_none_was_planted
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """Loadgen traffic in which gpt-4o gets a new version half way through, with 10% more errors."""
-    rollout = Effect.parse("model_id=gpt-4o:version=gpt-4o-2026-11-01:errors=0.1:from=6000")
-    events = _events(11, 12_000, rollout)
+    rollout = Effect.parse("model_id=gpt-4o:version=gpt-4o-2026-11-01:errors=0.1:from=3000")
+    events = _events(11, 6_000, rollout)
     with chdb_engine(tmp_path_factory.mktemp("chdb-planted")) as engine:
         engine.command("CREATE DATABASE IF NOT EXISTS planted")
         engine.database = "planted"
