@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
 
+# The -W filter hides one note, not a warning: setuptools reports every editable install of a
+# package-dir layout as "Editable installation" through the warnings channel (its InformationOnly
+# class: it has no other way to reach pip's output). Packaging warnings still show.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 ## install: the virtualenv with onfinish and its dev tools, Kafka's jars and the schema registry binary
