@@ -40,8 +40,9 @@ test: install
 	$(BIN)/pytest
 
 ## test-unit: every test that needs no running stack or browser, over all of tests/, in seconds
+## (property tests try a tenth of their examples here: tests/conftest.py; make test tries them all)
 test-unit: $(STAMP)
-	$(BIN)/pytest -m "not integration"
+	ONFINISH_TEST_PROFILE=unit $(BIN)/pytest -m "not integration"
 
 ## test-integration: the tests against the real local stack and Chromium, and the calibrations
 test-integration: install

@@ -22,6 +22,7 @@ from onfinish.insights.compare import (
     to_json,
 )
 from onfinish.insights.stats import Direction, Verdict
+from tests.conftest import scaled_examples
 
 LATENCY_MEDIAN_MS = 1200.0
 LATENCY_SIGMA = 0.6
@@ -366,7 +367,7 @@ rows = st.lists(
 
 
 @given(a=rows, b=rows)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled_examples(60), deadline=None)
 def test_any_small_groups_give_a_readout(a, b):
     readout = compare(Calls.from_rows(a), Calls.from_rows(b), a_name="A", b_name="B", resamples=50)
     assert {d.verdict for d in readout.differences} <= set(Verdict)

@@ -19,6 +19,7 @@ from onfinish.processors.histograms import (
     quantile_from_counts,
     quantile_rank,
 )
+from tests.conftest import scaled_examples
 
 GRID = DEFAULT_GRID
 ALPHA = GRID.relative_accuracy
@@ -239,7 +240,7 @@ def test_quantile_from_counts_checks_the_array_length():
 # --- merging --------------------------------------------------------------------------------------
 
 
-@settings(max_examples=60)
+@settings(max_examples=scaled_examples(60))
 @given(st.lists(samples, min_size=1, max_size=6))
 def test_merging_parts_equals_the_histogram_of_the_whole(parts):
     merged = reduce(Histogram.merge, (histogram_of(part) for part in parts))
@@ -250,7 +251,7 @@ def test_merging_parts_equals_the_histogram_of_the_whole(parts):
         assert merged.quantile(q) == whole.quantile(q)
 
 
-@settings(max_examples=60)
+@settings(max_examples=scaled_examples(60))
 @given(samples, samples, samples)
 def test_merge_is_associative_and_commutative(a, b, c):
     x, y, z = histogram_of(a), histogram_of(b), histogram_of(c)

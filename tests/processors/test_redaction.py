@@ -23,6 +23,7 @@ from onfinish.processors.redaction import (
     redact_text,
 )
 from onfinish.schemas.models import OnFinishEvent
+from tests.conftest import scaled_examples
 
 PATTERNS_FILE = Path(__file__).resolve().parents[2] / "processors" / "data" / "redaction_patterns.v1.toml"
 
@@ -597,14 +598,14 @@ def _mixed_texts(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=scaled_examples(400), deadline=None)
 @given(_mixed_texts())
 def test_redaction_is_idempotent(text: str) -> None:
     once = redact_text(text)
     assert redact_text(once) == once
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled_examples(200), deadline=None)
 @given(st.text(max_size=200))
 def test_arbitrary_text_never_breaks_redaction(text: str) -> None:
     once = redact_text(text)
