@@ -123,7 +123,7 @@ def _recent_events(now: datetime) -> list[EnrichedEvent]:
         TrafficProfile(malformed_share=0, feedback_share=0, error_share=0.08, start=now), seed=23
     )
     raw = [
-        item for item in generator.items(3000) if isinstance(item, OnFinishEvent) and item.model_id in MODELS
+        item for item in generator.items(1500) if isinstance(item, OnFinishEvent) and item.model_id in MODELS
     ]
     first, span = now - timedelta(minutes=30), timedelta(minutes=29)
     events = []
