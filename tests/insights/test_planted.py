@@ -69,8 +69,8 @@ def test_effects_are_parsed_and_refused_with_the_reason() -> None:
 
 
 def test_an_effect_changes_only_the_events_it_selects() -> None:
-    plain = _events(3, 2000)
-    planted = _events(3, 2000, SLOWER_B)
+    plain = _events(3, 1000)
+    planted = _events(3, 1000, SLOWER_B)
     assert [e.event_id for e in plain] == [e.event_id for e in planted], "the same traffic otherwise"
     for before, after in zip(plain, planted, strict=True):
         factor = 1.15 if before.variant_id == "B" else 1.0
@@ -104,8 +104,8 @@ def test_the_readout_finds_a_planted_slowdown_and_nothing_where_none_was_planted
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """Loadgen traffic in which gpt-4o gets a new version half way through, with 10% more errors."""
-    rollout = Effect.parse("model_id=gpt-4o:version=gpt-4o-2026-11-01:errors=0.1:from=3000")
-    events = _events(11, 6_000, rollout)
+    rollout = Effect.parse("model_id=gpt-4o:version=gpt-4o-2026-11-01:errors=0.1:from=1500")
+    events = _events(11, 3_000, rollout)
     with chdb_engine(tmp_path_factory.mktemp("chdb-planted")) as engine:
         engine.command("CREATE DATABASE IF NOT EXISTS planted")
         engine.database = "planted"
