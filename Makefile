@@ -9,13 +9,16 @@ NATIVE_SOURCES := $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.
 
 .PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
 
+# The -W filter hides one note, not a warning: setuptools reports every editable install of a
+# package-dir layout as "Editable installation" through the warnings channel (its InformationOnly
+# class: it has no other way to reach pip's output). Packaging warnings still show.
 $(STAMP): pyproject.toml constraints.txt $(NATIVE_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The native core first: the `processors` extra requires onfinish-native, which no index serves
 	# yet, and a requirement that is already installed is satisfied from here.
 	$(BIN)/python -m pip install --quiet -c constraints.txt ./$(NATIVE)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 ## install: the virtualenv with onfinish and its dev tools, Kafka's jars and the schema registry binary
@@ -42,11 +45,14 @@ demo: install
 test: install
 	$(BIN)/pytest
 
+## test-unit: every test that needs no running stack or browser, over all of tests/, in seconds
+## (property tests try a tenth of their examples here: tests/conftest.py; make test tries them all)
 test-unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	ONFINISH_TEST_PROFILE=unit $(BIN)/pytest -m "not integration"
 
+## test-integration: the tests against the real local stack and Chromium, and the calibrations
 test-integration: install
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest -m integration
 
 ## test-faults: the fault suite alone (also part of `make test`)
 test-faults: install

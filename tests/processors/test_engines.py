@@ -37,9 +37,12 @@ from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, 
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
 from onfinish.schemas.wire import WriterSchema
+from tests.conftest import UNIT_PROFILE, scaled_examples
 from tests.integration.records import hostile_values, sample_event
 
 NOW = TRAFFIC_START + timedelta(hours=1)
+# Loadgen events through both engines: 100,000 in `make test`, a tenth in `make test-unit`.
+DIFFERENTIAL_EVENTS = 10_000 if UNIT_PROFILE else 100_000
 FRAME = b"\x00\x00\x00\x00\x09"
 PARTITIONS = 4
 # Attributes that carry the traffic's PII are allowed through here, so that their values are redacted.
@@ -220,8 +223,8 @@ def _loadgen(count: int, seed: int, **profile: Any) -> tuple[list[tuple[bytes, b
 
 
 def test_100000_loadgen_events_are_byte_identical_on_both_engines() -> None:
-    values, events = _loadgen(106_000, seed=2026)
-    assert events >= 100_000
+    values, events = _loadgen(DIFFERENTIAL_EVENTS * 106 // 100, seed=2026)
+    assert events >= DIFFERENTIAL_EVENTS
     engines = Engines()
     outputs = engines.run(_records(values))
     engines.assert_identical(outputs)
@@ -236,9 +239,9 @@ def test_100000_loadgen_events_are_byte_identical_on_both_engines() -> None:
         f"\ndifferential: {engines.records} raw records, {events} events; outputs {dict(kinds)}; "
         f"dead letters {dict(reasons)}; handed back to the reference {engines.handed_back} ({share:.2%})"
     )
-    assert kinds[ENRICHED_EVENT.full_name] > 99_000
-    assert sum(reasons.values()) > 300
-    assert engines.pipelines["native"].counts.duplicates > 500
+    assert kinds[ENRICHED_EVENT.full_name] >= DIFFERENTIAL_EVENTS
+    assert sum(reasons.values()) > DIFFERENTIAL_EVENTS / 400
+    assert engines.pipelines["native"].counts.duplicates > DIFFERENTIAL_EVENTS / 200
     # Only what the reference refuses takes the Python path: the malformed share (0.5%).
     assert engines.handed_back == sum(reasons.values())
     assert share < 0.01
@@ -354,7 +357,11 @@ def fuzzed() -> Engines:
     return Engines(now=TRAFFIC_START + timedelta(minutes=1))
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=scaled_examples(500),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(values=st.lists(_hostile_bytes(), min_size=1, max_size=8))
 def test_fuzzed_bytes_never_crash_and_match_the_reference(fuzzed: Engines, values: list[bytes]) -> None:
     records = [
