@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from onfinish.loadgen.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, TimeBounds
+from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
@@ -39,15 +41,23 @@ ENRICHER = Enricher(PriceCatalog.load(), QualityWeights(), PatternSet.load(), fr
 RULES = RuleBook.load()
 
 
+FRAME = b"\x00\x00\x00\x00\x09"
+
+
 def _encode(record_type: RecordType, datum: dict[str, Any]) -> bytes:
     # Every output must be a valid record of its contract model, as the worker sends it unvalidated.
     record_type.model.model_validate(datum)
-    return b"\x00\x00\x00\x00\x09" + record_type.encode(datum)
+    return FRAME + record_type.encode(datum)
 
 
-def _pipeline(sessions: dict[str, Any] | None = None, windows: dict[str, Any] | None = None) -> Pipeline:
+def _pipeline(
+    sessions: dict[str, Any] | None = None,
+    windows: dict[str, Any] | None = None,
+    engine: str = "python",
+    frame: Callable[[RecordType], bytes] = lambda record_type: FRAME,
+) -> Pipeline:
     """A pipeline whose state is restored from, and written to, the `sessions` and `windows`
-    changelogs (a new worker when they hold something)."""
+    changelogs (a new worker when they hold something), on the Python or the native engine."""
     sessions = {} if sessions is None else sessions
     windows = {} if windows is None else windows
     decoder = Decoder(WRITERS.get, bounds=TimeBounds(max_past=timedelta(days=2)), clock=lambda: NOW)
@@ -60,6 +70,7 @@ def _pipeline(sessions: dict[str, Any] | None = None, windows: dict[str, Any] | 
         DictStore(dict(windows), changelog=windows),
         allowed_lateness=timedelta(minutes=2),
         clock=lambda: NOW,
+        native=NativeCore(decoder, ENRICHER, frame) if engine == "native" else None,
     )
 
 
@@ -132,15 +143,18 @@ def _expected_totals(items: list[Any]) -> dict[tuple[Any, ...], tuple[int, int, 
 
 
 BATCH_SIZES = pytest.mark.parametrize("batch_size", [1, 7, 500])
+# Both engines of the per-event path (processors/engines.py) must pass every scenario.
+ENGINES = pytest.mark.parametrize("engine", ["python", "native"])
 # Traffic sizes: a few hundred records already cover every kind of item, malformed ones among them,
 # and many windows and sessions; with one record per batch each record costs a batch's snapshots,
 # so sizes in the thousands made these tests take a minute and a half together.
 
 
+@ENGINES
 @BATCH_SIZES
-def test_traffic_in_exact_aggregates_and_dead_letters_out(batch_size: int):
+def test_traffic_in_exact_aggregates_and_dead_letters_out(batch_size: int, engine: str):
     raw, items = _raw(21, 1000, malformed_share=0.02)
-    pipeline = _pipeline()
+    pipeline = _pipeline(engine=engine)
     outputs = _run(pipeline, raw, batch_size=batch_size)
     enriched = [o for o in outputs if o.record_type is ENRICHED_EVENT]
     assert len(enriched) == sum(isinstance(i, OnFinishEvent) for i in items)
@@ -152,11 +166,12 @@ def test_traffic_in_exact_aggregates_and_dead_letters_out(batch_size: int):
     assert pipeline.counts.feedback == sum(isinstance(i, Feedback) for i in items)
 
 
+@ENGINES
 @BATCH_SIZES
-def test_every_record_delivered_twice_changes_no_aggregate(batch_size: int):
+def test_every_record_delivered_twice_changes_no_aggregate(batch_size: int, engine: str):
     raw, items = _raw(22, 600, malformed_share=0)
     doubled = [record for record in raw for _ in range(2)]  # each event again at the next offset
-    pipeline = _pipeline()
+    pipeline = _pipeline(engine=engine)
     outputs = _run(pipeline, doubled, batch_size=batch_size)
     assert pipeline.counts.duplicates == sum(isinstance(i, OnFinishEvent) for i in items)
     assert _window_totals(outputs) == _expected_totals(items)
@@ -168,22 +183,26 @@ def test_every_record_delivered_twice_changes_no_aggregate(batch_size: int):
     assert sum(s["turns"] for s in sessions.values()) == sum(isinstance(i, OnFinishEvent) for i in items)
 
 
+@ENGINES
 @BATCH_SIZES
-def test_a_crash_and_replay_of_the_partition_counts_nothing_twice(batch_size: int):
+def test_a_crash_and_replay_of_the_partition_counts_nothing_twice(batch_size: int, engine: str):
     raw, items = _raw(23, 800, malformed_share=0)
     sessions: dict[str, Any] = {}
     windows: dict[str, Any] = {}
-    first = _pipeline(sessions, windows)
+    first = _pipeline(sessions, windows, engine)
     outputs = _run(first, raw, range(0, 520), batch_size)
     # The state a new worker restores from the changelog, and the offset its group committed.
-    restored = _pipeline(dict(sessions), dict(windows))
+    restored = _pipeline(dict(sessions), dict(windows), engine)
     outputs += _run(restored, raw, range(360, len(raw)), batch_size)
     assert restored.counts.replayed > 0
     assert _window_totals(outputs) == _expected_totals(items)
 
 
+@ENGINES
 @BATCH_SIZES
-def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replayed(batch_size: int):
+def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replayed(
+    batch_size: int, engine: str
+):
     raw, items = _raw(24, 900, malformed_share=0, feedback_share=0)
     # Spread the events over 15 minutes so that windows close while the worker runs.
     spread = []
@@ -201,28 +220,41 @@ def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replaye
         )
     sessions: dict[str, Any] = {}
     windows: dict[str, Any] = {}
-    first = _pipeline(sessions, windows)
+    first = _pipeline(sessions, windows, engine)
     outputs = _run(first, spread, range(0, 600), batch_size)
-    restored = _pipeline(dict(sessions), dict(windows))
+    restored = _pipeline(dict(sessions), dict(windows), engine)
     outputs += _run(
         restored, spread, range(100, len(spread)), batch_size
     )  # replays windows first closed long ago
     assert _window_totals(outputs) == _expected_totals(items)
 
 
-def test_a_registry_outage_mid_batch_loses_nothing_and_counts_nothing_twice():
+@ENGINES
+def test_a_registry_outage_mid_batch_loses_nothing_and_counts_nothing_twice(engine: str):
     """Encoding fails now and then (the registry is away); the worker retries the same call."""
     raw, items = _raw(25, 600, malformed_share=0)
     calls = [0]
 
-    def flaky(record_type: RecordType, datum: dict[str, Any]) -> bytes:
-        # Fails every 53rd call, in the middle of batches and of their finish.
+    def away_now_and_then() -> None:
+        # Fails every 53rd call (every 7th for the native engine's prefix, asked once a batch), in
+        # the middle of batches and of their finish.
         calls[0] += 1
         if calls[0] % 53 == 0:
             raise RegistryUnavailable("registry away")
+
+    def flaky(record_type: RecordType, datum: dict[str, Any]) -> bytes:
+        away_now_and_then()
         return _encode(record_type, datum)
 
-    pipeline = _pipeline()
+    frames = [0]
+
+    def flaky_frame(record_type: RecordType) -> bytes:
+        frames[0] += 1
+        if frames[0] % 7 == 0:
+            raise RegistryUnavailable("registry away")
+        return FRAME
+
+    pipeline = _pipeline(engine=engine, frame=flaky_frame)
     pipeline.encode = flaky
     outputs: list[Output] = []
     failures = 0
