@@ -11,6 +11,12 @@ once, sends one snapshot per touched session and evaluates session and window ru
 cost of state serialisation, snapshots and rules is therefore paid per touched key and batch, not
 per event; a batch of one record behaves exactly like the per-record path (`Pipeline.process`).
 
+The per-event part (decode, validate, enrich, redact, encode) runs on one of two engines
+(processors/engines.py): record by record in Python, the reference; or, with a `NativeCore`, in
+one call into Rust at the batch's end, after which each record is applied to state in offset
+order exactly where the reference would have applied it, and each record the core hands back
+takes the reference path in its place.
+
 Exactly-once in effect, without Kafka transactions:
 - a record is identified by its raw (partition, offset); session and window states ignore offsets
   they already applied, so replaying a partition after a crash changes nothing;
