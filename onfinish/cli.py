@@ -83,6 +83,9 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dlq_app, name="dlq")
+from onfinish.collect.cli import app as collect_app  # noqa: E402 - issue 19's room; moves with issue 17
+
+app.add_typer(collect_app, name="collect")
 
 
 def _fail_cleanly(action: Callable[[], T]) -> T:
