@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The Vercel AI SDK client of onfinish collect's tests (tests/collect/node), from its lock file.
+NODE_DIR   := tests/collect/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
 
@@ -12,8 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-## install: the virtualenv with onfinish and its dev tools, Kafka's jars and the schema registry binary
-install: $(STAMP) stack-install
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+## install: the virtualenv with onfinish and its dev tools, Kafka's jars, the schema registry binary and the Node test client
+install: $(STAMP) stack-install $(NODE_STAMP)
 
 stack-install: $(STAMP)
 	$(BIN)/onfinish stack install
