@@ -7,7 +7,7 @@ user-feedback evaluation name, see data/mapping.v1.toml) with these attributes:
 | attribute | Feedback field |
 | --- | --- |
 | gen_ai.response.id (required) | request_id: the response the reaction is about |
-| gen_ai.conversation.id, session.id | session_id |
+| gen_ai.conversation.id, session.id (of the event, else of its span) | session_id |
 | onfinish.feedback.rating: -1, 0 or 1 | rating |
 | gen_ai.evaluation.score.value: its sign | rating (gen_ai.evaluation.result) |
 | gen_ai.evaluation.score.label: a positive or negative label | rating (gen_ai.evaluation.result) |
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,9 @@ class FeedbackEvent:
     attributes: Mapping[str, Any]
     trace_id: bytes = b""
     span_id: bytes = b""
+    # The attributes of the span a span event is on: its session when the event names none, so the
+    # feedback is keyed (and partitioned) with the call's events.
+    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 class FeedbackReader:
@@ -80,7 +83,13 @@ class FeedbackReader:
         except ValueError:
             return Rejected("invalid_attribute", "onfinish.feedback.rating must be -1, 0 or 1")
         session_id = next(
-            (as_text(attributes[k]) for k in SESSION_IDS if attributes.get(k) is not None), None
+            (
+                as_text(source[k])
+                for source in (attributes, event.context)
+                for k in SESSION_IDS
+                if source.get(k) is not None
+            ),
+            None,
         )
         at = nanos_to_datetime(event.time_unix_nano) if event.time_unix_nano else now
         name = f"{event.trace_id.hex()}{event.span_id.hex()}|{event.time_unix_nano}|{request_id}"

@@ -82,7 +82,12 @@ class Ingest:
                 if reader.is_feedback(event.name, event.attributes):
                     self._feedback(
                         FeedbackEvent(
-                            event.name, event.time_unix_nano, event.attributes, span.trace_id, span.span_id
+                            event.name,
+                            event.time_unix_nano,
+                            event.attributes,
+                            span.trace_id,
+                            span.span_id,
+                            span.attributes,
                         ),
                         now,
                         records,

@@ -443,3 +443,16 @@ def test_evaluations_that_are_not_a_users_are_not_feedback_and_feedback_needs_a_
         NOW,
     )
     assert isinstance(bad, Rejected) and "rating" in bad.message
+
+
+def test_feedback_on_a_span_takes_the_spans_session_when_it_names_none():
+    event = FeedbackEvent(
+        "onfinish.feedback",
+        START_NS,
+        {"gen_ai.response.id": "r", "onfinish.feedback.rating": 1},
+        TRACE,
+        SPAN,
+        {"gen_ai.conversation.id": "conv-3"},
+    )
+    fields = READER.read(event, NOW)
+    assert isinstance(fields, dict) and fields["session_id"] == "conv-3"
