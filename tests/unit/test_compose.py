@@ -70,7 +70,7 @@ def test_worker_commands_are_onfinish_commands():
         words = tuple(command[1:3])
         sub = group.commands.get(words[0])
         assert sub is not None, f"{name}: no `onfinish {words[0]}` command"
-        if hasattr(sub, "commands") and (len(words) > 1 or not sub.invoke_without_command):
+        if hasattr(sub, "commands") and (len(words) > 1 or not getattr(sub, "invoke_without_command", False)):
             # a group: the next word must be one of its commands
             assert words[1] in sub.commands, f"{name}: no `onfinish {' '.join(words)}` command"
 
