@@ -417,10 +417,11 @@ class SpanMapper:
                 f"[now - {self.max_past}, now + {self.max_future}]",
             )
         found, extra = self._resolve(attributes, resource)
-        text: dict[str, str | None] = {}
+        text: dict[str, str | None] = dict.fromkeys(STRING_FIELDS)
         for name in STRING_FIELDS:
             value = found.get(name)
-            text[name] = None if value is None else as_text(value)
+            if value is not None:
+                text[name] = as_text(value)
         counts: dict[str, int] = {}
         for name in COUNT_FIELDS:
             value = found.get(name)

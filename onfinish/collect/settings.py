@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from onfinish.runtime import GcThresholds, gc_thresholds_field
 from onfinish.settings import LOOPBACK
 
 
@@ -72,6 +73,9 @@ class CollectSettings(BaseSettings):
         default=60.0,
         gt=0,
         description="How long the topic worker waits for Kafka to acknowledge a batch before retrying.",
+    )
+    gc_thresholds: GcThresholds = gc_thresholds_field(
+        "collected a 512-span request's few thousand short-lived objects several times over"
     )
     web_port: int = Field(
         default=4319, ge=1, le=65535, description="/health and /metrics port of the Collector topic worker."
