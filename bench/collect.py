@@ -168,7 +168,7 @@ def run(stack: Stack) -> list[Figure]:
             "collect: GenAI spans accepted by one receiver, 512-span requests (target 10,000/s)",
             receiver_rate,
             "spans/s",
-            "SDK throughput, one process, acknowledged (target ratio 0.5)",
+            "SDK on_finish throughput, one process, acknowledged, events/s (target ratio 0.5)",
             sdk,
         ),
         Figure(

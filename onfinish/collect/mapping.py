@@ -12,6 +12,7 @@ event downstream. docs/contract.md documents every field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 import uuid
@@ -217,8 +218,19 @@ class _Invalid(Exception):
         self.rejected = Rejected(reason, message)
 
 
-def span_event_id(trace_id: bytes, span_id: bytes) -> uuid.UUID:
-    return uuid.uuid5(SPAN_NAMESPACE, trace_id.hex() + span_id.hex())
+_SPAN_NAMESPACE_BYTES = SPAN_NAMESPACE.bytes
+
+
+def span_event_id(ids_hex: str) -> str:
+    """uuid5(SPAN_NAMESPACE, ids_hex) in its canonical text form, which the contract's model reads.
+
+    What uuid.uuid5 computes (RFC 4122: SHA-1 of namespace and name, version and variant bits set),
+    written out because building the UUID object took a tenth of a span's mapping (23 µs here);
+    tests/collect/test_mapping.py holds the two equal.
+    """
+    digest = hashlib.sha1(_SPAN_NAMESPACE_BYTES + ids_hex.encode(), usedforsecurity=False).hexdigest()
+    variant = "89ab"[int(digest[16], 16) & 0x3]
+    return f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{variant}{digest[17:20]}-{digest[20:32]}"
 
 
 def nanos_to_datetime(value: int) -> datetime:
@@ -337,6 +349,7 @@ class SpanMapper:
         self.chunk_events = frozenset(mapping.streaming.chunk_events)
         self.first_chunk_events = frozenset(mapping.streaming.first_chunk_events)
         self.version_attribute = str(mapping.version)
+        self._last_resource: tuple[object, dict[str, tuple[int, Value]]] = (None, {})
 
     # What kind of span is this? ------------------------------------------------------------------
 
@@ -357,31 +370,48 @@ class SpanMapper:
         self, attributes: Mapping[str, Value], resource: Mapping[str, Value]
     ) -> tuple[dict[str, Value], dict[str, str]]:
         """Every field's value (its first source present) and the attributes passed on as they are."""
-        found: dict[str, tuple[int, Value]] = {}
+        found = dict(self._resource_fields(resource))
         extra: dict[str, str] = {}
-        read, drop = self.read, self.drop_prefixes
+        read, drop, index = self.read, self.drop_prefixes, self.index
         room = MAX_ATTRIBUTES - 3  # the mapping's own three
-        for indexed, source in ((self.index, attributes), (self.resource_index, resource)):
-            for key, value in source.items():
-                targets = indexed.get(key)
-                if targets is None:
-                    if (
-                        source is attributes
-                        and len(extra) < room
-                        and value is not None
-                        and key not in read
-                        and 0 < len(key) <= MAX_ID_CHARS
-                        and not key.startswith(drop)
-                    ):
-                        extra[key] = attribute_text(value)
-                    continue
-                if value is None or value == "":
-                    continue
-                for name, rank, scale in targets:
-                    held = found.get(name)
-                    if held is None or rank < held[0]:
-                        found[name] = (rank, value if scale == 1.0 else as_number(key, value) * scale)
+        for key, value in attributes.items():
+            targets = index.get(key)
+            if targets is None:
+                if (
+                    len(extra) < room
+                    and value is not None
+                    and key not in read
+                    and 0 < len(key) <= MAX_ID_CHARS
+                    and not key.startswith(drop)
+                ):
+                    extra[key] = attribute_text(value)
+                continue
+            if value is None or value == "":
+                continue
+            for name, rank, scale in targets:
+                held = found.get(name)
+                if held is None or rank < held[0]:
+                    found[name] = (rank, value if scale == 1.0 else as_number(key, value) * scale)
         return {name: value for name, (_, value) in found.items()}, extra
+
+    def _resource_fields(self, resource: Mapping[str, Value]) -> dict[str, tuple[int, Value]]:
+        """The fields a resource gives, remembered for the next span: the spans of one request's
+        resource share its dict, and a real SDK's resource has 10 to 20 attributes (host, process,
+        telemetry.sdk) that would otherwise be looked up again for every span."""
+        last = self._last_resource
+        if last[0] is resource:
+            return last[1]
+        found: dict[str, tuple[int, Value]] = {}
+        for key, value in resource.items():
+            targets = self.resource_index.get(key)
+            if targets is None or value is None or value == "":
+                continue
+            for name, rank, scale in targets:
+                held = found.get(name)
+                if held is None or rank < held[0]:
+                    found[name] = (rank, value if scale == 1.0 else as_number(key, value) * scale)
+        self._last_resource = (resource, found)  # one assignment: safe for concurrent requests
+        return found
 
     def map(self, span: SpanData) -> dict[str, Any] | Ignored | Rejected:
         """The OnFinishEvent fields of a model-call span (validated later, by the SDK's encoder)."""
@@ -430,7 +460,7 @@ class SpanMapper:
         latency_ms = (end_ns - start_ns) / 1e6
         operation_name = text["operation"]
         event: dict[str, Any] = {
-            "event_id": uuid.uuid5(SPAN_NAMESPACE, trace_hex + span_hex),
+            "event_id": span_event_id(trace_hex + span_hex),
             "request_id": text["request_id"] or f"{trace_hex}-{span_hex}",
             "trace_id": trace_hex,
             "span_id": span_hex,

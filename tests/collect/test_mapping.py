@@ -456,3 +456,11 @@ def test_feedback_on_a_span_takes_the_spans_session_when_it_names_none():
     )
     fields = READER.read(event, NOW)
     assert isinstance(fields, dict) and fields["session_id"] == "conv-3"
+
+
+def test_span_event_ids_are_rfc_4122_uuid5():
+    from onfinish.collect.mapping import span_event_id
+
+    for index in range(200):
+        ids = (TRACE + index.to_bytes(8, "big")).hex() + SPAN.hex()
+        assert span_event_id(ids) == str(uuid.uuid5(SPAN_NAMESPACE, ids))
