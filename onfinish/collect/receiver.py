@@ -128,6 +128,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     receiver: Receiver
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Only what escapes a handler gets here: a sender that went away or sent a broken request
+        # line (a request's own failures are answered and logged in do_POST). Not worth a traceback.
+        log.debug("connection ended abruptly", exc_info=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
