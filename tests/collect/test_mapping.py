@@ -464,3 +464,22 @@ def test_span_event_ids_are_rfc_4122_uuid5():
     for index in range(200):
         ids = (TRACE + index.to_bytes(8, "big")).hex() + SPAN.hex()
         assert span_event_id(ids) == str(uuid.uuid5(SPAN_NAMESPACE, ids))
+
+
+def test_application_metadata_passes_as_attributes_for_the_allow_list():
+    event = _event(
+        {
+            "ai.operationId": "ai.generateText.doGenerate",
+            "ai.model.id": "gpt-4o",
+            "ai.telemetry.metadata.sessionId": "s",
+            "ai.telemetry.metadata.tenant": "acme",
+            "traceloop.association.properties.plan": "pro",
+            "ai.request.headers.user-agent": "ai/6",
+        },
+        resource={"service.name": "x", "process.command_args": ["node", "--token=secret"]},
+    )
+    assert event.session_id == "s"
+    assert event.attributes["ai.telemetry.metadata.tenant"] == "acme"
+    assert event.attributes["traceloop.association.properties.plan"] == "pro"
+    assert "ai.telemetry.metadata.sessionId" not in event.attributes
+    assert not [key for key in event.attributes if key.startswith(("ai.request.headers", "process."))]
