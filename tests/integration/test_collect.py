@@ -339,7 +339,12 @@ def test_a_killed_receiver_loses_no_span_it_answered_200_for(run: Run, tmp_path:
     stored = [uuid.UUID(row["id"]) for row in found]
     assert len(stored) == len(set(stored)), "an event was stored twice"
     assert set(stored) == acknowledged
-    windowed = rows(run, "SELECT sum(events) AS n FROM windows_1m FINAL")[0]["n"]
+    # Counted once in the aggregates too (window snapshots come every few seconds: wait for them).
+    deadline = time.monotonic() + 120
+    while (windowed := rows(run, "SELECT sum(events) AS n FROM windows_1m FINAL")[0]["n"]) < len(
+        acknowledged
+    ) and time.monotonic() < deadline:
+        time.sleep(1)
     assert windowed == len(acknowledged)
     assert receiver.stop() == 0, receiver.log.read_text()
 
