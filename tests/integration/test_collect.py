@@ -319,34 +319,37 @@ def test_a_killed_receiver_loses_no_span_it_answered_200_for(run: Run, tmp_path:
                     time.sleep(0.1)
             time.sleep(0.05)
 
-    sender = threading.Thread(target=send)
-    sender.start()
-    while len(statuses) < 15:
-        time.sleep(0.02)
-    receiver.kill()
-    time.sleep(1)
-    receiver.start()  # the same spool: the new process adopts what the dead one had not delivered
-    sender.join(300)
-    assert not sender.is_alive()
-    assert len(acknowledged) == 40 * 64
-    assert any(status != "200" for status in statuses), "the kill should have cost the sender some tries"
-    found = wait_rows(
-        run,
-        f"SELECT toString(event_id) AS id FROM events FINAL WHERE service = '{service}'",
-        len(acknowledged),
-        180,
-    )
-    stored = [uuid.UUID(row["id"]) for row in found]
-    assert len(stored) == len(set(stored)), "an event was stored twice"
-    assert set(stored) == acknowledged
-    # Counted once in the aggregates too (window snapshots come every few seconds: wait for them).
-    deadline = time.monotonic() + 120
-    while (windowed := rows(run, "SELECT sum(events) AS n FROM windows_1m FINAL")[0]["n"]) < len(
-        acknowledged
-    ) and time.monotonic() < deadline:
+    try:
+        sender = threading.Thread(target=send)
+        sender.start()
+        while len(statuses) < 15:
+            time.sleep(0.02)
+        receiver.kill()
         time.sleep(1)
-    assert windowed == len(acknowledged)
-    assert receiver.stop() == 0, receiver.log.read_text()
+        receiver.start()  # the same spool: the new process adopts what the dead one had not delivered
+        sender.join(300)
+        assert not sender.is_alive()
+        assert len(acknowledged) == 40 * 64
+        assert any(status != "200" for status in statuses), "the kill should have cost the sender some tries"
+        found = wait_rows(
+            run,
+            f"SELECT toString(event_id) AS id FROM events FINAL WHERE service = '{service}'",
+            len(acknowledged),
+            180,
+        )
+        stored = [uuid.UUID(row["id"]) for row in found]
+        assert len(stored) == len(set(stored)), "an event was stored twice"
+        assert set(stored) == acknowledged
+        # Counted once in the aggregates too (window snapshots come every few seconds: wait for them).
+        deadline = time.monotonic() + 120
+        while (windowed := rows(run, "SELECT sum(events) AS n FROM windows_1m FINAL")[0]["n"]) < len(
+            acknowledged
+        ) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert windowed == len(acknowledged)
+    finally:
+        code = receiver.stop()
+    assert code == 0, receiver.log.read_text()
 
 
 def test_the_collector_topic_path_maps_records_and_dead_letters_the_malformed(
