@@ -44,6 +44,7 @@ from onfinish.producers.encoding import Encoder, RejectedEvent
 from onfinish.producers.schema_ids import SchemaIds
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.spool import Position, Spool, SpooledRecord
+from onfinish.retry import Backoff
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,7 @@ class _Worker(threading.Thread):
         self.spilled = [0, 0, 0]  # rejected, dropped, spooled by callers while the queue was full
         self.durable = [0, 0, 0]  # rejected, refused, spooled by spool_batch callers
         self._reset_reading()
-        self._backoff_until = 0.0
-        self._backoff_s = 0.5
+        self._backoff = Backoff(0.5, 10.0)  # after a failed delivery; never slept on: a deadline
         self._last_warning: dict[str, float] = {}
 
     # The reading state of the spool being produced (an orphan first, then our own).
@@ -305,8 +305,7 @@ class _Worker(threading.Thread):
 
     def _feed(self) -> bool:
         """Hand spooled records to the Kafka client, in order, up to the in-flight bound."""
-        now = time.monotonic()
-        if now < self._backoff_until:
+        if not self._backoff.ready():
             return False
         if self.failed:
             if self.outstanding:
@@ -405,8 +404,7 @@ class _Worker(threading.Thread):
         self._back_off()
 
     def _back_off(self) -> None:
-        self._backoff_until = time.monotonic() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, 10.0)
+        self._backoff.failed()
 
     def _finish_orphan_if_done(self) -> None:
         if self.orphans and not self.in_flight and not self.current.pending():
@@ -416,7 +414,7 @@ class _Worker(threading.Thread):
             handle.close()
             self._reset_reading()
         elif not self.in_flight:
-            self._backoff_s = 0.5
+            self._backoff.succeeded()
 
     def _reject(self, item: Any, reason: str) -> None:
         """Keep the rejected record with its reason in a local file (a dead letter, not a log stream)."""

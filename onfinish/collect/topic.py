@@ -18,23 +18,21 @@ the same event ids, and the processors count each event once. SIGTERM finishes t
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 import confluent_kafka
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from onfinish.collect import otlp
 from onfinish.collect.ingest import Ingest, Outcome
 from onfinish.collect.mapping import SpanData
 from onfinish.collect.metrics import CollectMetrics
 from onfinish.collect.settings import CollectSettings
+from onfinish.health import HealthServer
 from onfinish.producers.emitter import Emitter
 from onfinish.schemas.contract import MAX_RECORD_BYTES
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
@@ -214,37 +212,6 @@ class TopicWorker:
                 raise SystemExit("stopped with a batch not acknowledged; it will be consumed again")
 
 
-class _Health(BaseHTTPRequestHandler):
-    server: _HealthServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        worker = self.server.worker
-        if self.path == "/health":
-            body = json.dumps(
-                {"status": "ok", "batches": worker.batches, "sdk": worker.emitter.stats()}
-            ).encode()
-            content_type = "application/json"
-        elif self.path == "/metrics":
-            body, content_type = generate_latest(worker.metrics.registry), CONTENT_TYPE_LATEST
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _HealthServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    worker: TopicWorker
-
-
 def run_until_signalled(worker: TopicWorker, host: str, port: int) -> None:
     """Run the worker and its /health and /metrics server until SIGTERM or SIGINT."""
     stop = threading.Event()
@@ -254,12 +221,15 @@ def run_until_signalled(worker: TopicWorker, host: str, port: int) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    server = _HealthServer((host, port), _Health)
-    server.worker = worker
-    threading.Thread(target=server.serve_forever, name="collect-topic-web", daemon=True).start()
+    server = HealthServer(
+        host,
+        port,
+        worker.metrics.registry,
+        lambda: (True, {"status": "ok", "batches": worker.batches, "sdk": worker.emitter.stats()}),
+    ).start()
     began = time.monotonic()
     try:
         worker.run(stop)
     finally:
-        server.shutdown()
+        server.stop()
         log.info("collector topic worker stopped", extra={"ran_s": round(time.monotonic() - began)})

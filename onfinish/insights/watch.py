@@ -30,11 +30,12 @@ from typing import Any, Protocol
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from onfinish.analytics import Querier, records, sql_timestamp, timestamp
 from onfinish.insights.anomalies import Anomaly, AnomalyDetector, MinuteMetrics, load_anomaly_rules
 from onfinish.insights.budgets import BudgetBook, BudgetBreach, Spend, evaluate, load_budgets, period_bounds
 from onfinish.insights.readouts import drift, drift_alert
-from onfinish.processors.histograms import DEFAULT_GRID
+from onfinish.query.client import Querier, records, timestamp
+from onfinish.query.sql import sql_timestamp
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.schemas.models import Alert
 from onfinish.sinks.tables import REPRICING_PARTITION
 

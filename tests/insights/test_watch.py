@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish.analytics import ClientQuerier
 from onfinish.insights.watch import InsightSettings, Watch
 from onfinish.processors.windows import WindowKey, WindowState
+from onfinish.query.client import ClientQuerier
 from onfinish.schemas.contract import ENRICHED_EVENT, WINDOW_SNAPSHOT
 from onfinish.schemas.models import Alert, EnrichedEvent, Status
 from onfinish.sinks.migrate import apply_migrations
@@ -25,7 +25,7 @@ from tests.sinks.test_tables import decoded, decoded_record, enriched_events, in
 EVENTS = TABLES[ENRICHED_EVENT.full_name]
 WINDOWS = TABLES[WINDOW_SNAPSHOT.full_name]
 BASE = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
-MINUTES, PER_MINUTE, SPIKE = 90, 40, range(70, 73)
+MINUTES, PER_MINUTE, SPIKE = 90, 20, range(70, 73)
 
 
 class Collected:
@@ -130,11 +130,12 @@ def test_minutes_that_have_not_settled_are_not_judged(client: Client) -> None:
 
 
 def test_the_budgets_command_shows_spend_projection_and_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rich.console import Console
     from typer.testing import CliRunner
 
-    from onfinish import analytics, cli
+    from onfinish import cli
+    from onfinish.cli import console as cli_console
     from onfinish.insights import budgets, watch
+    from onfinish.query import client as query_client
 
     def spends(_: object, book: budgets.BudgetBook, now: datetime) -> list[budgets.Spend]:
         start, _end = budgets.period_bounds("day", now)
@@ -143,9 +144,9 @@ def test_the_budgets_command_shows_spend_projection_and_limit(monkeypatch: pytes
             budgets.Spend("user", "u2", "day", start, spent_usd=0.1, recent_usd=0.0, recent_seconds=3600),
         ]
 
-    monkeypatch.setattr(analytics, "querier", lambda *_: None)
+    monkeypatch.setattr(query_client, "querier", lambda *_: None)
     monkeypatch.setattr(watch, "spends", spends)
-    monkeypatch.setattr(cli, "console", Console(width=200))
+    monkeypatch.setattr(cli_console.console, "width", 200)
     result = CliRunner().invoke(cli.app, ["budgets"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "each_user_daily" in line]

@@ -23,6 +23,7 @@ from uuid import UUID
 
 from onfinish.errors import ConfigurationError
 from onfinish.schemas.models import Feedback, OnFinishEvent, Operation, RoutingStrategy, Status
+from onfinish.schemas.wire import MAGIC_BYTE_GUID, framing
 
 TRAFFIC_START: Final = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -869,13 +870,13 @@ class TrafficGenerator:
             # A zero first byte would read as the wire format's magic byte: a different defect.
             value = bytes([rng.randrange(1, 256)]) + junk
         elif defect == "wrong_magic_byte":
-            value = b"\x01" + (1).to_bytes(4, "big") + junk
+            value = bytes([MAGIC_BYTE_GUID, 0, 0, 0, 1]) + junk  # the newer framing, refused
         elif defect == "unknown_schema_id":
-            value = b"\x00" + (2**31 - 7).to_bytes(4, "big") + junk
+            value = framing(2**31 - 7) + junk
         else:
             # The opening of a real encoding: event_id's length (36, zig-zag encoded) and part of it.
             event_id = str(self._uuid()).encode()[: rng.randrange(1, 9)]
-            value = b"\x00" + (1).to_bytes(4, "big") + b"\x48" + event_id
+            value = framing(1) + b"\x48" + event_id
         return Malformed(value=value, key=key, defect=defect)
 
     def _contract_violation(self, defect: str) -> Malformed:

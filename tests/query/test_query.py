@@ -24,16 +24,10 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from onfinish.errors import ConfigurationError, OnfinishError
-from onfinish.sinks.query import (
-    QueryClient,
-    QueryFailed,
-    QueryResult,
-    QueryServer,
-    ReadOnlyRefused,
-    check_read_only,
-    json_safe,
-    render_csv,
-)
+from onfinish.query.client import QueryClient
+from onfinish.query.guard import ReadOnlyRefused, check_read_only
+from onfinish.query.results import QueryFailed, QueryResult, json_safe, render_csv
+from onfinish.query.server import QueryServer
 
 UUID_1 = UUID("6f1c1f3e-8d2a-4f5b-9c1e-0a1b2c3d4e5f")
 UUID_2 = UUID("0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a")
@@ -430,9 +424,9 @@ def test_logs_keep_only_the_start_of_the_sql(
     server: QueryServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     sql = f"SELECT '{'x' * 300}MARKER' AS long_literal"
-    with caplog.at_level(logging.DEBUG, logger="onfinish.sinks.query"):
+    with caplog.at_level(logging.DEBUG, logger="onfinish.query.server"):
         assert http(f"{server.url}/query?sql={quote(sql)}")[0] == 200
-    logged = [record for record in caplog.records if record.name == "onfinish.sinks.query"]
+    logged = [record for record in caplog.records if record.name == "onfinish.query.server"]
     assert logged
     assert all(len(getattr(record, "sql", "")) <= 200 for record in logged)
     assert "MARKER" not in caplog.text

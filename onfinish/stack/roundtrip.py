@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from onfinish.errors import OnfinishError
+from onfinish.schemas.wire import Refused, registry_client, schema_id_of
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
-from onfinish.stack import clickhouse
+from onfinish.sinks import clickhouse
 from onfinish.stack.topics import TopicSpec, provision_topics
 
 PROBE_SCHEMA = """
@@ -41,7 +41,7 @@ SELFCHECK_TOPIC = TopicSpec("selfcheck", "round-trip probes of `onfinish demo`")
 SELFCHECK_TABLE = "selfcheck"
 # librdkafka's own log lines go to Python logging instead of straight to stderr. Its warnings here
 # are retried transients (a new broker still loading its coordinators): a real failure raises below.
-_CLIENT_LOG = logging.getLogger("onfinish.roundtrip.kafka")
+_CLIENT_LOG = logging.getLogger("onfinish.stack.roundtrip.kafka")
 _CLIENT_LOG.setLevel(logging.ERROR)
 
 
@@ -86,14 +86,17 @@ def run_round_trip(
 
     began = time.monotonic()
     provision_topics(kafka.model_copy(update={"partitions": 1}), (SELFCHECK_TOPIC,))
-    registry_client = SchemaRegistryClient({"url": registry.url, "timeout": registry.timeout_s})
-    serializer = AvroSerializer(registry_client, PROBE_SCHEMA)
+    client_of_registry = registry_client(registry)
+    serializer = AvroSerializer(client_of_registry, PROBE_SCHEMA)
     context = SerializationContext(topic, MessageField.VALUE)
     payload = serializer(record, context)
-    if payload is None or payload[0] != 0:
-        raise RoundTripError("the serializer did not produce the Confluent wire format (magic byte 0)")
-    report.schema_id = int.from_bytes(payload[1:5], "big")
-    registered = registry_client.get_schema(report.schema_id)
+    try:
+        report.schema_id = schema_id_of(payload)
+    except Refused as exc:
+        raise RoundTripError(
+            f"the serializer did not produce the Confluent wire format: {exc.message}"
+        ) from None
+    registered = client_of_registry.get_schema(report.schema_id)
     if "RoundTripProbe" not in (registered.schema_str or ""):
         raise RoundTripError(f"schema id {report.schema_id} does not resolve to the probe schema")
     timer.step(f"registered the Avro schema (id {report.schema_id}) and encoded one record", began)
@@ -143,7 +146,7 @@ def run_round_trip(
         consumer.close()
     if message is None:
         raise RoundTripError(f"the record was not read back from {topic} within {kafka.request_timeout_s}s")
-    decoded = AvroDeserializer(registry_client)(message.value(), context)
+    decoded = AvroDeserializer(client_of_registry)(message.value(), context)
     if decoded != record:
         raise RoundTripError(f"the record read back differs from the one sent: {decoded!r}")
     timer.step("consumed it back and decoded it through the registry", began)

@@ -1,6 +1,6 @@
 """The live dashboard's questions: named read-only queries that the query endpoint runs for its page.
 
-The page (``dashboard/index.html`` beside this module) is served by `QueryServer` at ``/`` and asks
+The page (``static/dashboard.html`` beside this module) is served by `QueryServer` at ``/`` and asks
 ``GET /dashboard/data?panel=<name>&since=<minutes>&model=<model>`` every few seconds. The server
 renders the named query here and runs it through the same read-only path as any analyst's SQL
 (`check_read_only`, then ``readonly=1``), so the dashboard can read nothing an analyst could not.
@@ -25,7 +25,7 @@ from functools import cache
 from importlib import resources
 
 from onfinish.errors import OnfinishError
-from onfinish.processors.histograms import DEFAULT_GRID
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9._:/-]+$")
 """What a model filter may be: the characters model ids are made of, and nothing SQL could read."""
@@ -45,7 +45,7 @@ TOP_SESSIONS = 10
 RECENT_ALERTS = 50
 """Rows of the alerts table."""
 
-PAGE_RESOURCE = "dashboard/index.html"
+PAGE_RESOURCE = "static/dashboard.html"
 """The page, as package data of onfinish.sinks."""
 
 
@@ -354,4 +354,4 @@ def panel_sql(panel: str, panel_filter: PanelFilter) -> str:
 @cache
 def page() -> bytes:
     """The dashboard page, as shipped in the package."""
-    return resources.files("onfinish.sinks").joinpath(PAGE_RESOURCE).read_bytes()
+    return resources.files("onfinish.query").joinpath(PAGE_RESOURCE).read_bytes()

@@ -21,9 +21,9 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from onfinish.errors import OnfinishError
+from onfinish.loadgen.traffic import Item, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.producers.emitter import Emitter, client_logger
 from onfinish.producers.settings import ProducerSettings
-from onfinish.producers.traffic import Item, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.schemas.models import Feedback, OnFinishEvent
 from onfinish.settings import KafkaSettings, RegistrySettings
 

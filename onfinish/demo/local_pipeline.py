@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onfinish.errors import OnfinishError
+from onfinish.loadgen.load import LoadPlan, LoadReport, run_load
+from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.producers.loadgen import LoadPlan, LoadReport, run_load
 from onfinish.producers.settings import ProducerSettings
-from onfinish.producers.traffic import TrafficProfile
+from onfinish.query.client import QueryClient
+from onfinish.schemas.governance import register
 from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
-from onfinish.sinks.query import QueryClient
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.topics import provision_topics
 
@@ -81,8 +82,10 @@ class Demo:
         return f"http://{self.sink_settings.query_host}:{self.sink_settings.query_port}"
 
     def ensure_topics(self) -> None:
-        """The pipeline's topics under the configured prefix (the stack creates the default ones)."""
+        """The pipeline's topics and the contract's subjects (FULL_TRANSITIVE) under the configured
+        prefix: the admin step the stack runs for the default prefix."""
         provision_topics(self.kafka)
+        register(self.registry, self.kafka.topic_prefix)
 
     def _env(self) -> dict[str, str]:
         return {
@@ -106,7 +109,7 @@ class Demo:
         """The sink worker; ready once its read-only endpoint answers (migrations applied)."""
         worker = self._start(
             "demo-sink",
-            [sys.executable, "-m", "onfinish.sinks.worker"],
+            [sys.executable, "-m", "onfinish", "sink"],
             {**self._env(), **({"ONFINISH_SINK_BATCH_SECONDS": "0.5"} if self.fresh else {})},
             f"http://{self.sink_settings.web_host}:{self.sink_settings.web_port}/health",
         )

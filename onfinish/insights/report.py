@@ -1,14 +1,12 @@
 """The analyst's report: traffic, reliability, latency, cost and quality per group, read from ClickHouse.
 
 Everything here reads the sink tables with FINAL (a duplicate or an older snapshot never counts)
-through a `Querier`: with the embedded ClickHouse (chDB) the sink worker owns the data directory,
-so queries go to its read-only endpoint (sinks/query.py); with a ClickHouse server, straight to
-it through clickhouse-connect. Percentiles come from the minute histograms of `windows_1m` summed
-bucket by bucket (`sumForEach`), with the SQL twin of `quantile_from_counts`, as the views do.
-
-The endpoint takes no query parameters, so the few values a query needs are formatted here: whole
-seconds as an int, and strings through `sql_string`. Rates are computed in Python from the sums,
-so an empty group gives None rather than a division by zero.
+through a `Querier` (onfinish/query/client.py): with the embedded ClickHouse (chDB) the sink worker
+owns the data directory, so queries go to its read-only endpoint; with a ClickHouse server, straight
+to it through clickhouse-connect. Percentiles come from the minute histograms of `windows_1m`
+summed bucket by bucket (`sumForEach`), with the SQL twin of `quantile_from_counts`, as the views do.
+Rates are computed in Python from the sums, so an empty group gives None rather than a division by
+zero.
 """
 
 from __future__ import annotations
@@ -16,21 +14,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from onfinish.errors import ConfigurationError, OnfinishError
-from onfinish.processors.histograms import DEFAULT_GRID
-from onfinish.settings import ClickHouseSettings, StackSettings
-from onfinish.sinks.query import QueryClient, QueryFailed, QueryResult, check_read_only, json_safe
-from onfinish.sinks.settings import SinkSettings
+from onfinish.errors import ConfigurationError
+from onfinish.query.client import Querier, records, timestamp
+from onfinish.query.sql import describe_period, seconds_of
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 
 if TYPE_CHECKING:
-    from clickhouse_connect.driver.client import Client
     from rich.console import Console
+
 
 GroupBy = Literal["model", "feature", "variant", "environment"]
 GROUP_BY: tuple[str, ...] = get_args(GroupBy)
@@ -45,117 +41,6 @@ DIMENSION_COLUMNS: dict[str, str] = {
 TOP_SESSIONS = 10
 LATEST_ALERTS = 20
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
-
-
-class AnalyticsUnavailable(OnfinishError):
-    """Nothing answers where the report's data is: the sink's query endpoint or the ClickHouse server."""
-
-
-class Querier(Protocol):
-    """Runs one read-only SQL statement and returns its rows, JSON-safe as the endpoint sends them."""
-
-    def query(self, sql: str) -> QueryResult: ...
-
-
-# --- Where queries go ------------------------------------------------------------------------------
-
-
-class EndpointQuerier:
-    """Queries through the sink worker's read-only endpoint (embedded ClickHouse)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._client = QueryClient(url)
-
-    def query(self, sql: str) -> QueryResult:
-        try:
-            return self._client.query(sql)
-        except QueryFailed as exc:
-            # An OSError underneath means no answer at all (refused, timed out), not a query error.
-            if exc.status is None and isinstance(exc.__cause__, OSError):
-                raise AnalyticsUnavailable(
-                    f"the sink's query endpoint {self.url} does not answer: start `onfinish sink` "
-                    "(or `make demo`), which owns the embedded ClickHouse and serves its data"
-                ) from None
-            raise
-
-
-class ClientQuerier:
-    """Queries a ClickHouse server through a clickhouse-connect client, answering like the endpoint."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def query(self, sql: str) -> QueryResult:
-        from clickhouse_connect.driver.exceptions import ClickHouseError
-
-        statement = check_read_only(sql)
-        try:
-            answer = self._client.query(statement)
-        except ClickHouseError as exc:
-            raise QueryFailed(str(exc)) from exc
-        return QueryResult(
-            columns=list(answer.column_names),
-            types=[column_type.name for column_type in answer.column_types],
-            rows=[tuple(json_safe(value) for value in row) for row in answer.result_rows],
-        )
-
-
-def querier(clickhouse: ClickHouseSettings, stack: StackSettings, sink: SinkSettings) -> Querier:
-    """Where this process's queries go: the sink's endpoint when ClickHouse is embedded, else the server."""
-    if clickhouse.dsn is None or clickhouse.dsn.startswith("chdb:"):
-        if sink.query_port == 0:
-            raise ConfigurationError(
-                "ONFINISH_SINK_QUERY_PORT is 0, so the sink serves no query endpoint and the embedded "
-                "ClickHouse cannot be read from another process: give it a port (default 8124)"
-            )
-        return EndpointQuerier(f"http://{sink.query_host}:{sink.query_port}")
-    from clickhouse_connect.driver.exceptions import Error
-
-    from onfinish.stack.clickhouse import connect
-
-    try:
-        return ClientQuerier(connect(clickhouse, stack, create_database=False))
-    except Error as exc:
-        raise AnalyticsUnavailable(
-            f"ClickHouse at {clickhouse.display_dsn(stack)} did not answer: {str(exc)[:300]}"
-        ) from exc
-
-
-# --- Values into SQL -------------------------------------------------------------------------------
-
-
-def seconds_of(period: timedelta) -> int:
-    """A look-back period as the whole number of seconds the SQL uses; at least one second."""
-    seconds = int(period.total_seconds())
-    if seconds < 1:
-        raise ConfigurationError(f"the period must be at least one second, not {period}")
-    return seconds
-
-
-def sql_string(text: str) -> str:
-    """`text` as a ClickHouse string literal (backslashes and quotes escaped)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def sql_timestamp(moment: datetime) -> str:
-    """`moment` as a ClickHouse DateTime64(6, 'UTC') literal, to the second."""
-    return f"toDateTime64({sql_string(f'{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}')}, 6, 'UTC')"
-
-
-_PERIOD = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_period(text: str) -> timedelta:
-    """A period such as 30m, 1h, 7d (units s, m, h, d, w); ValueError with the reason otherwise."""
-    match = _PERIOD.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a period: use a number and a unit, e.g. 30m, 1h, 7d")
-    amount, unit = int(match.group(1)), match.group(2).lower()
-    if amount == 0:
-        raise ValueError(f"{text!r} is an empty period: use at least 1{unit}")
-    return timedelta(**{_UNITS[unit]: amount})
 
 
 # --- The report's queries ----------------------------------------------------------------------------
@@ -304,17 +189,6 @@ class Report:
     totals: Totals
 
 
-def records(result: QueryResult) -> list[dict[str, Any]]:
-    """The result's rows as dicts by column name."""
-    return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
-
-
-def timestamp(value: Any) -> datetime:
-    """A datetime the endpoint sent as ISO 8601 (naive means UTC, as ClickHouse stores them)."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -384,15 +258,6 @@ def report(q: Querier, *, since: timedelta, by: GroupBy) -> Report:
 
 
 # --- Rendering -----------------------------------------------------------------------------------
-
-
-def describe_period(period: timedelta) -> str:
-    """30m, 1h, 7d: the shortest exact spelling of a period."""
-    seconds = int(period.total_seconds())
-    for unit, size in (("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _ms(value: float | None) -> str:
