@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 # The processors' native core (processors/native/, decision 0011): built with the machine's cargo.
 NATIVE := processors/native
 NATIVE_SOURCES := $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml $(wildcard $(NATIVE)/src/*.rs) $(wildcard $(NATIVE)/*.pyi)
+# The Vercel AI SDK client of onfinish collect's tests (tests/collect/node), from its lock file.
+NODE_DIR   := tests/collect/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
 
@@ -21,8 +24,12 @@ $(STAMP): pyproject.toml constraints.txt $(NATIVE_SOURCES)
 	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-## install: the virtualenv with onfinish and its dev tools, Kafka's jars and the schema registry binary
-install: $(STAMP) stack-install
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+## install: the virtualenv with onfinish and its dev tools, Kafka's jars, the schema registry binary and the Node test client
+install: $(STAMP) stack-install $(NODE_STAMP)
 
 stack-install: $(STAMP)
 	$(BIN)/onfinish stack install

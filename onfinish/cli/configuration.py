@@ -15,12 +15,21 @@ from onfinish.settings import ALL_SETTINGS
 
 
 def settings_classes() -> tuple[type[BaseSettings], ...]:
+    from onfinish.collect.settings import CollectSettings
     from onfinish.insights.watch import InsightSettings
     from onfinish.processors.settings import ProcessorSettings
     from onfinish.producers.settings import ProducerSettings
     from onfinish.sinks.settings import SinkSettings
 
-    return (*ALL_SETTINGS, ProducerSettings, ProcessorSettings, SinkSettings, InsightSettings, LogSettings)
+    return (
+        *ALL_SETTINGS,
+        ProducerSettings,
+        ProcessorSettings,
+        SinkSettings,
+        InsightSettings,
+        CollectSettings,
+        LogSettings,
+    )
 
 
 def rows(settings_class: type[BaseSettings]) -> list[tuple[str, str, str]]:

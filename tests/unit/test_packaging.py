@@ -105,6 +105,10 @@ def _data_files() -> set[str]:
     for prefix, root in roots.items():
         for folder, folders, files in os.walk(root):  # does not follow onfinish/<stage> symlinks
             folders[:] = [f for f in folders if f != "__pycache__"]
+            if Path(folder) == REPO / "processors":
+                # The processors' Rust core is a distribution of its own (onfinish-native,
+                # decision 0011): its sources and cargo's build never go into onfinish's wheel.
+                folders[:] = [f for f in folders if f != "native"]
             for name in files:
                 if not name.endswith((".py", ".pyc")):
                     found.add(f"{prefix}/{Path(folder, name).relative_to(root).as_posix()}")
