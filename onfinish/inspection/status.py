@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 
 from onfinish.inspection.topics import QUIET_LOG_LEVEL
 from onfinish.processors.settings import ProcessorSettings
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks.settings import FAMILIES, SinkSettings
 from onfinish.stack.component import ComponentStatus
@@ -237,7 +238,7 @@ def status(
     counters `interval_s` apart.
     """
     timeout = min(kafka.request_timeout_s, STATUS_TIMEOUT_S)
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": QUIET_LOG_LEVEL})
+    admin = AdminClient({**librdkafka_config(kafka), "log_level": QUIET_LOG_LEVEL})
     kafka_health = _kafka_health(kafka, admin, timeout)
     if kafka.bootstrap_servers == stack.kafka_bootstrap:
         from onfinish.stack.stack import Stack
@@ -258,7 +259,7 @@ def status(
     if kafka_health.healthy:
         consumer = Consumer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **librdkafka_config(kafka),
                 "group.id": f"onfinish-status-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "log_level": QUIET_LOG_LEVEL,

@@ -16,6 +16,7 @@ from onfinish.stack.component import Component, ComponentStatus, StartResult
 from onfinish.stack.kafka import KafkaBroker
 from onfinish.stack.postgres import PostgresServer
 from onfinish.stack.registry import SchemaRegistryServer
+from onfinish.stack.security import StackSecurity, grant_acls
 from onfinish.stack.topics import TopicResult, provision_topics
 
 # Reports one step of a long operation: (what is happening, whether it is done).
@@ -32,6 +33,7 @@ class UpReport:
     topics: list[TopicResult] = field(default_factory=list)
     clickhouse: str = ""
     clickhouse_version: str = ""
+    acls: int = 0
     seconds: float = 0.0
 
 
@@ -51,10 +53,15 @@ class Stack:
         clickhouse: ClickHouseSettings | None = None,
     ) -> None:
         self.settings = settings or StackSettings()
-        # The stack's own broker is the one its topics are provisioned on.
-        self.kafka_settings = (kafka or KafkaSettings()).model_copy(
+        self.security = StackSecurity(self.settings)
+        # The stack's own broker is the one its topics are provisioned on (as its admin, secured).
+        kafka = (kafka or KafkaSettings()).model_copy(
             update={"bootstrap_servers": self.settings.kafka_bootstrap}
         )
+        if self.settings.secure:
+            self.security.ensure()
+            kafka = self.security.kafka_settings("admin", kafka)
+        self.kafka_settings = kafka
         self.clickhouse_settings = clickhouse or ClickHouseSettings()
         self.components: tuple[Component, ...] = (
             PostgresServer(self.settings),
@@ -90,6 +97,9 @@ class Stack:
                 report.started.append(component.start())
         progress("provisioning topics")
         report.topics = provision_topics(self.kafka_settings)
+        if self.settings.secure:
+            progress("granting each principal its ACLs")
+            report.acls = grant_acls(self.kafka_settings)
         progress("opening ClickHouse")
         report.clickhouse, report.clickhouse_version = self._check_clickhouse()
         report.seconds = time.monotonic() - began
