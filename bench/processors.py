@@ -37,6 +37,7 @@ from onfinish.processors.redaction import PatternSet
 from onfinish.producers import Emitter, OnFinishEvent, ProducerSettings
 from onfinish.schemas.contract import ONFINISH_EVENT
 from onfinish.schemas.wire import WriterSchema
+from onfinish.security import aiokafka_config
 from onfinish.settings import RegistrySettings
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import provision_topics
@@ -79,14 +80,12 @@ def _aiokafka_loop(stack: Stack, prefix: str, count: int) -> float:
     async def run() -> float:
         consumer = AIOKafkaConsumer(
             f"{prefix}.raw",
-            bootstrap_servers=stack.kafka_settings.bootstrap_servers,
+            **aiokafka_config(stack.kafka_settings),
             group_id=f"{prefix}-baseline",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=stack.kafka_settings.bootstrap_servers, acks="all", linger_ms=20
-        )
+        producer = AIOKafkaProducer(**aiokafka_config(stack.kafka_settings), acks="all", linger_ms=20)
         await consumer.start()
         await producer.start()
         seen = 0

@@ -193,11 +193,11 @@ def check_kafka_access(
     while True:
         remaining = deadline - time.monotonic()
         try:
-            metadata = admin.list_topics(timeout=max(0.5, min(remaining, 5.0)))
+            metadata = admin.list_topics(timeout=max(0.5, min(remaining, 2.0)))
             break
         except KafkaException as exc:
             admin.poll(0)  # serves the error callback: librdkafka reports a refused login only there
-            refusal = _refusal(reported, who, kafka)
+            refusal = refusal_of(reported, kafka)
             if refusal is not None:
                 raise AccessDenied("kafka", refusal) from None
             if remaining <= 0:
@@ -228,10 +228,12 @@ def check_kafka_access(
                 ) from None
 
 
-def _refusal(reported: list[Any], who: str, kafka: KafkaSettings) -> str | None:
-    """The reason, when librdkafka reported a refusal that retrying cannot mend."""
+def refusal_of(reported: list[Any], kafka: KafkaSettings) -> str | None:
+    """The reason, when librdkafka reported (to an error callback) a refusal that retrying cannot
+    mend: a login refused, or a broker certificate no configured CA signed."""
     from confluent_kafka import KafkaError
 
+    who = kafka.principal()
     for error in reported:
         text = error.str()
         if error.code() == KafkaError._AUTHENTICATION or "SASL authentication error" in text:
