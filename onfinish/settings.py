@@ -69,7 +69,11 @@ class SecretFileSource(PydanticBaseSettingsSource):
 
 
 class OnfinishSettings(BaseSettings):
-    """A settings class whose secrets may also be read from files (``<VARIABLE>_FILE``)."""
+    """A settings class whose secrets may also be read from files (``<VARIABLE>_FILE``), and whose
+    validation errors never quote the input: pydantic would print every value it was given, a
+    password among them, in the message of a refused combination."""
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     @classmethod
     def settings_customise_sources(

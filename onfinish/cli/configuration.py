@@ -74,6 +74,8 @@ def reference_markdown() -> str:
         "",
         "Every setting is an environment variable with an embedded default (pydantic-settings).",
         "Generated from the settings classes by `onfinish config --markdown`; a test keeps it true.",
+        "A secret (shown as `(set)` or `(not set)`, never its value) may also be read from a file named",
+        "by `<VARIABLE>_FILE`, as container secrets are mounted; docs/security.md says which to set.",
     ]
     for settings_class in settings_classes():
         doc = (settings_class.__doc__ or "").strip().splitlines()

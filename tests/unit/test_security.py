@@ -72,6 +72,15 @@ def test_a_secret_file_that_cannot_be_read_is_a_clear_error(tmp_path: Path, monk
         KafkaSettings()
 
 
+def test_a_refused_setting_never_quotes_a_secret(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ONFINISH_KAFKA_SASL_PASSWORD", SECRET)
+    monkeypatch.setenv("ONFINISH_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")  # and no user: refused
+    with pytest.raises(ValidationError) as refused:
+        KafkaSettings()
+    assert "ONFINISH_KAFKA_SASL_USERNAME" in str(refused.value)
+    assert SECRET not in str(refused.value)
+
+
 def test_half_configured_security_is_refused_at_construction():
     with pytest.raises(ValidationError, match="ONFINISH_KAFKA_SASL_PASSWORD"):
         KafkaSettings(security_protocol="SASL_SSL", sasl_username="sdk")
