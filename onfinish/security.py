@@ -186,6 +186,9 @@ def check_kafka_access(
         "error_cb": reported.append,
         "log_level": 0,  # the reason is reported once, below, not as librdkafka's retry chatter
         "socket.connection.setup.timeout.ms": int(kafka.connect_timeout_s * 1000),
+        # A topic asked for by name must never be created by the asking (librdkafka's default for
+        # this, a producer-type handle, is to allow it where the broker does).
+        "allow.auto.create.topics": False,
     }
     admin = AdminClient(config)
     deadline = time.monotonic() + kafka.connect_timeout_s

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -259,8 +260,12 @@ def test_status_names_the_component_that_refuses_us(secured: Stack, tmp_path: Pa
 SEED = uuid.uuid4().int % 1_000_000  # fresh ids each run: the processors drop an event id they saw
 
 
+NOW = datetime.now(UTC) - timedelta(minutes=1)  # events the processors' time bounds take
+
+
 def _events(count: int) -> list[OnFinishEvent]:
-    items = TrafficGenerator(TrafficProfile(malformed_share=0, feedback_share=0), seed=SEED).items(count * 2)
+    profile = TrafficProfile(malformed_share=0, feedback_share=0, start=NOW)
+    items = TrafficGenerator(profile, seed=SEED).items(count * 2)
     return [item for item in items if isinstance(item, OnFinishEvent)][:count]
 
 
