@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from onfinish import __version__
 from onfinish.cli.console import console
+from onfinish.collect.cli import app as collect_app
 from onfinish.demo.cli import app as demo_app
 from onfinish.errors import OnfinishError
 from onfinish.insights.cli import app as insights_app
@@ -169,3 +170,4 @@ app.add_typer(demo_app)
 app.add_typer(insights_app)
 app.add_typer(inspection_app)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(collect_app, name="collect")

@@ -28,6 +28,7 @@ from onfinish.processors.settings import ProcessorSettings
 from onfinish.producers.settings import ProducerSettings
 from onfinish.query.client import QueryClient
 from onfinish.query.settings import QuerySettings
+from onfinish.schemas.governance import register
 from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.security import StackSecurity
@@ -89,8 +90,10 @@ class Demo:
         return f"http://{self.sink_settings.query_host}:{self.sink_settings.query_port}"
 
     def ensure_topics(self) -> None:
-        """The pipeline's topics under the configured prefix (the stack creates the default ones)."""
+        """The pipeline's topics and the contract's subjects (FULL_TRANSITIVE) under the configured
+        prefix: the admin step the stack runs for the default prefix."""
         provision_topics(self._kafka_as("admin"))
+        register(self.registry, self.kafka.topic_prefix)
 
     def _env(self, principal: str) -> dict[str, str]:
         """A worker's environment; on a secured stack, `principal`'s credentials (as files)."""

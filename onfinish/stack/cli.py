@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from onfinish.cli.console import console, errors, fail_cleanly, spinner, stack_settings
-from onfinish.settings import ClickHouseSettings, KafkaSettings, StackSettings
+from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 
 if TYPE_CHECKING:
     pass
@@ -86,6 +86,10 @@ def stack_up(secure: SecureOption = False) -> None:
     for topic in report.topics:
         if topic.note:
             console.print(f"[yellow]![/] {topic.name} {topic.note}")
+    console.print(
+        f"[green]✓[/] contract registered: {len(report.registrations)} subjects, "
+        + ", ".join(sorted({r.compatibility for r in report.registrations}))
+    )
     if report.acls:
         console.print(f"[green]✓[/] secured: SASL_SSL (SCRAM-SHA-512), {report.acls} ACLs, registry over TLS")
     console.print(f"[green]✓[/] ClickHouse {report.clickhouse_version} at {report.clickhouse}")
@@ -163,14 +167,23 @@ def stack_status(secure: SecureOption = False) -> None:
 
 @topics_app.command("create")
 def topics_create() -> None:
-    """Create the pipeline's topics on ONFINISH_KAFKA_BOOTSTRAP_SERVERS; existing ones are left as they are.
+    """Create the pipeline's topics and register the contract: the admin step before any worker starts.
 
-    Partitions (ONFINISH_KAFKA_PARTITIONS, default 12) are fixed at creation and cap how many
-    processor workers can share the work; onfinish.sessions is compacted.
+    Topics go to ONFINISH_KAFKA_BOOTSTRAP_SERVERS (existing ones are left as they are); partitions
+    (ONFINISH_KAFKA_PARTITIONS, default 12) are fixed at creation and cap how many processor workers
+    can share the work; onfinish.sessions is compacted. Every record of the contract is registered on
+    ONFINISH_REGISTRY_URL with its subject set to FULL_TRANSITIVE compatibility, so producers and
+    workers can run with auto-registration off and read-only registry rights.
     """
+    from onfinish.schemas.governance import register
     from onfinish.stack.topics import provision_topics
 
-    results = fail_cleanly(lambda: provision_topics(KafkaSettings()))
+    kafka = KafkaSettings()
+    results = fail_cleanly(lambda: provision_topics(kafka))
     for topic in results:
         verb = "created" if topic.created else "exists"
         console.print(f"{topic.name}: {verb}, {topic.partitions} partitions {topic.note}".rstrip())
+    for registration in fail_cleanly(lambda: register(RegistrySettings(), kafka.topic_prefix)):
+        console.print(
+            f"{registration.subject}: schema id {registration.schema_id}, {registration.compatibility}"
+        )

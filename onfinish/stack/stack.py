@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from onfinish.settings import ClickHouseSettings, KafkaSettings, StackSettings
+from onfinish.schemas.governance import Registration, register
+from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 from onfinish.stack import install, process
 from onfinish.stack.component import Component, ComponentStatus, StartResult
 from onfinish.stack.kafka import KafkaBroker
@@ -31,6 +32,7 @@ def _quiet(_: str) -> None:
 class UpReport:
     started: list[StartResult] = field(default_factory=list)
     topics: list[TopicResult] = field(default_factory=list)
+    registrations: list[Registration] = field(default_factory=list)
     clickhouse: str = ""
     clickhouse_version: str = ""
     acls: int = 0
@@ -63,6 +65,9 @@ class Stack:
             kafka = self.security.kafka_settings("admin", kafka)
         self.kafka_settings = kafka
         self.clickhouse_settings = clickhouse or ClickHouseSettings()
+        self.registry_settings = RegistrySettings(url=self.settings.registry_url)
+        if self.settings.secure:
+            self.registry_settings = self.security.registry_settings(self.registry_settings)
         self.components: tuple[Component, ...] = (
             PostgresServer(self.settings),
             SchemaRegistryServer(self.settings),
@@ -97,6 +102,8 @@ class Stack:
                 report.started.append(component.start())
         progress("provisioning topics")
         report.topics = provision_topics(self.kafka_settings)
+        progress("registering the contract (FULL_TRANSITIVE)")
+        report.registrations = register(self.registry_settings, self.kafka_settings.topic_prefix)
         if self.settings.secure:
             progress("granting each principal its ACLs")
             report.acls = grant_acls(self.kafka_settings)

@@ -25,7 +25,7 @@ from tests.sinks.test_tables import decoded, decoded_record, enriched_events, in
 EVENTS = TABLES[ENRICHED_EVENT.full_name]
 WINDOWS = TABLES[WINDOW_SNAPSHOT.full_name]
 BASE = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
-MINUTES, PER_MINUTE, SPIKE = 90, 40, range(70, 73)
+MINUTES, PER_MINUTE, SPIKE = 90, 20, range(70, 73)
 
 
 class Collected:

@@ -23,7 +23,7 @@ from onfinish.loadgen.traffic import (
 )
 from onfinish.schemas.models import Feedback, OnFinishEvent, RoutingStrategy, Status
 
-SAMPLE = 20_000
+SAMPLE = 10_000  # each share asserted within at least 3.5 standard errors of its profile value
 
 
 def _comparable(item: Item) -> Any:
@@ -65,7 +65,7 @@ def items(generated: tuple[TrafficGenerator, list[Item]]) -> list[Item]:
 def test_the_same_seed_gives_the_same_traffic():
     first = TrafficGenerator(TrafficProfile(), seed=7)
     second = TrafficGenerator(TrafficProfile(), seed=7)
-    assert [_comparable(i) for i in first.items(3_000)] == [_comparable(i) for i in second.items(3_000)]
+    assert [_comparable(i) for i in first.items(1_000)] == [_comparable(i) for i in second.items(1_000)]
     assert first.planted_pii == second.planted_pii
 
 

@@ -56,7 +56,7 @@ def test_a_record_constructed_complete_needs_every_field():
 
 
 def test_no_planted_pii_and_no_raw_content_survive():
-    generator, events = _events(3000, pii_share=0.3)
+    generator, events = _events(1000, pii_share=0.3)
     texts = []
     for offset, event in enumerate(events):
         enriched = ENRICHER.enrich(

@@ -36,7 +36,11 @@ def _onfinish_imports(path: Path) -> set[str]:
 
 
 def _allowed(name: str, own: str, may: tuple[str, ...]) -> bool:
-    if name in CORE or name.startswith("onfinish.__") or any(name.startswith(f"{module}.") for module in CORE - {"onfinish"}):
+    if (
+        name in CORE
+        or name.startswith("onfinish.__")
+        or any(name.startswith(f"{module}.") for module in CORE - {"onfinish"})
+    ):
         return True
     return any(name == f"onfinish.{room}" or name.startswith(f"onfinish.{room}.") for room in (own, *may))
 
