@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import collect, foundation, pipeline, processors, sdk, sinks
+from bench import collect, foundation, pipeline, processors, sdk, security, sinks
 from bench.report import markdown_table, update_readme, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +20,7 @@ def main() -> None:
             ("collect", collect.run),
             ("processors", processors.run),
             ("sinks", sinks.run),
+            ("security", security.run),
             ("end to end", pipeline.run),
         ):
             print(f"== {name}", file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from bench.report import Figure
+from onfinish.security import librdkafka_config
 from onfinish.settings import ClickHouseSettings, KafkaSettings, StackSettings
 from onfinish.sinks import clickhouse
 from onfinish.stack.stack import Stack
@@ -52,10 +53,10 @@ def stack_start(settings: StackSettings) -> tuple[Stack, list[Figure]]:
     return stack, [figure]
 
 
-def _produce_rate(bootstrap: str, topic: str, config: dict[str, object]) -> float:
+def _produce_rate(kafka: KafkaSettings, topic: str, config: dict[str, object]) -> float:
     producer = Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka_config(kafka),
             "linger.ms": 50,
             "batch.size": 1_000_000,
             "compression.type": "lz4",
@@ -86,8 +87,8 @@ def kafka_produce(stack: Stack) -> list[Figure]:
     spec = TopicSpec(f"bench-{uuid.uuid4().hex[:8]}", "benchmark")
     provision_topics(kafka, (spec,))
     topic = spec.name(kafka)
-    fast = _produce_rate(kafka.bootstrap_servers, topic, {"acks": 1, "enable.idempotence": False})
-    durable = _produce_rate(kafka.bootstrap_servers, topic, {"acks": "all", "enable.idempotence": True})
+    fast = _produce_rate(kafka, topic, {"acks": 1, "enable.idempotence": False})
+    durable = _produce_rate(kafka, topic, {"acks": "all", "enable.idempotence": True})
     return [
         Figure(
             "Kafka produce, idempotent acks=all (300 B)",

@@ -45,6 +45,7 @@ from onfinish.loadgen.load import LoadReport
 from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.settings import ProcessorSettings
 from onfinish.query.client import QueryClient
+from onfinish.security import librdkafka_config
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.stack import Stack
 
@@ -168,22 +169,22 @@ def _latencies(stack: Stack, home: Path, workers: int, partitions: int) -> tuple
 def _kafka_round_trip(stack: Stack) -> float:
     """p99 ms from produce to consume on a topic of its own, at STEADY_RATE messages/s."""
     topic = f"e2e-baseline-{uuid.uuid4().hex[:8]}"
-    bootstrap = stack.kafka_settings.bootstrap_servers
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    connection = librdkafka_config(stack.kafka_settings)
+    admin = AdminClient({**connection, "log_level": 3})
     for future in admin.create_topics(
         [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)]
     ).values():
         future.result(timeout=30)
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **connection,
             "group.id": topic,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 100,
             "log_level": 3,
         }
     )
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 3})
+    producer = Producer({**connection, "linger.ms": 20, "log_level": 3})
     producer.produce(topic, b"warm-up")
     producer.flush(30)
     consumer.subscribe([topic])

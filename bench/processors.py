@@ -43,6 +43,7 @@ from onfinish.producers import Emitter, Feedback, OnFinishEvent, ProducerSetting
 from onfinish.schemas import wire
 from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT
 from onfinish.schemas.wire import WriterSchema
+from onfinish.security import aiokafka_config
 from onfinish.settings import RegistrySettings
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import provision_topics
@@ -87,14 +88,12 @@ def _aiokafka_loop(stack: Stack, prefix: str, count: int) -> float:
     async def run() -> float:
         consumer = AIOKafkaConsumer(
             f"{prefix}.raw",
-            bootstrap_servers=stack.kafka_settings.bootstrap_servers,
+            **aiokafka_config(stack.kafka_settings),
             group_id=f"{prefix}-baseline",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=stack.kafka_settings.bootstrap_servers, acks="all", linger_ms=20
-        )
+        producer = AIOKafkaProducer(**aiokafka_config(stack.kafka_settings), acks="all", linger_ms=20)
         await consumer.start()
         await producer.start()
         seen = 0

@@ -30,7 +30,8 @@ from onfinish.producers.encoding import Encoder
 from onfinish.producers.spool import Spool
 from onfinish.schemas.contract import ONFINISH_EVENT
 from onfinish.schemas.wire import framing, registry_client
-from onfinish.settings import RegistrySettings
+from onfinish.security import librdkafka_config
+from onfinish.settings import KafkaSettings, RegistrySettings
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import TopicSpec, provision_topics
 
@@ -72,7 +73,7 @@ class _Naive:
         self.context = SerializationContext(topic, MessageField.VALUE)
         self.producer = Producer(
             {
-                "bootstrap.servers": stack.kafka_settings.bootstrap_servers,
+                **librdkafka_config(stack.kafka_settings),
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 50,
@@ -176,6 +177,28 @@ def caller_cost_and_throughput(stack: Stack, spool_root: Path) -> list[Figure]:
     ]
 
 
+def acknowledged_rate(
+    kafka: KafkaSettings, registry: RegistrySettings, spool_dir: Path, events: list[OnFinishEvent]
+) -> float:
+    """Events per second through the SDK to a fresh topic, from the first hand-off until every
+    event is acknowledged (acks=all), after one warm-up event (connection, schema id)."""
+    spec = TopicSpec(f"bench-sdk-{uuid.uuid4().hex[:8]}", "SDK benchmark")
+    provision_topics(kafka, (spec,))
+    emitter = Emitter(ProducerSettings(topic=spec.name(kafka), spool_dir=spool_dir), kafka, registry)
+    try:
+        emitter.on_finish(events[0])
+        if not emitter.flush(60):
+            raise RuntimeError(f"the SDK did not deliver its warm-up event: {emitter.stats()}")
+        began = time.perf_counter()
+        for event in events:
+            emitter.on_finish(event)
+        if not emitter.flush(300):
+            raise RuntimeError(f"the SDK did not deliver {len(events)} events: {emitter.stats()}")
+        return len(events) / (time.perf_counter() - began)
+    finally:
+        emitter.close()
+
+
 def spool_rates(stack: Stack, spool_root: Path) -> list[Figure]:
     events = _events(EVENTS)
     encoder = Encoder(capture_content=False)
@@ -216,7 +239,7 @@ def spool_rates(stack: Stack, spool_root: Path) -> list[Figure]:
     prefix = framing(1)
     producer = Producer(
         {
-            "bootstrap.servers": stack.kafka_settings.bootstrap_servers,
+            **librdkafka_config(stack.kafka_settings),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 50,

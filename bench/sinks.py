@@ -34,7 +34,8 @@ from onfinish.processors.redaction import PatternSet
 from onfinish.producers import OnFinishEvent
 from onfinish.schemas.contract import ENRICHED_EVENT
 from onfinish.schemas.wire import framing, registry_client
-from onfinish.settings import RegistrySettings
+from onfinish.security import librdkafka_config
+from onfinish.settings import KafkaSettings, RegistrySettings
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.tables import EVENTS
 from onfinish.stack.stack import Stack
@@ -46,9 +47,9 @@ WEB_PORT = 16466
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _values(stack: Stack, prefix: str) -> list[bytes]:
+def _values(registry_settings: RegistrySettings, prefix: str) -> list[bytes]:
     """ROWS enriched events, Confluent-framed with the id the registry gives their schema."""
-    registry = registry_client(RegistrySettings(url=stack.settings.registry_url))
+    registry = registry_client(registry_settings)
     topic = ENRICHED_EVENT.topic(prefix)
     schema_id = registry.register_schema(
         ENRICHED_EVENT.subject(topic), Schema(ENRICHED_EVENT.schema_str, "AVRO")
@@ -67,8 +68,8 @@ def _values(stack: Stack, prefix: str) -> list[bytes]:
     return values
 
 
-def _fill(stack: Stack, topic: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": stack.kafka_settings.bootstrap_servers, "linger.ms": 50})
+def _fill(kafka: KafkaSettings, topic: str, values: list[bytes]) -> None:
+    producer = Producer({**librdkafka_config(kafka), "linger.ms": 50})
     for value in values:
         while True:
             try:
@@ -107,12 +108,12 @@ def _direct_insert(values: list[bytes], directory: Path) -> float:
         client.close()
 
 
-def _sink(stack: Stack, prefix: str, directory: Path) -> float:
+def _sink(connection: dict[str, str], prefix: str, directory: Path) -> float:
+    """The worker's rate, connected by `connection` (ONFINISH_KAFKA_* and ONFINISH_REGISTRY_*)."""
     env: dict[str, Any] = {
         **os.environ,
-        "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_settings.bootstrap_servers,
+        **connection,
         "ONFINISH_KAFKA_TOPIC_PREFIX": prefix,
-        "ONFINISH_REGISTRY_URL": stack.settings.registry_url,
         "ONFINISH_CLICKHOUSE_DSN": f"chdb:///{directory}",
         "ONFINISH_SINK_GROUP_PREFIX": f"{prefix}-sinks",
         "ONFINISH_SINK_FAMILIES": '["events"]',
@@ -139,14 +140,29 @@ def _sink(stack: Stack, prefix: str, directory: Path) -> float:
             worker.wait(60)
 
 
-def run(stack: Stack) -> list[Figure]:
+def plain_connection(stack: Stack) -> dict[str, str]:
+    return {
+        "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_settings.bootstrap_servers,
+        "ONFINISH_REGISTRY_URL": stack.settings.registry_url,
+    }
+
+
+def sink_rate(
+    kafka: KafkaSettings, registry: RegistrySettings, connection: dict[str, str], scratch: Path
+) -> tuple[float, list[bytes]]:
+    """Fill a fresh enriched topic with ROWS events and time one sink worker storing them."""
     prefix = f"benchs{uuid.uuid4().hex[:6]}"
-    provision_topics(stack.kafka_settings.model_copy(update={"topic_prefix": prefix}))
-    values = _values(stack, prefix)
-    _fill(stack, ENRICHED_EVENT.topic(prefix), values)
+    provision_topics(kafka.model_copy(update={"topic_prefix": prefix}))
+    values = _values(registry, prefix)
+    _fill(kafka, ENRICHED_EVENT.topic(prefix), values)
+    return _sink(connection, prefix, scratch / f"sink-{prefix}"), values
+
+
+def run(stack: Stack) -> list[Figure]:
+    registry = RegistrySettings(url=stack.settings.registry_url)
     with tempfile.TemporaryDirectory() as scratch:
+        rate, values = sink_rate(stack.kafka_settings, registry, plain_connection(stack), Path(scratch))
         baseline = _direct_insert(values, Path(scratch) / "direct")
-        rate = _sink(stack, prefix, Path(scratch) / "sink")
     return [
         Figure(
             "sink worker, Kafka to chDB events, one process",

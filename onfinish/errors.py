@@ -43,3 +43,13 @@ class ComponentStartError(StackError):
         self.log_path = log_path
         where = f"; its log is {log_path}" if log_path else ""
         super().__init__(f"{component} failed: {reason}{where}")
+
+
+class AccessDenied(OnfinishError):
+    """A server refused who we are or what we asked (a wrong password, an unknown certificate
+    authority, a missing ACL): waiting mends none of these, so a worker stops with the reason."""
+
+    def __init__(self, component: str, reason: str) -> None:
+        self.component = component
+        self.reason = reason
+        super().__init__(f"{component}: {reason}")

@@ -8,17 +8,89 @@ entry point) and passed down explicitly; nothing deeper reads the environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from onfinish.errors import ConfigurationError
 
 LOOPBACK = "127.0.0.1"
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
-class KafkaSettings(BaseSettings):
-    """How every stage reaches Kafka, and the shape of the topics the stack provisions."""
+
+def is_secret(field: FieldInfo) -> bool:
+    """Whether a settings field holds a secret (a SecretStr, optional or not)."""
+    annotation = field.annotation
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+
+
+class SecretFileSource(PydanticBaseSettingsSource):
+    """Each secret field may come from a file named by ``<VARIABLE>_FILE``, as container platforms
+    mount secrets (``/run/secrets/...``): pydantic-settings' own ``secrets_dir`` wants one folder
+    with a file per field name, which is not how compose or Kubernetes name them. The variable
+    itself, when set, wins over its file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environment: EnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.prefix = str(settings_cls.model_config.get("env_prefix", ""))
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"{self.prefix}{field_name.upper()}_FILE"
+        path = os.environ.get(variable)
+        if not path or not is_secret(field):
+            return None, field_name, False
+        try:
+            # One trailing newline is what `echo secret > file` leaves; it is never part of a secret.
+            return Path(path).read_text().removesuffix("\n"), field_name, False
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{variable} names {path}, which cannot be read: {exc.strerror}"
+            ) from None
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+class OnfinishSettings(BaseSettings):
+    """A settings class whose secrets may also be read from files (``<VARIABLE>_FILE``), and whose
+    validation errors never quote the input: pydantic would print every value it was given, a
+    password among them, in the message of a refused combination."""
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        files = SecretFileSource(settings_cls, env_settings)
+        return (init_settings, env_settings, files, dotenv_settings, file_secret_settings)
+
+
+class KafkaSettings(OnfinishSettings):
+    """How every stage reaches Kafka (address, TLS, SASL), and the shape of the topics it provisions."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_KAFKA_", extra="ignore")
 
@@ -37,18 +109,139 @@ class KafkaSettings(BaseSettings):
     request_timeout_s: float = Field(
         default=15.0, gt=0, description="Timeout of admin requests (metadata, topic creation)."
     )
+    connect_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long a worker or command tries to reach and authenticate to Kafka at start before it "
+            "stops with the reason (wrong password, unknown CA, missing ACL)."
+        ),
+    )
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (managed clusters)."
+    )
+    sasl_mechanism: SaslMechanism = Field(
+        default="PLAIN",
+        description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (OIDC client credentials).",
+    )
+    sasl_username: str | None = Field(
+        default=None, description="SASL user (PLAIN, SCRAM); Confluent Cloud's API key."
+    )
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (PLAIN, SCRAM); Confluent Cloud's API secret."
+    )
+    oauth_token_endpoint: str | None = Field(
+        default=None, description="OAUTHBEARER: the OIDC token endpoint (client credentials grant)."
+    )
+    oauth_client_id: str | None = Field(default=None, description="OAUTHBEARER: the OIDC client id.")
+    oauth_client_secret: SecretStr | None = Field(
+        default=None, description="OAUTHBEARER: the OIDC client secret."
+    )
+    oauth_scope: str | None = Field(default=None, description="OAUTHBEARER: scope(s) to request, if any.")
+    ssl_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the brokers' certificates; unset: the system's.",
+    )
+    ssl_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate for mutual TLS (with ssl_key_file)."
+    )
+    ssl_key_file: Path | None = Field(default=None, description="PEM private key of the client certificate.")
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of the client key, if it is encrypted."
+    )
+    ssl_check_hostname: bool = Field(
+        default=True, description="Check that a broker's certificate names the host connected to."
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _complete_credentials(self) -> KafkaSettings:
+        # Checked once, here: a half-configured client would otherwise fail later, in a retry loop.
+        if self.uses_sasl and self.sasl_mechanism == "OAUTHBEARER":
+            missing = [
+                name
+                for name in ("oauth_token_endpoint", "oauth_client_id", "oauth_client_secret")
+                if getattr(self, name) is None
+            ]
+        elif self.uses_sasl:
+            missing = [name for name in ("sasl_username", "sasl_password") if getattr(self, name) is None]
+        else:
+            missing = []
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            missing.append("ssl_key_file" if self.ssl_key_file is None else "ssl_cert_file")
+        if missing:
+            variables = ", ".join(f"ONFINISH_KAFKA_{name.upper()}" for name in missing)
+            raise ValueError(
+                f"{self.security_protocol} with {self.sasl_mechanism} needs {variables}"
+                if self.uses_sasl
+                else f"mutual TLS needs {variables}"
+            )
+        return self
+
+    def principal(self) -> str:
+        """Who this client authenticates as, for error messages (never a secret)."""
+        if not self.uses_sasl:
+            return "no SASL user" if self.ssl_cert_file is None else f"certificate {self.ssl_cert_file}"
+        if self.sasl_mechanism == "OAUTHBEARER":
+            return f"OIDC client {self.oauth_client_id!r}"
+        return f"{self.sasl_mechanism} user {self.sasl_username!r}"
 
 
-class RegistrySettings(BaseSettings):
-    """How every stage reaches the Confluent-compatible schema registry."""
+class RegistrySettings(OnfinishSettings):
+    """How every stage reaches the Confluent-compatible schema registry (URL, TLS, credentials)."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_REGISTRY_", extra="ignore")
 
     url: str = Field(default=f"http://{LOOPBACK}:8081", description="Base URL of the schema registry.")
     timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one registry HTTP request.")
+    basic_auth_user_info: SecretStr | None = Field(
+        default=None, description="HTTP basic auth as user:password (Confluent Cloud: API key:secret)."
+    )
+    bearer_token: SecretStr | None = Field(
+        default=None,
+        description="A static bearer token sent as Authorization: Bearer (instead of basic auth).",
+    )
+    bearer_logical_cluster: str | None = Field(
+        default=None,
+        description="With a bearer token: the registry's logical cluster id (Confluent Cloud lsrc-...).",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the registry's certificate; unset: the system's.",
+    )
+    cert_file: Path | None = Field(default=None, description="PEM client certificate for mutual TLS.")
+    key_file: Path | None = Field(default=None, description="PEM private key of the client certificate.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> RegistrySettings:
+        if self.basic_auth_user_info is not None and self.bearer_token is not None:
+            raise ValueError(
+                "set ONFINISH_REGISTRY_BASIC_AUTH_USER_INFO or ONFINISH_REGISTRY_BEARER_TOKEN, not both"
+            )
+        info = self.basic_auth_user_info
+        if info is not None and ":" not in info.get_secret_value():
+            raise ValueError("ONFINISH_REGISTRY_BASIC_AUTH_USER_INFO must read user:password")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "mutual TLS to the registry needs both ONFINISH_REGISTRY_CERT_FILE and _KEY_FILE"
+            )
+        return self
+
+    @property
+    def user(self) -> str | None:
+        """The basic-auth user (never the password), for messages."""
+        info = self.basic_auth_user_info
+        return None if info is None else info.get_secret_value().split(":", 1)[0]
 
 
-class ClickHouseSettings(BaseSettings):
+class ClickHouseSettings(OnfinishSettings):
     """How sinks and analysts reach ClickHouse: always through clickhouse-connect."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_CLICKHOUSE_", extra="ignore")
@@ -61,6 +254,16 @@ class ClickHouseSettings(BaseSettings):
         ),
     )
     database: str = Field(default="onfinish", description="Database that holds onfinish's tables.")
+    user: str | None = Field(default=None, description="ClickHouse server user (instead of one in the DSN).")
+    password: SecretStr | None = Field(
+        default=None, description="ClickHouse server password (instead of one in the DSN)."
+    )
+    ca_file: Path | None = Field(
+        default=None, description="PEM file of the CA that signed the server's certificate (https DSN)."
+    )
+    verify: bool = Field(
+        default=True, description="Verify the server's certificate and host name (https DSN); keep it on."
+    )
 
     @field_validator("dsn")
     @classmethod
@@ -85,7 +288,7 @@ class ClickHouseSettings(BaseSettings):
         return f"chdb://{stack.clickhouse_dir}"
 
 
-class StackSettings(BaseSettings):
+class StackSettings(OnfinishSettings):
     """The local stack that `onfinish stack up` installs and runs as plain processes."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_STACK_", extra="ignore")
@@ -123,6 +326,13 @@ class StackSettings(BaseSettings):
     stop_timeout_s: float = Field(
         default=30.0, gt=0, description="How long a component may take to stop before it is killed."
     )
+    secure: bool = Field(
+        default=False,
+        description=(
+            "Run the stack secured (`stack up --secure`): Kafka SASL_SSL with SCRAM users and ACLs, the "
+            "registry over TLS with basic auth; certificates and passwords under <home>/security."
+        ),
+    )
 
     @field_validator("home", "cache_dir")
     @classmethod
@@ -141,7 +351,8 @@ class StackSettings(BaseSettings):
 
     @property
     def registry_url(self) -> str:
-        return f"http://{self.host}:{self.registry_port}"
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{self.host}:{self.registry_port}"
 
 
 ALL_SETTINGS: tuple[type[BaseSettings], ...] = (

@@ -39,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from onfinish.health import HealthServer
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.continuity import Continuity, Verdict
+from onfinish.processors.credentials import faust_credentials
 from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.engines import NativeCore
@@ -62,6 +63,7 @@ from onfinish.schemas.wire import (
     registry_client,
     schema_text_fetch,
 )
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -202,6 +204,7 @@ def build_app(
     app = _App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(kafka),
         store="memory://",
         datadir=settings.data_dir / app_id,  # not Faust's "<app id>-data" in the working directory
         topic_partitions=kafka.partitions,
@@ -250,7 +253,7 @@ def build_app(
     sender = GroupSender(
         lambda: confluent_kafka.Producer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **librdkafka_config(kafka),
                 "enable.idempotence": True,
                 "linger.ms": settings.producer_linger_ms,
                 "message.timeout.ms": 0,  # never give a record up: the batch waits for it

@@ -7,10 +7,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from onfinish.processors.quality import QualityWeights
 from onfinish.runtime import GcThresholds, gc_thresholds_field
+from onfinish.settings import OnfinishSettings
 
 # A published default for local runs, never a secret: production sets ONFINISH_PROCESSOR_PSEUDONYM_KEY.
 DEVELOPMENT_PSEUDONYM_KEY = "onfinish-local-development-key"
@@ -24,7 +25,7 @@ class Engine(StrEnum):
     native = "native"
 
 
-class ProcessorSettings(BaseSettings):
+class ProcessorSettings(OnfinishSettings):
     """What the processors read, keep and emit."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_PROCESSOR_", extra="ignore")

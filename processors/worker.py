@@ -7,9 +7,13 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from onfinish.logs import LogSettings
+from onfinish.errors import AccessDenied
+from onfinish.logs import LogSettings, configure_logging
 from onfinish.runtime import tune_gc
-from onfinish.settings import KafkaSettings
+from onfinish.schemas.contract import PROCESSED_RECORD_TYPES
+from onfinish.schemas.wire import RegistryUnavailable, check_registry_access
+from onfinish.security import check_kafka_access, librdkafka_config
+from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +25,7 @@ def wait_for_raw_topic(kafka: KafkaSettings, timeout_s: float = 120.0) -> bool:
     (created a moment ago, or not yet by `onfinish topics create`) would sit idle for good.
     """
     topic = f"{kafka.topic_prefix}.raw"
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 2})
+    admin = AdminClient({**librdkafka_config(kafka), "log_level": 2})
     deadline = time.monotonic() + timeout_s
     warned = False
     while time.monotonic() < deadline:
@@ -41,7 +45,29 @@ def wait_for_raw_topic(kafka: KafkaSettings, timeout_s: float = 120.0) -> bool:
     return False
 
 
+def check_access(kafka: KafkaSettings, registry: RegistrySettings, app_id: str) -> None:
+    """Refuse to start, with the reason, when Kafka or the registry will not have us: a wrong
+    password, an unknown CA or a missing ACL ends here within the connect timeout, not in Faust's
+    (or librdkafka's) silent reconnect loop."""
+    prefix = kafka.topic_prefix
+    outputs = [record_type.topic(prefix) for record_type in PROCESSED_RECORD_TYPES]
+    check_kafka_access(
+        kafka, topics=[f"{prefix}.raw", *sorted(set(outputs)), f"{prefix}.dlq"], groups=[app_id]
+    )
+    check_registry_access(registry)
+
+
 def main() -> None:
+    from onfinish.processors.settings import ProcessorSettings
+
+    configure_logging(LogSettings())  # until Faust's worker puts the same handler in place
+    try:
+        check_access(KafkaSettings(), RegistrySettings(), ProcessorSettings().app_id)
+    except AccessDenied as exc:
+        log.error("processor worker cannot start: %s", exc)
+        raise SystemExit(2) from None
+    except RegistryUnavailable as exc:  # away for now: the pipeline waits for it, as ever
+        log.warning("schema registry not reachable at start", extra={"error": str(exc)[:300]})
     if not wait_for_raw_topic(KafkaSettings()):
         raise SystemExit("the raw topic does not exist: create it with `onfinish topics create`")
     from onfinish.processors.app import app

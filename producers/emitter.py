@@ -45,6 +45,7 @@ from onfinish.producers.schema_ids import SchemaIds
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.spool import Position, Spool, SpooledRecord
 from onfinish.retry import Backoff
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class _Worker(threading.Thread):
         )
         self.producer = Producer(
             {
-                "bootstrap.servers": emitter.kafka.bootstrap_servers,
+                **librdkafka_config(emitter.kafka),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": settings.linger_ms,

@@ -7,8 +7,9 @@ registry (`registry_client`) and to learn writer schemas by id (`WriterSchemas`,
 process use); no other module slices the header.
 
 What comes from confluent-kafka's `schema_registry` package and what is kept here, and why:
-- The registry client is theirs (`SchemaRegistryClient`); `registry_client` is the one function
-  that turns onfinish's settings into its configuration.
+- The registry client is theirs (`SchemaRegistryClient`); `registry_config` is the one function
+  that turns onfinish's settings (URL, TLS, basic auth or bearer token) into its configuration,
+  and `clickhouse_registry_url` the URL ClickHouse fetches writer schemas from itself.
 - The header is written with their `SchemaId.id_to_bytes` (once per schema id, then reused).
   It is read here with `int.from_bytes`: their `SchemaId.from_bytes` wants a BytesIO and unpacks
   with struct, about 1 µs a record on the processors' path against 0.15 µs, and it raises one
@@ -31,6 +32,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -38,7 +40,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.serde import SchemaId
 from pydantic import ValidationError
 
-from onfinish.errors import OnfinishError
+from onfinish.errors import AccessDenied, OnfinishError
 from onfinish.schemas.contract import RECORD_TYPES_BY_NAME, RecordType
 from onfinish.schemas.deadletter import Reason
 from onfinish.settings import RegistrySettings
@@ -141,8 +143,8 @@ def read_body(value: bytes, writer: Any, reader: Any | None, schema_id: int) -> 
 # --- The registry -------------------------------------------------------------------------------------
 
 
-def registry_client(settings: RegistrySettings, *, quick: bool = False) -> SchemaRegistryClient:
-    """A registry client configured from onfinish's settings: the one place that configuration is made.
+def registry_config(settings: RegistrySettings, *, quick: bool = False) -> dict[str, Any]:
+    """The registry client's configuration from onfinish's settings: the one place it is made.
 
     `quick`: one attempt of at most QUICK_TIMEOUT_S per call. The client's own retries sleep in the
     caller's thread (a worker's event loop, the SDK's drain thread) while the registry is away;
@@ -151,7 +153,78 @@ def registry_client(settings: RegistrySettings, *, quick: bool = False) -> Schem
     config: dict[str, Any] = {"url": settings.url, "timeout": settings.timeout_s}
     if quick:
         config.update({"timeout": min(settings.timeout_s, QUICK_TIMEOUT_S), "max.retries": 0})
-    return SchemaRegistryClient(config)
+    if settings.ca_file is not None:
+        config["ssl.ca.location"] = str(settings.ca_file)
+    if settings.cert_file is not None and settings.key_file is not None:
+        config["ssl.certificate.location"] = str(settings.cert_file)
+        config["ssl.key.location"] = str(settings.key_file)
+    if settings.basic_auth_user_info is not None:
+        config["basic.auth.user.info"] = settings.basic_auth_user_info.get_secret_value()
+    elif settings.bearer_token is not None:
+        config["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+        config["bearer.auth.token"] = settings.bearer_token.get_secret_value()
+        # The client requires a logical cluster with a static token (Confluent Cloud's lsrc-...);
+        # other registries ignore the header it becomes.
+        config["bearer.auth.logical.cluster"] = settings.bearer_logical_cluster or "default"
+    return config
+
+
+def registry_client(settings: RegistrySettings, *, quick: bool = False) -> SchemaRegistryClient:
+    """A registry client configured from onfinish's settings (`registry_config`)."""
+    return SchemaRegistryClient(registry_config(settings, quick=quick))
+
+
+def clickhouse_registry_url(settings: RegistrySettings) -> str:
+    """The registry URL for ClickHouse's `format_avro_schema_registry_url`: ClickHouse fetches writer
+    schemas itself and takes basic-auth credentials only as user info in this URL (percent-encoded).
+    A bearer token cannot reach it; TLS is verified against ClickHouse's own CA configuration."""
+    info = settings.basic_auth_user_info
+    if info is None:
+        return settings.url
+    user, _, password = info.get_secret_value().partition(":")
+    parts = urlsplit(settings.url)
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{parts.netloc.rpartition('@')[2]}"))
+
+
+class RegistryAccessDenied(AccessDenied):
+    """The registry refused our credentials (401) or their rights (403), or its certificate is
+    signed by no CA we trust: no wait mends it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("schema registry", reason)
+
+
+def check_registry_access(settings: RegistrySettings) -> None:
+    """One request that proves the registry can be reached with these credentials, at a worker's
+    start: RegistryAccessDenied (401, 403) or RegistryUnavailable, each with one clear reason."""
+    client = registry_client(settings, quick=True)
+    try:
+        client.get_subjects()
+    except SchemaRegistryError as exc:
+        if exc.http_status_code in (401, 403):
+            who = f"as user {settings.user!r}" if settings.user else "with no credentials"
+            if settings.bearer_token is not None:
+                who = "with the bearer token"
+            raise RegistryAccessDenied(
+                f"{settings.url} refused access {who} (HTTP {exc.http_status_code}): "
+                "check ONFINISH_REGISTRY_BASIC_AUTH_USER_INFO / ONFINISH_REGISTRY_BEARER_TOKEN"
+            ) from None
+        raise RegistryUnavailable(f"schema registry at {settings.url}: {exc}") from None
+    except Exception as exc:  # transport: refused connection, TLS verification
+        reason = _reason(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in reason:  # an unknown CA: no wait mends it either
+            raise RegistryAccessDenied(
+                f"TLS to {settings.url} failed: {reason} (check ONFINISH_REGISTRY_CA_FILE)"
+            ) from None
+        raise RegistryUnavailable(f"schema registry at {settings.url} cannot be reached: {reason}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost reason of a transport error (an unknown CA, a refused connection), short."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def schema_text_fetch(client: SchemaRegistryClient) -> Callable[[int], str | None]:

@@ -37,10 +37,19 @@ from typing import TYPE_CHECKING, Any
 import confluent_kafka
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from onfinish.errors import AccessDenied
 from onfinish.health import HealthServer
 from onfinish.retry import Backoff, Stopped, retry_until_stopped
 from onfinish.runtime import tune_gc
-from onfinish.schemas.wire import RegistryUnavailable, WriterSchemas, registry_client, schema_text_fetch
+from onfinish.schemas.wire import (
+    RegistryUnavailable,
+    WriterSchemas,
+    check_registry_access,
+    clickhouse_registry_url,
+    registry_client,
+    schema_text_fetch,
+)
+from onfinish.security import check_kafka_access, librdkafka_config
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks import clickhouse
 from onfinish.sinks.batches import (
@@ -130,10 +139,11 @@ class FamilySink:
             f"{prefix}.dlq",
             clock=lambda: datetime.now(UTC),
         )
-        self.registry_url = registry.url
+        # ClickHouse fetches writer schemas itself: the registry's credentials go in this URL.
+        self.registry_url = clickhouse_registry_url(registry)
         self.consumer = confluent_kafka.Consumer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **librdkafka_config(kafka),
                 "group.id": f"{settings.group_prefix}-{family}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -530,6 +540,9 @@ def run(
     def connect() -> Client:
         return clickhouse.connect(clickhouse_settings, stack)
 
+    check_access(settings, kafka, registry)
+    if registry.ca_file is not None and clickhouse_settings.resolved_dsn(stack).startswith("chdb:"):
+        clickhouse.trust_for_embedded_fetches(registry.ca_file, stack.home / "run")
     owner = _connect_with_retry(connect, stop, settings)
     if owner is None:
         return
@@ -577,10 +590,30 @@ def run(
         owner.close()
 
 
+def check_access(settings: SinkSettings, kafka: KafkaSettings, registry: RegistrySettings) -> None:
+    """AccessDenied, with the reason, when Kafka or the registry will not have this worker (a wrong
+    password, an unknown CA, a missing ACL): found within the connect timeout, before any family
+    starts a consumer that would retry it silently for ever. A registry that is merely away is
+    waited for later, batch by batch."""
+    prefix = kafka.topic_prefix
+    tables = topic_tables(prefix)
+    check_kafka_access(
+        kafka,
+        topics=sorted({*tables, f"{prefix}.dlq"}),
+        groups=[f"{settings.group_prefix}-{family}" for family in settings.families],
+    )
+    try:
+        check_registry_access(registry)
+    except RegistryUnavailable as exc:
+        log.warning("schema registry not reachable at start", extra={"error": str(exc)[:300]})
+
+
 def _connect_with_retry(
     connect: Callable[[], Client], stop: threading.Event, settings: SinkSettings
 ) -> Client | None:
     def failed(exc: Exception, delay: float) -> None:
+        if isinstance(exc, AccessDenied):  # a wrong password or CA: waiting mends nothing
+            raise exc
         # Locked by another process, or a server that is not up yet.
         log.warning(
             "ClickHouse not reachable; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay}
@@ -612,7 +645,11 @@ def main(families: Iterable[str] | None = None, serve_reads: ServeReads | None =
     if families is not None:
         settings = settings.model_copy(update={"families": list(families)})
     tune_gc(settings.gc_thresholds)
-    run(settings, stop=stop, serve_reads=serve_reads)
+    try:
+        run(settings, stop=stop, serve_reads=serve_reads)
+    except AccessDenied as exc:
+        log.error("sink worker cannot start: %s", exc)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -115,7 +115,10 @@ def sink(
     if unknown or not chosen:
         raise OnfinishError(f"unknown table families {unknown}; choose from {', '.join(FAMILIES)}")
     console.print(f"sink worker: {', '.join(chosen)} (Ctrl-C stops it)")
-    run_sink(chosen, serve_reads=serve_reads(settings.query_host, settings.query_port))
+    from onfinish.query.settings import QuerySettings
+
+    reads = serve_reads(settings.query_host, settings.query_port, QuerySettings().token)
+    run_sink(chosen, serve_reads=reads)
 
 
 @app.command()

@@ -36,6 +36,7 @@ from onfinish.health import HealthServer
 from onfinish.producers.emitter import Emitter
 from onfinish.schemas.contract import MAX_RECORD_BYTES
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class TopicWorker:
         self.dlq_topic = f"{kafka.topic_prefix}.dlq"
         self.consumer = consumer or confluent_kafka.Consumer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **librdkafka_config(kafka),
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -109,7 +110,7 @@ class TopicWorker:
         )
         self.dead_letters = dead_letters or confluent_kafka.Producer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **librdkafka_config(kafka),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 20,

@@ -27,9 +27,11 @@ from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.settings import ProcessorSettings
 from onfinish.producers.settings import ProducerSettings
 from onfinish.query.client import QueryClient
+from onfinish.query.settings import QuerySettings
 from onfinish.schemas.governance import register
 from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks.settings import SinkSettings
+from onfinish.stack.security import StackSecurity
 from onfinish.stack.topics import provision_topics
 
 
@@ -71,11 +73,17 @@ class Demo:
 
     @property
     def kafka(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=self.stack.kafka_bootstrap)
+        """How the traffic's SDK reaches Kafka: as the `sdk` principal on a secured stack."""
+        return self._kafka_as("sdk")
+
+    def _kafka_as(self, principal: str) -> KafkaSettings:
+        plain = KafkaSettings(bootstrap_servers=self.stack.kafka_bootstrap)
+        return StackSecurity(self.stack).kafka_settings(principal, plain) if self.stack.secure else plain
 
     @property
     def registry(self) -> RegistrySettings:
-        return RegistrySettings(url=self.stack.registry_url)
+        plain = RegistrySettings(url=self.stack.registry_url)
+        return StackSecurity(self.stack).registry_settings(plain) if self.stack.secure else plain
 
     @property
     def query_url(self) -> str:
@@ -84,15 +92,18 @@ class Demo:
     def ensure_topics(self) -> None:
         """The pipeline's topics and the contract's subjects (FULL_TRANSITIVE) under the configured
         prefix: the admin step the stack runs for the default prefix."""
-        provision_topics(self.kafka)
+        provision_topics(self._kafka_as("admin"))
         register(self.registry, self.kafka.topic_prefix)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, principal: str) -> dict[str, str]:
+        """A worker's environment; on a secured stack, `principal`'s credentials (as files)."""
+        secured = StackSecurity(self.stack).environment(principal) if self.stack.secure else {}
         return {
             **os.environ,
             "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka_bootstrap,
             "ONFINISH_REGISTRY_URL": self.stack.registry_url,
             "ONFINISH_STACK_HOME": str(self.stack.home),
+            **secured,
         }
 
     def _start(self, name: str, command: list[str], env: dict[str, str], health_url: str) -> Worker:
@@ -110,7 +121,7 @@ class Demo:
         worker = self._start(
             "demo-sink",
             [sys.executable, "-m", "onfinish", "sink"],
-            {**self._env(), **({"ONFINISH_SINK_BATCH_SECONDS": "0.5"} if self.fresh else {})},
+            {**self._env("sink"), **({"ONFINISH_SINK_BATCH_SECONDS": "0.5"} if self.fresh else {})},
             f"http://{self.sink_settings.web_host}:{self.sink_settings.web_port}/health",
         )
         self._wait_healthy(worker, f"{self.query_url}/health", timeout_s)
@@ -128,7 +139,7 @@ class Demo:
                 f"demo-processor-{index + 1}",
                 [sys.executable, "-m", "onfinish.processors.worker", "worker"],
                 {
-                    **self._env(),
+                    **self._env("processor"),
                     "ONFINISH_PROCESSOR_WEB_PORT": str(port),
                     **({"ONFINISH_PROCESSOR_SNAPSHOT_INTERVAL_S": "1"} if self.fresh else {}),
                 },
@@ -145,8 +156,12 @@ class Demo:
             if worker.process.poll() is not None:
                 code = worker.process.returncode
                 raise DemoFailed(f"{worker.name} exited with code {code}; see {worker.log}")
+            request = urllib.request.Request(url)  # noqa: S310 - our own http URL
+            token = QuerySettings().token
+            if token is not None and url.startswith(self.query_url):  # the endpoint wants its token
+                request.add_header("Authorization", f"Bearer {token.get_secret_value()}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http URL
+                with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - our own http URL
                     body = json.loads(response.read() or b"{}")
                 if not assigned or body.get("partitions"):
                     return
@@ -183,7 +198,7 @@ class Demo:
 
     def wait_drained(self, report: LoadReport, baseline: Drained, timeout_s: float = 180) -> Drained:
         """Until ClickHouse holds every event sent and every malformed record's dead letter."""
-        client = QueryClient(self.query_url, timeout=10)
+        client = QueryClient(self.query_url, timeout=10, token=QuerySettings().token)
         began = time.monotonic()
         want_events = baseline.events + report.events
         want_letters = baseline.dead_letters + sum(report.malformed.values())
@@ -208,7 +223,7 @@ class Demo:
         )
 
     def stored(self, client: QueryClient | None = None) -> Drained:
-        client = client or QueryClient(self.query_url, timeout=10)
+        client = client or QueryClient(self.query_url, timeout=10, token=QuerySettings().token)
         events = client.query("SELECT count() FROM events FINAL").rows[0][0]
         letters = client.query("SELECT count() FROM dlq FINAL").rows[0][0]
         windowed = client.query("SELECT sum(events) FROM windows_1m FINAL").rows[0][0]

@@ -19,6 +19,7 @@ from onfinish.errors import OnfinishError
 from onfinish.schemas.contract import ALERT, RecordType
 from onfinish.schemas.models import Alert, _Record
 from onfinish.schemas.wire import registry_client
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 
@@ -32,7 +33,7 @@ class RecordPublisher:
         self.registry = registry_client(registry)
         self.producer = Producer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **librdkafka_config(kafka),
                 "enable.idempotence": True,
                 "linger.ms": 50,
                 "log_level": 3,

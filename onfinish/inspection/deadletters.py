@@ -25,6 +25,7 @@ from onfinish.inspection.topics import QUIET_LOG_LEVEL, InspectError
 from onfinish.query.client import Querier, records, timestamp
 from onfinish.query.sql import seconds_of, sql_string
 from onfinish.schemas.deadletter import Reason
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings
 
 REPLAYED_HEADER = ("onfinish.replayed", b"1")
@@ -191,7 +192,7 @@ class ReplayProducer(Protocol):
 def _producer(kafka: KafkaSettings) -> ReplayProducer:
     return Producer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **librdkafka_config(kafka),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 20,

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -24,6 +25,8 @@ from confluent_kafka.admin import AdminClient
 
 from onfinish.inspection.topics import QUIET_LOG_LEVEL
 from onfinish.processors.settings import ProcessorSettings
+from onfinish.schemas.wire import RegistryAccessDenied, RegistryUnavailable, check_registry_access
+from onfinish.security import librdkafka_config, refusal_of
 from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks.settings import FAMILIES, SinkSettings
 from onfinish.stack.component import ComponentStatus
@@ -176,18 +179,27 @@ def _counters(texts: list[str], sample: str) -> float | None:
     return sum(known) if known else None
 
 
-def _kafka_health(kafka: KafkaSettings, admin: AdminClient, timeout: float) -> Health:
+def _kafka_health(kafka: KafkaSettings, admin: AdminClient, timeout: float, reported: list[Any]) -> Health:
     try:
         topics = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
+        admin.poll(0)  # serves the error callback, where a refused login is reported
+        refusal = refusal_of(reported, kafka)
+        if refusal is not None:
+            return Health("kafka", False, kafka.bootstrap_servers, f"refuses us: {refusal}")
         return Health("kafka", False, kafka.bootstrap_servers, f"does not answer: {exc.args[0].str()}")
     ours = sum(name.startswith(f"{kafka.topic_prefix}.") for name in topics)
     return Health("kafka", True, kafka.bootstrap_servers, f"{ours} {kafka.topic_prefix}.* topics")
 
 
 def _registry_health(registry: RegistrySettings) -> Health:
-    answered = _get(f"{registry.url.rstrip('/')}/subjects") is not None
-    return Health("registry", answered, registry.url, "" if answered else "does not answer")
+    try:
+        check_registry_access(registry)
+    except RegistryAccessDenied as exc:
+        return Health("registry", False, registry.url, f"refuses us: {exc.reason}")
+    except RegistryUnavailable:
+        return Health("registry", False, registry.url, "does not answer")
+    return Health("registry", True, registry.url, "")
 
 
 def consumer_groups(processors: ProcessorSettings, sink: SinkSettings) -> list[str]:
@@ -237,8 +249,14 @@ def status(
     counters `interval_s` apart.
     """
     timeout = min(kafka.request_timeout_s, STATUS_TIMEOUT_S)
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": QUIET_LOG_LEVEL})
-    kafka_health = _kafka_health(kafka, admin, timeout)
+    reported: list[Any] = []
+    config: dict[str, Any] = {
+        **librdkafka_config(kafka),
+        "log_level": QUIET_LOG_LEVEL,
+        "error_cb": reported.append,
+    }
+    admin = AdminClient(config)
+    kafka_health = _kafka_health(kafka, admin, timeout, reported)
     if kafka.bootstrap_servers == stack.kafka_bootstrap:
         from onfinish.stack.stack import Stack
 
@@ -258,7 +276,7 @@ def status(
     if kafka_health.healthy:
         consumer = Consumer(
             {
-                "bootstrap.servers": kafka.bootstrap_servers,
+                **librdkafka_config(kafka),
                 "group.id": f"onfinish-status-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "log_level": QUIET_LOG_LEVEL,

@@ -38,6 +38,7 @@ from onfinish.schemas.wire import (
     schema_id_of,
     schema_text_fetch,
 )
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def tail(
     values = decoder or ValueDecoder(registry_schemas(registry))
     consumer = Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **librdkafka_config(kafka),
             # Never used to commit: partitions are assigned, not subscribed, so no group forms.
             "group.id": f"onfinish-tail-{uuid.uuid4().hex}",
             "enable.auto.commit": False,

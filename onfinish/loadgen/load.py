@@ -25,6 +25,7 @@ from onfinish.loadgen.traffic import Item, Malformed, TrafficGenerator, TrafficP
 from onfinish.producers.emitter import Emitter, client_logger
 from onfinish.producers.settings import ProducerSettings
 from onfinish.schemas.models import Feedback, OnFinishEvent
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 # Called with (items sent so far, items planned) as the run goes.
@@ -119,7 +120,7 @@ def run_load(
     emitter = Emitter(producer_settings, kafka, registry)
     raw = Producer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **librdkafka_config(kafka),
             "linger.ms": 20,
             "logger": client_logger(producer_settings.drop_log_interval_s),
         }

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from clickhouse_connect.driver.client import Client
+from pydantic import SecretStr
 
 from onfinish.errors import ConfigurationError, OnfinishError
 from onfinish.query.guard import ReadOnlyRefused, check_read_only
 from onfinish.query.results import QueryFailed, QueryResult, json_safe
+from onfinish.query.settings import QuerySettings
 from onfinish.settings import ClickHouseSettings, StackSettings
 from onfinish.sinks.settings import SinkSettings
 
@@ -33,7 +35,7 @@ class QueryClient:
     `types` says which ClickHouse type each column has, for callers that want them parsed back.
     """
 
-    def __init__(self, url: str, timeout: float = 30) -> None:
+    def __init__(self, url: str, timeout: float = 30, token: SecretStr | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigurationError(f"query endpoint URL must be http(s)://host:port, not {url!r}")
@@ -41,6 +43,7 @@ class QueryClient:
             raise ConfigurationError(f"query timeout must be positive, not {timeout}")
         self._url = url.rstrip("/")
         self._timeout = timeout
+        self._token = token
 
     def query(self, sql: str) -> QueryResult:
         """Run `sql` on the endpoint; raises ReadOnlyRefused (403) or QueryFailed (anything else)."""
@@ -51,6 +54,8 @@ class QueryClient:
             method="POST",
             headers={"Content-Type": "text/plain; charset=utf-8", "Accept": "application/json"},
         )
+        if self._token is not None:
+            request.add_header("Authorization", f"Bearer {self._token.get_secret_value()}")
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
                 document = json.loads(response.read())
@@ -103,9 +108,9 @@ class Querier(Protocol):
 class EndpointQuerier:
     """Queries through the sink worker's read-only endpoint (embedded ClickHouse)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: SecretStr | None = None) -> None:
         self.url = url
-        self._client = QueryClient(url)
+        self._client = QueryClient(url, token=token)
 
     def query(self, sql: str) -> QueryResult:
         try:
@@ -141,7 +146,12 @@ class ClientQuerier:
         )
 
 
-def querier(clickhouse: ClickHouseSettings, stack: StackSettings, sink: SinkSettings) -> Querier:
+def querier(
+    clickhouse: ClickHouseSettings,
+    stack: StackSettings,
+    sink: SinkSettings,
+    query: QuerySettings | None = None,
+) -> Querier:
     """Where this process's queries go: the sink's endpoint when ClickHouse is embedded, else the server."""
     if clickhouse.dsn is None or clickhouse.dsn.startswith("chdb:"):
         if sink.query_port == 0:
@@ -149,7 +159,8 @@ def querier(clickhouse: ClickHouseSettings, stack: StackSettings, sink: SinkSett
                 "ONFINISH_SINK_QUERY_PORT is 0, so the sink serves no query endpoint and the embedded "
                 "ClickHouse cannot be read from another process: give it a port (default 8124)"
             )
-        return EndpointQuerier(f"http://{sink.query_host}:{sink.query_port}")
+        token = (query or QuerySettings()).token
+        return EndpointQuerier(f"http://{sink.query_host}:{sink.query_port}", token=token)
     from clickhouse_connect.driver.exceptions import Error
 
     from onfinish.sinks.clickhouse import connect

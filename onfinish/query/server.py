@@ -7,12 +7,14 @@ runs with `readonly=1`, and goes down the one client path checked to keep that s
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -21,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, Error
+from pydantic import SecretStr
 
 from onfinish.errors import ConfigurationError
 from onfinish.query import dashboard
@@ -103,7 +106,9 @@ class QueryServer:
         *,
         max_execution_s: int = 60,
         max_result_rows: int = 100_000,
+        token: SecretStr | None = None,
     ) -> None:
+        require_token_off_loopback(host, token)
         if not 0 <= port <= 65535:
             raise ConfigurationError(f"query server port must be within 0..65535, not {port}")
         if max_execution_s <= 0 or max_result_rows <= 0:
@@ -111,6 +116,13 @@ class QueryServer:
                 "query server limits (max_execution_s, max_result_rows) must be positive"
             )
         self._client = client
+        # Compared as bytes in constant time (hmac.compare_digest): a comparison that stops at
+        # the first differing byte would tell a remote caller, by its timing, how much it got right.
+        self._token = (
+            None
+            if token is None or not token.get_secret_value()
+            else f"Bearer {token.get_secret_value()}".encode()
+        )
         self._host = host
         self._port = port
         self._settings: dict[str, Any] = {
@@ -195,6 +207,12 @@ class QueryServer:
             rows=[tuple(json_safe(value) for value in row) for row in answer.result_rows],
             elapsed_ms=round(elapsed_ms, 3),
         )
+
+    def authorised(self, authorization: str | None) -> bool:
+        """Whether a request's Authorization header carries the token (always, when none is set)."""
+        if self._token is None:
+            return True
+        return hmac.compare_digest((authorization or "").encode(), self._token)
 
     def _respond(self, method: str, target: str, body: bytes) -> _Response:
         """The response to one HTTP request: `target` is the path with its query string."""
@@ -352,7 +370,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("POST", self.rfile.read(length) if length > 0 else b"")
 
     def _serve(self, method: str, body: bytes) -> None:
-        self._send(cast(_HttpServer, self.server).query_server._respond(method, self.path, body))
+        query_server = cast(_HttpServer, self.server).query_server
+        if not query_server.authorised(self.headers.get("Authorization")):
+            refused = _error_response(HTTPStatus.UNAUTHORIZED, "this endpoint needs its bearer token")
+            self._send(replace(refused, headers=(("WWW-Authenticate", 'Bearer realm="onfinish"'),)))
+            return
+        self._send(query_server._respond(method, self.path, body))
 
     def _send(self, response: _Response) -> None:
         self.send_response(response.status)
@@ -368,14 +391,34 @@ class _Handler(BaseHTTPRequestHandler):
         """Silenced: the default writes the request line, whose ?sql= would put whole queries in logs."""
 
 
-def serve_reads(host: str, port: int) -> Callable[[Client], Callable[[], None]] | None:
+def require_token_off_loopback(host: str, token: SecretStr | None) -> None:
+    """ConfigurationError when the endpoint would listen beyond this machine with no token: it
+    serves every table, so anyone who can reach the port could read them."""
+    if token is not None and token.get_secret_value():
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigurationError(
+            f"the query endpoint will not listen on {host} without a token: set ONFINISH_QUERY_TOKEN "
+            "(or ONFINISH_QUERY_TOKEN_FILE), or keep ONFINISH_SINK_QUERY_HOST on loopback"
+        )
+
+
+def serve_reads(
+    host: str, port: int, token: SecretStr | None = None
+) -> Callable[[Client], Callable[[], None]] | None:
     """The sink worker's hook for read access (sinks/worker.py `serve_reads`): a `QueryServer` on the
-    owner's client at host:port, or None when the port is 0 (no endpoint)."""
+    owner's client at host:port, or None when the port is 0 (no endpoint). Refuses, before the
+    worker starts, to serve a non-loopback address without a token."""
     if not port:
         return None
+    require_token_off_loopback(host, token)
 
     def start(owner: Client) -> Callable[[], None]:
-        server = QueryServer(owner, host, port)
+        server = QueryServer(owner, host, port, token=token)
         server.start()
         return server.stop
 

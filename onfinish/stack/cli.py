@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from onfinish.cli.console import console, fail_cleanly, spinner, stack_settings
-from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings
+from onfinish.cli.console import console, errors, fail_cleanly, spinner, stack_settings
+from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 
 if TYPE_CHECKING:
     pass
@@ -44,16 +44,35 @@ def stack_install() -> None:
         console.print(f"[green]✓[/] {step.artefact.name}: {step.artefact.path}")
 
 
+SecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--secure",
+        help=(
+            "Secured mode (also ONFINISH_STACK_SECURE=true): Kafka over SASL_SSL with SCRAM users and "
+            "ACLs per principal, the registry over TLS with basic auth. See docs/security.md."
+        ),
+    ),
+]
+
+
+def _settings(secure: bool) -> StackSettings:
+    settings = stack_settings()
+    return settings.model_copy(update={"secure": True}) if secure else settings
+
+
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(secure: SecureOption = False) -> None:
     """Install what is missing, start every component, wait until each is healthy, create the topics.
 
     Running it again while the stack is up is harmless. A port already taken by another program is
-    reported with the component that needs it.
+    reported with the component that needs it. With --secure, a CA, certificates and a password per
+    principal are made under <home>/security at the first start; `onfinish stack env PRINCIPAL`
+    prints the variables a process needs to connect as that principal.
     """
     from onfinish.stack.stack import Stack
 
-    stack = Stack(stack_settings())
+    stack = Stack(_settings(secure))
     with spinner("Starting the local stack") as progress:
         report = fail_cleanly(lambda: stack.up(progress))
     for started in report.started:
@@ -71,25 +90,55 @@ def stack_up() -> None:
         f"[green]✓[/] contract registered: {len(report.registrations)} subjects, "
         + ", ".join(sorted({r.compatibility for r in report.registrations}))
     )
+    if report.acls:
+        console.print(f"[green]✓[/] secured: SASL_SSL (SCRAM-SHA-512), {report.acls} ACLs, registry over TLS")
     console.print(f"[green]✓[/] ClickHouse {report.clickhouse_version} at {report.clickhouse}")
     console.print(f"Stack up in {report.seconds:.1f}s.")
 
 
+@stack_app.command("env")
+def stack_env(
+    principal: Annotated[str, typer.Argument(help="admin, sdk, processor or sink.")] = "admin",
+    secure: SecureOption = False,
+) -> None:
+    """Print `export` lines that point a process at the secured stack as PRINCIPAL.
+
+    Passwords are named by file (ONFINISH_..._FILE), never printed: `eval "$(onfinish stack env sdk
+    --secure)"`.
+    """
+    from onfinish.stack.security import PRINCIPALS, StackSecurity, shell_exports
+
+    settings = _settings(secure)
+    if not settings.secure:
+        raise typer.BadParameter(
+            "the plain stack needs no credentials; use --secure", param_hint="'--secure'"
+        )
+    if principal not in PRINCIPALS:
+        raise typer.BadParameter(f"one of {', '.join(PRINCIPALS)}", param_hint="'PRINCIPAL'")
+    security = StackSecurity(settings)
+    if not security.ca_file.exists():
+        errors.print(
+            "[bold red]error:[/] the secured stack was never started here: `onfinish stack up --secure`"
+        )
+        raise typer.Exit(1)
+    typer.echo(shell_exports(security.environment(principal)), nl=False)
+
+
 @stack_app.command("down")
-def stack_down() -> None:
+def stack_down(secure: SecureOption = False) -> None:
     """Stop the processes `stack up` started (by their recorded pid, never by name). Data is kept."""
     from onfinish.stack.stack import Stack
 
-    stopped = fail_cleanly(lambda: Stack(stack_settings()).down())
+    stopped = fail_cleanly(lambda: Stack(_settings(secure)).down())
     console.print(f"Stopped: {', '.join(stopped)}." if stopped else "Nothing of this stack was running.")
 
 
 @stack_app.command("status")
-def stack_status() -> None:
+def stack_status(secure: SecureOption = False) -> None:
     """Show each component: whether it runs and answers, its address, pid and log file."""
     from onfinish.stack.stack import Stack
 
-    settings = stack_settings()
+    settings = _settings(secure)
     stack = Stack(settings)
     table = Table(title=f"onfinish stack ({settings.home.resolve()})")
     for column in ("component", "state", "address", "pid", "log"):

@@ -17,9 +17,12 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from onfinish.errors import ComponentStartError, ProvisioningError
+from onfinish.security import librdkafka_config
+from onfinish.settings import KafkaSettings
 from onfinish.stack import process
 from onfinish.stack.component import Component
 from onfinish.stack.install import kafka_libs
+from onfinish.stack.security import PRINCIPALS, SCRAM_MECHANISM, StackSecurity
 
 _LOG4J = """\
 log4j.rootLogger=INFO, stdout
@@ -51,7 +54,13 @@ class KafkaBroker(Component):
 
     @property
     def data_dir(self) -> Path:
-        return self.home / "data"
+        # A secured broker keeps data of its own: its SCRAM users are written when storage is
+        # formatted, so a plain store cannot become a secured one.
+        return self.home / ("data-secure" if self.settings.secure else "data")
+
+    @property
+    def security(self) -> StackSecurity:
+        return StackSecurity(self.settings)
 
     @property
     def classpath(self) -> str:
@@ -83,10 +92,46 @@ class KafkaBroker(Component):
             "group.initial.rebalance.delay.ms": "0",
             "num.partitions": "1",
         }
+        if s.secure:
+            settings.update(self._secure_properties())
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
+    def _secure_properties(self) -> dict[str, str]:
+        """Clients reach the broker only over SASL_SSL with SCRAM, and may do only what ACLs allow.
+
+        The controller listener stays PLAINTEXT on the stack's loopback address: KRaft's controller
+        cannot authenticate with SCRAM (its users live in the metadata it serves), and the broker
+        in this same JVM reaches it as ANONYMOUS, which must therefore be a super user. Clients
+        cannot produce or fetch through a controller listener.
+        """
+        s, security = self.settings, self.security
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="admin" password="{security.password("admin")}";'
+        )
+        return {
+            "listeners": f"SASL_SSL://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
+            "advertised.listeners": f"SASL_SSL://{s.host}:{s.kafka_port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(security.server_keystore_file),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(security.ca_file),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:admin;User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
     def prepare(self) -> None:
-        (self.home / "server.properties").write_text(self.server_properties())
+        if self.settings.secure:
+            self.security.ensure()
+        properties = self.home / "server.properties"
+        properties.touch(mode=0o600)  # it holds the broker's own password when secured
+        properties.write_text(self.server_properties())
         (self.home / "log4j.properties").write_text(_LOG4J)
         if (self.data_dir / "meta.properties").exists():
             return
@@ -101,6 +146,7 @@ class KafkaBroker(Component):
                 cluster_id,
                 "-c",
                 str(self.home / "server.properties"),
+                *self._scram_users(),
             ],
             capture_output=True,
             text=True,
@@ -114,6 +160,17 @@ class KafkaBroker(Component):
             raise ComponentStartError(
                 self.name, f"formatting KRaft storage failed ({last[0]})", self.log_path
             )
+
+    def _scram_users(self) -> list[str]:
+        """kafka-storage's --add-scram arguments: every principal's SCRAM credential, written into
+        the metadata log at format time (the broker's own login needs one before it can serve)."""
+        if not self.settings.secure:
+            return []
+        arguments: list[str] = []
+        for principal in PRINCIPALS:
+            password = self.security.password(principal)
+            arguments += ["--add-scram", f"{SCRAM_MECHANISM}=[name={principal},password={password}]"]
+        return arguments
 
     @staticmethod
     def _random_cluster_id() -> str:
@@ -136,6 +193,11 @@ class KafkaBroker(Component):
             f"-Dlog4j.configuration=file:{(self.home / 'log4j.properties').resolve()}",
         ]
 
+    def client_settings(self) -> KafkaSettings:
+        """How the stack itself reaches its broker: as the admin principal when secured."""
+        plain = KafkaSettings(bootstrap_servers=self.address, security_protocol="PLAINTEXT")
+        return self.security.kafka_settings("admin", plain) if self.settings.secure else plain
+
     def command(self) -> Sequence[str]:
         return [
             java_executable(),
@@ -152,6 +214,8 @@ class KafkaBroker(Component):
         if not process.port_is_open(self.settings.host, self.settings.kafka_port):
             return False
         # log_level 2: the probe's own connection errors are expected while the broker starts.
-        admin = AdminClient({"bootstrap.servers": self.address, "socket.timeout.ms": 2000, "log_level": 2})
+        admin = AdminClient(
+            {**librdkafka_config(self.client_settings()), "socket.timeout.ms": 2000, "log_level": 2}
+        )
         metadata = admin.list_topics(timeout=2)
         return len(metadata.brokers) > 0

@@ -20,6 +20,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from onfinish.errors import OnfinishError
 from onfinish.schemas.wire import Refused, registry_client, schema_id_of
+from onfinish.security import librdkafka_config
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 from onfinish.sinks import clickhouse
 from onfinish.stack.topics import TopicSpec, provision_topics
@@ -105,7 +106,7 @@ def run_round_trip(
     delivered: list[Any] = []
     producer = Producer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **librdkafka_config(kafka),
             "enable.idempotence": True,
             "acks": "all",
             "logger": _CLIENT_LOG,
@@ -128,7 +129,7 @@ def run_round_trip(
     began = time.monotonic()
     consumer = Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **librdkafka_config(kafka),
             "group.id": f"onfinish-selfcheck-{report.probe_id}",
             "enable.auto.commit": False,
             "logger": _CLIENT_LOG,

@@ -17,6 +17,7 @@ from onfinish.stack.component import Component, ComponentStatus, StartResult
 from onfinish.stack.kafka import KafkaBroker
 from onfinish.stack.postgres import PostgresServer
 from onfinish.stack.registry import SchemaRegistryServer
+from onfinish.stack.security import StackSecurity, grant_acls
 from onfinish.stack.topics import TopicResult, provision_topics
 
 # Reports one step of a long operation: (what is happening, whether it is done).
@@ -34,6 +35,7 @@ class UpReport:
     registrations: list[Registration] = field(default_factory=list)
     clickhouse: str = ""
     clickhouse_version: str = ""
+    acls: int = 0
     seconds: float = 0.0
 
 
@@ -53,12 +55,19 @@ class Stack:
         clickhouse: ClickHouseSettings | None = None,
     ) -> None:
         self.settings = settings or StackSettings()
-        # The stack's own broker is the one its topics are provisioned on.
-        self.kafka_settings = (kafka or KafkaSettings()).model_copy(
+        self.security = StackSecurity(self.settings)
+        # The stack's own broker is the one its topics are provisioned on (as its admin, secured).
+        kafka = (kafka or KafkaSettings()).model_copy(
             update={"bootstrap_servers": self.settings.kafka_bootstrap}
         )
+        if self.settings.secure:
+            self.security.ensure()
+            kafka = self.security.kafka_settings("admin", kafka)
+        self.kafka_settings = kafka
         self.clickhouse_settings = clickhouse or ClickHouseSettings()
         self.registry_settings = RegistrySettings(url=self.settings.registry_url)
+        if self.settings.secure:
+            self.registry_settings = self.security.registry_settings(self.registry_settings)
         self.components: tuple[Component, ...] = (
             PostgresServer(self.settings),
             SchemaRegistryServer(self.settings),
@@ -95,6 +104,9 @@ class Stack:
         report.topics = provision_topics(self.kafka_settings)
         progress("registering the contract (FULL_TRANSITIVE)")
         report.registrations = register(self.registry_settings, self.kafka_settings.topic_prefix)
+        if self.settings.secure:
+            progress("granting each principal its ACLs")
+            report.acls = grant_acls(self.kafka_settings)
         progress("opening ClickHouse")
         report.clickhouse, report.clickhouse_version = self._check_clickhouse()
         report.seconds = time.monotonic() - began

@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from onfinish.errors import StackError
 from onfinish.schemas.contract import DEAD_LETTER_OVERHEAD_BYTES, MAX_RECORD_BYTES
+from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings
 
 DAY_MS = 24 * 3600 * 1000
@@ -64,7 +65,7 @@ class TopicResult:
 
 def provision_topics(settings: KafkaSettings, specs: tuple[TopicSpec, ...] = TOPICS) -> list[TopicResult]:
     """Create every topic that does not exist yet; describe the ones that do."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 2})
+    admin = AdminClient({**librdkafka_config(settings), "log_level": 2})
     timeout = settings.request_timeout_s
     try:
         existing = admin.list_topics(timeout=timeout).topics
