@@ -4,6 +4,7 @@ records arrive twice or a worker crashes and replays its partition."""
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, Ra
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
+from onfinish.processors.sessions import SessionState
 from onfinish.schemas.contract import (
     ENRICHED_EVENT,
     FEEDBACK,
@@ -317,8 +319,11 @@ def test_feedback_after_its_event_updates_the_events_score_once():
     session = [_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT][-1]
     assert session["quality_mean"] == update["quality_score"] and session["regenerations"] == 1
     # The changelog holds the behaviour as the feedback changed it (a restored worker scores from it).
-    persisted = sessions[event.session_id or event.request_id]["behaviours"][event.request_id]
-    assert (persisted["regenerated"], persisted["rating"]) == (True, -1)
+    restored = SessionState.from_state(json.loads(json.dumps(sessions[event.session_id or event.request_id])))
+    index = restored.call_index(event.request_id)
+    assert index is not None
+    persisted = restored.call(index)
+    assert (persisted.regenerated, persisted.rating) == (True, -1)
     # The same feedback replayed by a worker that restored the session: no second update.
     again = _run(_pipeline(dict(sessions)), raw, range(1, 2))
     assert not [o for o in again if o.record_type is QUALITY_UPDATE]
