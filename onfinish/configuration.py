@@ -15,12 +15,21 @@ from onfinish.settings import ALL_SETTINGS
 
 
 def settings_classes() -> tuple[type[BaseSettings], ...]:
+    from onfinish.alerting.settings import AlertingSettings
     from onfinish.insights.watch import InsightSettings
     from onfinish.processors.settings import ProcessorSettings
     from onfinish.producers.settings import ProducerSettings
     from onfinish.sinks.settings import SinkSettings
 
-    return (*ALL_SETTINGS, ProducerSettings, ProcessorSettings, SinkSettings, InsightSettings, LogSettings)
+    return (
+        *ALL_SETTINGS,
+        ProducerSettings,
+        ProcessorSettings,
+        SinkSettings,
+        InsightSettings,
+        AlertingSettings,
+        LogSettings,
+    )
 
 
 def rows(settings_class: type[BaseSettings]) -> list[tuple[str, str, str]]:
