@@ -25,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 
 from onfinish import __version__
+from onfinish.alerting.cli import app as alerts_app
 from onfinish.errors import OnfinishError
 from onfinish.logs import LogSettings, configure_logging
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
@@ -83,6 +84,7 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(alerts_app, name="alerts")  # onfinish/alerting/cli.py (issue 20)
 
 
 def _fail_cleanly(action: Callable[[], T]) -> T:
@@ -471,13 +473,16 @@ def demo(
     Workers' logs are in ONFINISH_STACK_HOME/logs.
     """
     import signal as signals
+    from datetime import UTC
 
     from rich.progress import Progress
 
     from onfinish import analytics
+    from onfinish.alerting.cli import show_demo_notifications
     from onfinish.demo import Demo
     from onfinish.stack.stack import Stack
 
+    demo_began = datetime.now(UTC)
     stack_settings = _stack()
     stack = Stack(stack_settings)
     console.rule("onfinish demo")
@@ -529,6 +534,7 @@ def demo(
         )
         report_ = _fail_cleanly(lambda: analytics.report(querier, since=timedelta(hours=1), by="model"))
         analytics.render_table(report_, console)
+        show_demo_notifications(run.kafka, run.registry, stack_settings, run.query_url, since=demo_began)
         console.print(
             f"Dashboard: [bold]{run.query_url}/[/]   SQL: curl --data 'SELECT ...' {run.query_url}/query"
         )
@@ -868,9 +874,11 @@ def watch() -> None:
     rate, p95 latency, p95 TTFT and cost per minute; spend so far today and this month per
     feature, user and environment is projected against the budgets (budgets.v1.toml or
     ONFINISH_INSIGHTS_BUDGETS); and, hourly, each model's newest version is compared with the
-    previous one. Every breach is an alert on onfinish.alerts (with the baseline and the observed
-    value), sent once. At start the anomaly baseline is rebuilt from the last day of windows.
-    Ctrl-C or SIGTERM stops it.
+    previous one. With alerting enabled, the alert conditions (onfinish/alerting/data, or
+    ONFINISH_ALERTING_RULES) are judged per model over whole minutes too. Every finding is an
+    episode: fired once, resolved once, on onfinish.alerts and posted to Alertmanager
+    (ONFINISH_ALERTING_ALERTMANAGER_URL). At start the anomaly baseline is rebuilt from the last
+    day of windows and the open episodes from the alerts table. Ctrl-C or SIGTERM stops it.
     """
     import signal
     import threading

@@ -7,12 +7,18 @@ rule and subject, so every record of one subject lands on one partition, in orde
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from onfinish.alerting.episodes import Episode, Labels, Transition
 from onfinish.schemas.models import MAX_ID_CHARS, MAX_TEXT_CHARS, Alert
+
+
+class AlertSink(Protocol):
+    """Where alert records are published: onfinish.alerts (RecordPublisher), or a list in tests."""
+
+    def publish_alerts(self, alerts: Iterable[Alert]) -> int: ...
 
 
 def record_key(alert: Alert) -> bytes:

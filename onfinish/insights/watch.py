@@ -46,7 +46,7 @@ from onfinish.alerting.episodes import EpisodeTracker, Finding, Labels, RuleInfo
 from onfinish.alerting.evaluation import FAMILY as CONDITIONS
 from onfinish.alerting.evaluation import ConditionRounds
 from onfinish.alerting.notifier import Notifier
-from onfinish.alerting.records import episode_record
+from onfinish.alerting.records import AlertSink, episode_record
 from onfinish.alerting.settings import AlertingSettings
 from onfinish.alerting.store import Published, StoredEpisodes
 from onfinish.analytics import Querier, records, sql_timestamp, timestamp
@@ -97,10 +97,6 @@ class InsightSettings(BaseSettings):
     drift_since_s: int = Field(
         default=7 * 24 * 3600, gt=0, description="How far back drift comparisons look, in seconds."
     )
-
-
-class AlertSink(Protocol):
-    def publish_alerts(self, alerts: Iterable[Alert]) -> int: ...
 
 
 @runtime_checkable
