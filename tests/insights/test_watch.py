@@ -9,11 +9,13 @@ import random
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from onfinish.alerting.episodes import Episode
+from onfinish.alerting.notifier import Notifier
 from onfinish.alerting.records import episode_of
 from onfinish.alerting.settings import AlertingSettings
 from onfinish.alerting.store import Published
@@ -237,3 +239,65 @@ def test_the_budgets_command_shows_spend_projection_and_limit(monkeypatch: pytes
     assert len(lines) == 2
     assert "user u1" in lines[0] and "$9.00" in lines[0] and "$5.00" in lines[0] and "alert" in lines[0]
     assert "user u2" in lines[1] and "ok" in lines[1]
+
+
+CONDITIONS = """version = 1
+
+[[rule]]
+name = "slow_calls"
+metric = "latency_share_above"
+above_ms = 1500.0
+threshold = 0.5
+by = ["provider", "model_id", "feature_id"]
+window_minutes = 1
+min_calls = 20
+for_minutes = 1
+cooldown_minutes = 2
+message = "{observed:.0%} of {calls} calls above {above_ms:.0f} ms"
+"""
+
+
+def test_a_condition_over_merged_minutes_is_one_episode_posted_to_alertmanager(
+    client: Client, tmp_path: Path
+) -> None:
+    """The spike (minutes 70-72, every chat call three times slower) holds in the rounds at 71, 72
+    and 73: it fires at 72 (held for a minute since 71), clears at 74 and resolves at 76, after
+    the 2-minute cooldown; the notifier posts the firing, then the resolution, of one episode."""
+    from tests.alerting.test_delivery import FakeAlertmanager
+
+    rules = tmp_path / "conditions.toml"
+    rules.write_text(CONDITIONS)
+    fake = FakeAlertmanager()
+    alerting = AlertingSettings(rules=rules, settle_s=20)
+    clock = Clock(BASE + timedelta(minutes=60, seconds=181))
+    notifier = Notifier(fake, alerting, clock)  # type: ignore[arg-type]
+    collected = Collected()
+    watch = Watch(
+        ClientQuerier(client),
+        collected,
+        InsightSettings(settle_s=180, anomaly_rules=None),
+        clock=clock,
+        alerting=alerting,
+        notifier=notifier,
+        published=Remembered([]),
+    )
+    watch.tick()
+    assert [a for a in collected.alerts if a.rule == "slow_calls"] == []
+    clock.now = BASE + timedelta(minutes=MINUTES, seconds=21)
+    watch.tick()
+    firing, resolved = [a for a in collected.alerts if a.rule == "slow_calls"]
+    assert (firing.state, firing.subject, firing.started_at, firing.at) == (
+        "firing",
+        "openai/gpt-4o/chat",
+        BASE + timedelta(minutes=71),
+        BASE + timedelta(minutes=72),
+    )
+    assert firing.observed == 1.0 and (firing.feature_id, firing.model_id) == ("chat", "gpt-4o")
+    assert resolved.episode_id == firing.episode_id
+    assert (resolved.ended_at, resolved.at) == (BASE + timedelta(minutes=74), BASE + timedelta(minutes=76))
+    notifier.deliver()
+    (post,) = fake.posts
+    (alert,) = [a for a in post if a["labels"]["rule"] == "slow_calls"]  # the resolution replaced the firing
+    assert (
+        alert["endsAt"] == "2026-11-23T02:14:00Z" and alert["annotations"]["episode_id"] == firing.episode_id
+    )
