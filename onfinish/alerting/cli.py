@@ -307,6 +307,8 @@ def show_demo_notifications(
     settings = _settings()
     if not settings.enabled:
         return
+    # The demo's own stack runs the Alertmanager, wherever its settings put it.
+    settings = settings.model_copy(update={"alertmanager_url": stack.alertmanager_url})
     _fail_cleanly(lambda: _probe(kafka, registry, stack, settings, EndpointQuerier(query_url), 30.0))
     received = read_notifications(stack.notifications_path, since)
     console.print(f"Notifications Alertmanager sent to the webhook receiver during the demo: {len(received)}")

@@ -36,8 +36,10 @@ nor end a breach episode. Missing minutes are simply not observed: the baseline 
 never by wall clock.
 
 Episodes: consecutive breaching minutes of a rule and series are one anomaly, reported at the
-first of them; an eligible minute within the baseline ends the episode, and the next breach fires
-again. :attr:`Anomaly.alert_id` is the hash of rule, series and that first minute.
+first of them by `observe`; an eligible minute within the baseline ends it, and the next breach
+fires again. :attr:`Anomaly.alert_id` is the hash of rule, series and that first minute. The
+insights worker uses `judge` instead (every eligible minute's verdict) and leaves the episodes to
+onfinish/alerting/episodes.py, with the rule's `for_minutes` and `cooldown_minutes`.
 
 State: the detector keeps its state in memory only and is rebuilt at start by re-feeding recent
 history (the stored 1-minute windows) in time order. That is deterministic, and a minute's
