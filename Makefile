@@ -3,17 +3,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The Vercel AI SDK client of onfinish collect's tests (tests/collect/node), from its lock file.
+NODE_DIR   := tests/collect/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
 
+# The -W filter hides one note, not a warning: setuptools reports every editable install of a
+# package-dir layout as "Editable installation" through the warnings channel (its InformationOnly
+# class: it has no other way to reach pip's output). Packaging warnings still show.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-## install: the virtualenv with onfinish and its dev tools, Kafka's jars and the schema registry binary
-install: $(STAMP) stack-install
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+## install: the virtualenv with onfinish and its dev tools, Kafka's jars, the schema registry binary and the Node test client
+install: $(STAMP) stack-install $(NODE_STAMP)
 
 stack-install: $(STAMP)
 	$(BIN)/onfinish stack install
@@ -36,11 +46,14 @@ demo: install
 test: install
 	$(BIN)/pytest
 
+## test-unit: every test that needs no running stack or browser, over all of tests/, in seconds
+## (property tests try a tenth of their examples here: tests/conftest.py; make test tries them all)
 test-unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	ONFINISH_TEST_PROFILE=unit $(BIN)/pytest -m "not integration"
 
+## test-integration: the tests against the real local stack and Chromium, and the calibrations
 test-integration: install
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest -m integration
 
 ## test-faults: the fault suite alone (also part of `make test`)
 test-faults: install

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import foundation, pipeline, processors, sdk, sinks
+from bench import collect, foundation, pipeline, processors, sdk, sinks
 from bench.report import markdown_table, update_readme, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +17,7 @@ def main() -> None:
         for name, bench in (
             ("foundation", foundation.run),
             ("sdk", sdk.run),
+            ("collect", collect.run),
             ("processors", processors.run),
             ("sinks", sinks.run),
             ("end to end", pipeline.run),

@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 
 from bench.report import Figure
 from onfinish.settings import ClickHouseSettings, KafkaSettings, StackSettings
-from onfinish.stack import clickhouse
+from onfinish.sinks import clickhouse
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import TopicSpec, provision_topics
 

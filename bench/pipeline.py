@@ -40,11 +40,11 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.report import Figure
-from onfinish.demo import Demo
+from onfinish.demo.local_pipeline import Demo
+from onfinish.loadgen.load import LoadReport
+from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.producers.loadgen import LoadReport
-from onfinish.producers.traffic import TrafficProfile
-from onfinish.sinks.query import QueryClient
+from onfinish.query.client import QueryClient
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.stack import Stack
 

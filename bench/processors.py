@@ -25,17 +25,18 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.report import Figure, metrics_text, rate_until
-from onfinish.inspect import stage_costs
+from onfinish.inspection.status import stage_costs
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, WriterSchema
+from onfinish.processors.decoding import Decoder
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import DictStore, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.producers import Emitter, OnFinishEvent, ProducerSettings
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ONFINISH_EVENT
+from onfinish.schemas.wire import WriterSchema
 from onfinish.settings import RegistrySettings
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import provision_topics

@@ -20,16 +20,16 @@ from collections import deque
 from pathlib import Path
 
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bench.report import Figure
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.producers import Emitter, OnFinishEvent, ProducerSettings
 from onfinish.producers.encoding import Encoder
 from onfinish.producers.spool import Spool
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ONFINISH_EVENT
+from onfinish.schemas.wire import framing, registry_client
 from onfinish.settings import RegistrySettings
 from onfinish.stack.stack import Stack
 from onfinish.stack.topics import TopicSpec, provision_topics
@@ -63,7 +63,7 @@ class _Naive:
     """What a hook written by hand does: encode with AvroSerializer and produce, on the caller's thread."""
 
     def __init__(self, stack: Stack, topic: str) -> None:
-        registry = SchemaRegistryClient({"url": stack.settings.registry_url})
+        registry = registry_client(RegistrySettings(url=stack.settings.registry_url))
         self.serializer = AvroSerializer(
             registry,
             ONFINISH_EVENT.schema_str,
@@ -213,7 +213,7 @@ def spool_rates(stack: Stack, spool_root: Path) -> list[Figure]:
         raise RuntimeError(f"the spool was not replayed: {emitter.stats()}")
     replay = emitter.stats()["replayed"] / (time.perf_counter() - began)
     emitter.close()
-    prefix = b"\x00" + (1).to_bytes(4, "big")
+    prefix = framing(1)
     producer = Producer(
         {
             "bootstrap.servers": stack.kafka_settings.bootstrap_servers,

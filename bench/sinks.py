@@ -23,16 +23,18 @@ from typing import Any
 import clickhouse_connect
 import fastavro
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 
 from bench.report import Figure, rate_until
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.producers import OnFinishEvent
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT
+from onfinish.schemas.wire import framing, registry_client
+from onfinish.settings import RegistrySettings
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.tables import EVENTS
 from onfinish.stack.stack import Stack
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _values(stack: Stack, prefix: str) -> list[bytes]:
     """ROWS enriched events, Confluent-framed with the id the registry gives their schema."""
-    registry = SchemaRegistryClient({"url": stack.settings.registry_url})
+    registry = registry_client(RegistrySettings(url=stack.settings.registry_url))
     topic = ENRICHED_EVENT.topic(prefix)
     schema_id = registry.register_schema(
         ENRICHED_EVENT.subject(topic), Schema(ENRICHED_EVENT.schema_str, "AVRO")
@@ -56,7 +58,7 @@ def _values(stack: Stack, prefix: str) -> list[bytes]:
     items = TrafficGenerator(TrafficProfile(malformed_share=0, feedback_share=0), seed=91).items(3000)
     events = [i for i in items if isinstance(i, OnFinishEvent)]
     base = [ENRICHED_EVENT.to_datum(enricher.enrich(e, 0, n, now)) for n, e in enumerate(events)]
-    header = b"\x00" + schema_id.to_bytes(4, "big")
+    header = framing(schema_id)
     values = []
     for n in range(ROWS):
         datum = dict(base[n % len(base)])
@@ -120,7 +122,7 @@ def _sink(stack: Stack, prefix: str, directory: Path) -> float:
     }
     with tempfile.TemporaryFile() as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "onfinish.sinks.worker"],
+            [sys.executable, "-m", "onfinish", "sink"],
             env=env,
             cwd=ROOT,
             stdout=log,

@@ -6,11 +6,13 @@ is what a worker taking that partition over restores) leave as one group through
 producer (processors/delivery.py), and the batch's records are acked only once the whole group is
 in Kafka: every output of a committed record is delivered (at least once; downstream identities
 make it once in effect). The next batch is processed while the last one is on its way. A timer
-sends the snapshots of windows that changed. /health and /metrics are pages of Faust's web server.
+sends the snapshots of windows that changed. /health and /metrics are onfinish's own small server
+(onfinish/health.py); Faust's web server is off.
 
-Two things here go around Faust's defaults, for speed (docs/decisions/0007): records are produced
-with confluent-kafka rather than Faust's producer, and the consumer hands each fetched record to
-the stream directly instead of racing it against a flow-control event in four new tasks.
+Records are produced with confluent-kafka rather than Faust's producer, for speed (docs/decisions/0007).
+Where the app goes around Faust's own behaviour (the consumer that hands each fetched record to the
+stream directly, aiokafka's fetch wait, the commit at stop), it does so through
+processors/faust_overrides.py, the one module that touches Faust's private surface.
 
 Run it with `onfinish process` (which starts `--workers N` of these), or `faust -A
 onfinish.processors.app worker`.
@@ -19,7 +21,6 @@ onfinish.processors.app worker`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import threading
@@ -31,26 +32,17 @@ from typing import Any
 
 import confluent_kafka
 import faust
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from faust.serializers import codecs
-from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.web import Request, Response, View
-from mode.services import WaitResults
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from onfinish.health import HealthServer
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.continuity import Continuity, HoleDrill, Verdict
-from onfinish.processors.decoding import (
-    Decoder,
-    RegistrySchemas,
-    RegistryUnavailable,
-    SchemaRefused,
-    TimeBounds,
-)
+from onfinish.processors.continuity import Continuity, Verdict
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.enrichment import Enricher
+from onfinish.processors.faust_overrides import OverriddenApp
 from onfinish.processors.pipeline import STAGES, Batch, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.redaction import PatternSet
@@ -61,57 +53,22 @@ from onfinish.schemas.contract import (
     PROCESSED_RECORD_TYPES,
     RecordType,
 )
+from onfinish.schemas.wire import (
+    RegistryUnavailable,
+    WriterSchemas,
+    framing,
+    register,
+    registry_client,
+    schema_text_fetch,
+)
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.005
+LAG_SCRAPE_WAIT_S = 2.0  # the lag asks the broker at most a second per partition set (measure_lag)
 
 
-class _DirectDeliveryConsumer(aiokafka_driver.Consumer):
-    """Faust's consumer, handing each fetched record to the streams without four tasks per record.
-
-    Faust delivers every record with `wait_first(deliver(record), suspend_flow.wait())`, which
-    creates a task per argument plus two for its own stop events: about half of a worker's time at
-    a few thousand records a second. While the flow is not suspended, this awaits the delivery
-    directly; cancellation (how a rebalance stops the fetcher) still reaches it. Any other call,
-    and any call while the flow is suspended, takes Faust's own path.
-    """
-
-    def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        if timeout is None and len(coros) == 2 and not self.suspend_flow.is_set():
-            deliver, suspended = coros
-            if inspect.iscoroutine(suspended) and suspended.cr_code is type(self.suspend_flow).wait.__code__:
-                suspended.close()
-                result = await deliver
-                return WaitResults([deliver], [result], False)
-        return await super().wait_first(*coros, timeout=timeout)
-
-
-class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """Faust's consumer thread, with aiokafka's fetch wait from onfinish's settings.
-
-    Faust fixes `fetch_max_wait_ms` at 1500. aiokafka keeps one fetch in flight per broker and
-    leaves out of it the partitions whose records are still buffered; once the stream is a little
-    behind, that fetch holds only partitions where nothing comes (the assignor's leader topic), so
-    the broker keeps it the full wait while the raw partitions, drained meanwhile, cannot be
-    fetched: records reached the stream in bursts, up to 1.5 s late (decision 0007).
-    """
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        wait_ms = getattr(self.app, "onfinish_fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            if hasattr(consumer, "_fetch_max_wait_ms"):  # read when the consumer starts its fetcher
-                consumer._fetch_max_wait_ms = wait_ms
-            else:
-                log.warning("this aiokafka has no fetch wait to set; Faust's 1500 ms stays")
-        return consumer
-
-
-class _App(faust.App):
+class _App(OverriddenApp):
     """The processors' app: delivers what is in flight before Faust commits and stops (SIGTERM)."""
 
     onfinish_pipeline: Pipeline
@@ -119,12 +76,6 @@ class _App(faust.App):
     onfinish_topics: tuple[dict[str, str], str]  # output topic by record type, and the DLQ
 
     onfinish_stop_timeout_s: float = 30.0
-    onfinish_fetch_max_wait_ms: int | None = None  # None: Faust's own
-
-    def _create_directories(self) -> None:
-        # Faust makes the data directory without its parents: ONFINISH_PROCESSOR_DATA_DIR may not exist.
-        self.conf.datadir.mkdir(parents=True, exist_ok=True)
-        super()._create_directories()
 
     async def on_stop(self) -> None:
         sender = getattr(self, "onfinish_sender", None)
@@ -150,40 +101,6 @@ class _App(faust.App):
                 log.warning("schema registry unavailable at shutdown; the successor re-sends windows")
             if not sender.flush(10.0):
                 log.warning("window snapshots undelivered at shutdown; the successor re-sends them")
-
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        # Faust waits for the handed-out records to be acked, then commits. That last commit is
-        # skipped when Faust's periodic commit is in flight: it waits for that one, which took the
-        # offsets acked when it began, and returns. Whatever was acked since stayed uncommitted and
-        # the next owner processed it again (seen once in CI: 1,304 events on the enriched topic
-        # twice after a SIGTERM). Committing until nothing acked is left closes that window.
-        await super()._consumer_wait_empty(consumer, logger)
-        await commit_what_was_acked(consumer)
-
-
-async def commit_what_was_acked(consumer: Any, attempts: int = 5) -> None:
-    """Commit until no acked record is left uncommitted (Faust keeps acked offsets in `_acked` until
-    a commit covers them); log what stays behind, such as acked records past a hole."""
-    for _ in range(attempts):
-        if not _acked_uncommitted(consumer):
-            break
-        await consumer.commit(start_new_transaction=False)
-    behind = _acked_uncommitted(consumer)
-    if behind:
-        log.warning(
-            "stopping with processed records uncommitted; the next owner processes them again",
-            extra={"first_uncommitted": _by_partition_name(behind)},
-        )
-    log.info("offsets committed at stop", extra={"committed": _by_partition_name(consumer._committed_offset)})
-
-
-def _by_partition_name(offsets: Mapping[Any, Any]) -> dict[str, Any]:
-    return {f"{tp.topic}[{tp.partition}]": offset for tp, offset in offsets.items()}
-
-
-def _acked_uncommitted(consumer: Any) -> dict[Any, int]:
-    """The lowest acked offset no commit has covered yet, by partition."""
-    return {tp: min(acked) for tp, acked in consumer._acked.items() if acked}
 
 
 def _leave(sender: GroupSender, why: str, code: int = 0) -> None:
@@ -255,7 +172,7 @@ class OutputSchemas:
     """Schema ids of the processors' outputs, registered on first use and then remembered."""
 
     def __init__(self, registry: RegistrySettings, topic_prefix: str) -> None:
-        self.client = SchemaRegistryClient(_registry_config(registry))
+        self.client = registry_client(registry, quick=True)  # the pipeline retries on its own
         self.topic_prefix = topic_prefix
         self._prefixes: dict[str, bytes] = {}
 
@@ -263,37 +180,9 @@ class OutputSchemas:
         prefix = self._prefixes.get(record_type.full_name)
         if prefix is None:
             subject = record_type.subject(record_type.topic(self.topic_prefix))
-            try:
-                schema_id = self.client.register_schema(subject, Schema(record_type.schema_str, "AVRO"))
-            except SchemaRegistryError as exc:
-                if exc.http_status_code < 500:  # an incompatible schema, say: waiting mends nothing
-                    raise SchemaRefused(f"registering {subject}: {exc}") from exc
-                raise RegistryUnavailable(f"registering {subject}: {exc}") from exc  # starting up
-            except Exception as exc:  # the client's transport errors: the registry is away
-                raise RegistryUnavailable(f"registering {subject}: {exc}") from exc
-            prefix = b"\x00" + int(schema_id).to_bytes(4, "big")
+            prefix = framing(register(self.client, record_type, subject))
             self._prefixes[record_type.full_name] = prefix
         return prefix + record_type.encode(datum)
-
-
-def _registry_config(registry: RegistrySettings) -> dict[str, Any]:
-    """One quick attempt per call: the client's own retries sleep in the event loop (no heartbeat,
-    no stop) while the registry is away; the pipeline retries on its own, asynchronously."""
-    return {"url": registry.url, "timeout": min(registry.timeout_s, 2.0), "max.retries": 0}
-
-
-def _fetch_schema(client: SchemaRegistryClient) -> Any:
-    def fetch(schema_id: int) -> str | None:
-        try:
-            return client.get_schema(schema_id).schema_str
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                return None
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-        except Exception as exc:  # transport errors
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-
-    return fetch
 
 
 def build_app(
@@ -312,14 +201,13 @@ def build_app(
         datadir=settings.data_dir / app_id,  # not Faust's "<app id>-data" in the working directory
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
-        web_port=settings.web_port,
-        web_host=settings.web_host,
+        web_enabled=False,  # /health and /metrics: onfinish's own server (onfinish/health.py), below
         stream_buffer_maxsize=max(8192, 2 * settings.batch_size),
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
-    app.transport.Consumer = _DirectDeliveryConsumer  # type: ignore[misc]  # the instance's, on purpose
+    app.use_direct_delivery()
     prefix = kafka.topic_prefix
     raw = _raw_topic(app, f"{prefix}.raw")
     topics = {record_type.full_name: record_type.topic(prefix) for record_type in PROCESSED_RECORD_TYPES}
@@ -328,9 +216,8 @@ def build_app(
     windows = app.Table("windows", default=None)
 
     schemas = OutputSchemas(registry, prefix)
-    registry_client = SchemaRegistryClient(_registry_config(registry))
     decoder = Decoder(
-        RegistrySchemas(_fetch_schema(registry_client)),
+        WriterSchemas(schema_text_fetch(registry_client(registry, quick=True))),
         bounds=TimeBounds(timedelta(seconds=settings.max_future_s), timedelta(seconds=settings.max_past_s)),
     )
     enricher = Enricher(
@@ -341,7 +228,6 @@ def build_app(
         settings.pseudonym_key.get_secret_value().encode(),
     )
     continuity = Continuity()  # no record of a partition is passed over (processors/continuity.py)
-    drill = HoleDrill(settings.fault_hole_after_records, settings.fault_hole_records)
     writes: list[Record] = []  # this batch's changelog writes, sent with its outputs
     session_store = ChangelogStore(sessions, writes)
     window_store = ChangelogStore(windows, writes)
@@ -423,8 +309,6 @@ def build_app(
         processed: list[Any] = []  # the messages acked once the batch's outputs are delivered
         for event in events:
             message = event.message
-            if drill.passes_over(message.tp, message.offset):
-                continue  # never acked, as if it never came
             verdict = continuity.check(message.tp, message.offset)
             if verdict is not Verdict.process:
                 if verdict is Verdict.rewind:
@@ -488,20 +372,35 @@ def build_app(
         session_store.forget(partitions)
         window_store.forget(partitions)
 
-    @app.page("/health")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            assignment = app.consumer.assignment() if app.consumer else set()
-            assigned = sorted(tp.partition for tp in assignment if tp.topic == raw.get_topic_name())
-            return self.json({"status": "ok", "app": app_id, "partitions": assigned})
+    def health() -> tuple[bool, dict[str, Any]]:
+        try:
+            assignment = app.consumer.assignment()
+        except Exception:  # the consumer has not started yet: alive, with nothing assigned
+            assignment = set()
+        assigned = sorted(tp.partition for tp in assignment if tp.topic == raw.get_topic_name())
+        return True, {"status": "ok", "app": app_id, "partitions": assigned}
 
-    @app.page("/metrics")
-    class Metrics(View):
-        async def get(self, request: Request) -> Response:
-            assigned = _assigned(app.consumer, raw.get_topic_name())
-            await metrics.measure_lag(app.consumer, assigned, continuity.expected)
-            text = generate_latest(metrics.registry).decode()
-            return self.text(text, content_type="text/plain; version=0.0.4")
+    def measure_lag() -> None:
+        """Runs on the worker's event loop (the Kafka client is not used from other threads); a
+        scrape while the loop is busy for longer than the wait keeps the last figures."""
+        measured = asyncio.run_coroutine_threadsafe(
+            metrics.measure_lag(
+                app.consumer, _assigned(app.consumer, raw.get_topic_name()), continuity.expected
+            ),
+            app.loop,
+        )
+        try:
+            measured.result(timeout=LAG_SCRAPE_WAIT_S)
+        except Exception as exc:  # timed out, or the loop is stopping
+            measured.cancel()
+            log.debug("no fresh lag for this scrape", extra={"error": repr(exc)})
+
+    @app.task
+    async def serve_health() -> None:
+        """/health and /metrics on ONFINISH_PROCESSOR_WEB_PORT, from the worker's start."""
+        HealthServer(
+            settings.web_host, settings.web_port, metrics.registry, health, before_scrape=measure_lag
+        ).start()
 
     return app
 

@@ -12,7 +12,7 @@ Going back is normal (a rebalance seeks to the committed offset, which replays r
 pipeline is idempotent to that), and a partition revoked is forgotten. Records skipped for a hole
 are never acknowledged, so no commit passes the hole before its records were processed.
 
-`HoleDrill` makes such a hole on purpose (fault drills only), so that a test proves the guard
+The fault suite makes such a hole on purpose (tests/drills.py), so that a test proves the guard
 against a real broker and Faust's consumer.
 """
 
@@ -57,31 +57,3 @@ class Continuity:
         for partition in partitions:
             self.expected.pop(partition, None)
             self.rewinding.pop(partition, None)
-
-
-@dataclass
-class HoleDrill:
-    """Fault drills only: once `after` records were seen, the next `size` offsets of the partition
-    of the record that came next are passed over, once, as if they never reached the stream."""
-
-    after: int
-    size: int
-    seen: int = 0
-    hole: tuple[Hashable, int] | None = None  # partition, first offset passed over
-    finished: bool = False
-
-    def passes_over(self, partition: Hashable, offset: int) -> bool:
-        if self.after <= 0 or self.finished:
-            return False
-        if self.hole is None:
-            self.seen += 1
-            if self.seen <= self.after:
-                return False
-            self.hole = (partition, offset)
-        hole_partition, first = self.hole
-        if partition != hole_partition:
-            return False
-        if offset >= first + self.size:
-            self.finished = True  # the record after the hole: from now on every record passes
-            return False
-        return offset >= first

@@ -35,7 +35,7 @@ from onfinish.processors.alerts import (
     window_alerts,
     window_breached,
 )
-from onfinish.processors.decoding import Decoder, Refused, RegistryUnavailable, SchemaRefused
+from onfinish.processors.decoding import Decoder
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
 from onfinish.processors.sessions import SessionState
@@ -50,6 +50,7 @@ from onfinish.schemas.contract import (
 )
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import Alert, EnrichedEvent, Feedback, OnFinishEvent
+from onfinish.schemas.wire import Refused, RegistryUnavailable, SchemaRefused
 
 Datum = dict[str, Any]
 Encode = Callable[[RecordType, Datum], bytes]

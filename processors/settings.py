@@ -113,17 +113,6 @@ class ProcessorSettings(BaseSettings):
         default=7 * 86400.0, gt=0, description="Events finishing longer ago are refused."
     )
 
-    fault_hole_after_records: int = Field(
-        default=0,
-        ge=0,
-        description=(
-            "Fault drills only: after this many raw records (0 = never), the worker passes over the "
-            "next fault_hole_records offsets of one partition once, as if they never reached its "
-            "stream; its continuity guard must find them and read them again."
-        ),
-    )
-    fault_hole_records: int = Field(default=100, ge=1, description="Size of that drill's hole.")
-
     def quality_weights(self) -> QualityWeights:
         return QualityWeights(
             regenerated=self.quality_regenerated_weight,

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from onfinish.processors.histograms import DEFAULT_GRID, Histogram
+from onfinish.processors.histograms import Histogram
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.schemas.models import EnrichedEvent, RoutingStrategy, Status, WindowSnapshot
 
 WINDOW = timedelta(minutes=1)

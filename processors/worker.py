@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-import faust
 from confluent_kafka.admin import AdminClient
 
-from onfinish.logs import LogSettings, configure_logging
+from onfinish.logs import LogSettings
 from onfinish.runtime import tune_gc
 from onfinish.settings import KafkaSettings
 
@@ -42,26 +41,19 @@ def wait_for_raw_topic(kafka: KafkaSettings, timeout_s: float = 120.0) -> bool:
     return False
 
 
-class Worker(faust.Worker):
-    """Faust's worker, logging through onfinish's handler: structured lines that keep each record's
-    fields (Faust's own format drops them), at ONFINISH_LOG_LEVEL, in ONFINISH_LOG_FORMAT."""
-
-    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        configure_logging(LogSettings())  # replaces the handlers Faust set (and its spinner's)
-
-
 def main() -> None:
     if not wait_for_raw_topic(KafkaSettings()):
         raise SystemExit("the raw topic does not exist: create it with `onfinish topics create`")
     from onfinish.processors.app import app
+    from onfinish.processors.faust_overrides import StructuredLogWorker
     from onfinish.processors.settings import ProcessorSettings
 
     tune_gc(ProcessorSettings().gc_thresholds)
 
-    # Faust sets the process's logging up, then Worker puts onfinish's handler in its place.
+    # Faust sets the process's logging up, then the worker puts onfinish's handler in its place.
     # Faust's worker handles SIGTERM and SIGINT: it stops consuming, flushes the producer,
     # commits the processed offsets and leaves the group, so another worker takes over cleanly.
-    Worker(app, loglevel=LogSettings().level, quiet=True).execute_from_commandline()
+    StructuredLogWorker(app, loglevel=LogSettings().level, quiet=True).execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ When Kafka or the registry is away the records wait in the spool and are produce
 the path is back; a process killed with records in its spool leaves them to the next process,
 which adopts spools no live process holds. Nothing is dropped silently: every drop is counted and
 logged at most once per interval.
+
+`Emitter.spool_batch(items)` is the blocking path for a caller that must answer only once its
+records are durable (the OpenTelemetry receiver, onfinish/collect/): steps 1 and 2 on the caller's
+thread for the whole batch, one flush, and the same worker produces them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -40,6 +44,7 @@ from onfinish.producers.encoding import Encoder, RejectedEvent
 from onfinish.producers.schema_ids import SchemaIds
 from onfinish.producers.settings import ProducerSettings
 from onfinish.producers.spool import Position, Spool, SpooledRecord
+from onfinish.retry import Backoff
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,15 @@ class Counters:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class DurableBatch:
+    """What `Emitter.spool_batch` did with a batch: each item spooled, rejected or refused."""
+
+    spooled: int
+    rejected: list[tuple[int, str]]  # (index in the batch, reason) of items that are not valid records
+    refused: int  # items not spooled because the spool was full: the caller should ask for a retry
 
 
 class _SpoolInstance:
@@ -168,9 +182,9 @@ class _Worker(threading.Thread):
         self.recent: deque[SpooledRecord] = deque()  # appended, not yet handed to the Kafka client
         self._spill_lock = threading.Lock()
         self.spilled = [0, 0, 0]  # rejected, dropped, spooled by callers while the queue was full
+        self.durable = [0, 0, 0]  # rejected, refused, spooled by spool_batch callers
         self._reset_reading()
-        self._backoff_until = 0.0
-        self._backoff_s = 0.5
+        self._backoff = Backoff(0.5, 10.0)  # after a failed delivery; never slept on: a deadline
         self._last_warning: dict[str, float] = {}
 
     # The reading state of the spool being produced (an orphan first, then our own).
@@ -255,10 +269,43 @@ class _Worker(threading.Thread):
             if record is not _REJECTED and record is not _DROPPED:
                 self.instance.spool.flush()
 
+    def append_batch(self, items: Sequence[Any], *, sync: bool) -> DurableBatch:
+        """On the caller's thread: encode and append a whole batch, then flush (or fsync) it once.
+
+        Under the spill lock, so that concurrent callers' records are not interleaved within a
+        batch; the worker finds them in `recent` (or, after an interleaving, on disk) and produces
+        them like its own. Counted apart, as spilled items are.
+        """
+        encode, spool = self.encoder.encode, self.instance.spool
+        rejected: list[tuple[int, str]] = []
+        records: list[SpooledRecord] = []
+        refused = 0
+        with self._spill_lock:
+            for index, item in enumerate(items):
+                try:
+                    kind, key, value = encode(item)
+                except RejectedEvent as exc:
+                    rejected.append((index, exc.reason))
+                    continue
+                record = spool.append(kind, key, value)
+                if record is None:
+                    refused = len(items) - index
+                    self._warn_once("dropped", "spool full: batch refused", spool_bytes=spool.size_bytes)
+                    break
+                records.append(record)
+            if sync:
+                spool.sync()
+            else:
+                spool.flush()
+            self.recent.extend(records)
+            self.durable[0] += len(rejected)
+            self.durable[1] += refused
+            self.durable[2] += len(records)
+        return DurableBatch(spooled=len(records), rejected=rejected, refused=refused)
+
     def _feed(self) -> bool:
         """Hand spooled records to the Kafka client, in order, up to the in-flight bound."""
-        now = time.monotonic()
-        if now < self._backoff_until:
+        if not self._backoff.ready():
             return False
         if self.failed:
             if self.outstanding:
@@ -357,8 +404,7 @@ class _Worker(threading.Thread):
         self._back_off()
 
     def _back_off(self) -> None:
-        self._backoff_until = time.monotonic() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, 10.0)
+        self._backoff.failed()
 
     def _finish_orphan_if_done(self) -> None:
         if self.orphans and not self.in_flight and not self.current.pending():
@@ -368,7 +414,7 @@ class _Worker(threading.Thread):
             handle.close()
             self._reset_reading()
         elif not self.in_flight:
-            self._backoff_s = 0.5
+            self._backoff.succeeded()
 
     def _reject(self, item: Any, reason: str) -> None:
         """Keep the rejected record with its reason in a local file (a dead letter, not a log stream)."""
@@ -480,6 +526,38 @@ class Emitter:
             }
         )
 
+    def start(self) -> None:
+        """Start the worker now rather than at the first hand-off: it adopts the spools of dead
+        processes and produces them, which a long-running service wants at once."""
+        if self._worker is None or self._pid != os.getpid():
+            self._start()
+
+    def spool_batch(self, items: Sequence[Any], *, sync: bool = False) -> DurableBatch:
+        """Validate, encode and append `items` to the spool on the caller's thread; return once durable.
+
+        Durable as the spool defines it: handed to the OS, so the records survive the death of this
+        process (with `sync`, also forced to the device, which survives power loss at the cost of an
+        fsync per batch). The worker then produces them to Kafka like any other spooled record.
+        Invalid items are rejected with their reason (not written to the reject log: the caller
+        answers for them); when the spool is full the rest of the batch is refused, and nothing of
+        it is counted as dropped, since the caller still holds it. Blocking, unlike `on_finish`.
+        """
+        self.start()
+        worker = self._worker
+        assert isinstance(worker, _Worker)
+        return worker.append_batch(items, sync=sync)
+
+    def spooled_bytes(self) -> int:
+        """Bytes in this process's spools (its own and those it adopted), delivered or not yet.
+
+        Whole segments are freed only once every record in them is delivered, so this may exceed
+        the undelivered bytes by up to a segment per spool.
+        """
+        worker = self._worker
+        if not isinstance(worker, _Worker):
+            return 0
+        return worker.instance.spool.size_bytes + sum(spool.size_bytes for _, spool, _ in worker.orphans)
+
     def _start(self) -> None:
         with self._start_lock:
             if self._worker is not None and self._pid == os.getpid():
@@ -502,6 +580,10 @@ class Emitter:
             stats["dropped"] += dropped
             stats["spooled"] += spooled
             stats["handed_off"] += rejected + dropped + spooled
+            rejected, _, spooled = worker.durable
+            stats["rejected"] += rejected
+            stats["spooled"] += spooled
+            stats["handed_off"] += rejected + spooled
         return stats
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from onfinish.schemas.contract import RECORD_TYPES, RecordType
 from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
+from onfinish.schemas.wire import describe_validation_error
 
 
 class RejectedEvent(Exception):
@@ -22,13 +23,6 @@ class RejectedEvent(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _reason(error: ValidationError) -> str:
-    # Locations and messages only: the offending values may be PII and never go to a log.
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in error.errors(include_input=False)
-    )
 
 
 class Encoder:
@@ -54,7 +48,7 @@ class Encoder:
             try:
                 return model.model_validate(item)
             except ValidationError as exc:
-                raise RejectedEvent(f"{model.__name__} invalid: {_reason(exc)}") from None
+                raise RejectedEvent(f"{model.__name__} invalid: {describe_validation_error(exc)}") from None
         raise RejectedEvent(f"not an onfinish record: {type(item).__name__}")
 
     def encode(self, item: Any) -> tuple[int, bytes, bytes]:

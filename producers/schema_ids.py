@@ -14,10 +14,10 @@ from pathlib import Path
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from onfinish.schemas.contract import RECORD_TYPES
+from onfinish.schemas.wire import framing, registry_client, schema_id_of
 from onfinish.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
-MAGIC_BYTE = b"\x00"
 
 
 class SchemaIds:
@@ -46,13 +46,10 @@ class SchemaIds:
         for kind in range(len(RECORD_TYPES)):
             schema_id = cached.get(self._cache_key(kind))
             if isinstance(schema_id, int):
-                self._prefixes[kind] = MAGIC_BYTE + schema_id.to_bytes(4, "big")
+                self._prefixes[kind] = framing(schema_id)
 
     def _save(self) -> None:
-        cached = {
-            self._cache_key(kind): int.from_bytes(prefix[1:], "big")
-            for kind, prefix in self._prefixes.items()
-        }
+        cached = {self._cache_key(kind): schema_id_of(prefix) for kind, prefix in self._prefixes.items()}
         tmp = self.cache_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(cached))
         tmp.replace(self.cache_file)
@@ -69,9 +66,7 @@ class SchemaIds:
             if self._client is None:
                 # One quick attempt: the worker must get back to draining the hand-off queue into the
                 # spool, and it retries on its own back-off. The client's default retries sleep.
-                self._client = SchemaRegistryClient(
-                    {"url": self.registry.url, "timeout": min(self.registry.timeout_s, 2.0), "max.retries": 0}
-                )
+                self._client = registry_client(self.registry, quick=True)
             schema_id: int | None = (
                 self._client.register_schema(subject, schema)
                 if self.auto_register
@@ -82,7 +77,7 @@ class SchemaIds:
                 "schema registry unavailable", extra={"subject": subject, "error": type(exc).__name__}
             )
             return None
-        prefix = MAGIC_BYTE + int(schema_id or 0).to_bytes(4, "big")
+        prefix = framing(int(schema_id or 0))
         self._prefixes[kind] = prefix
         self._save()
         return prefix

@@ -144,6 +144,11 @@ ALL_RECORD_TYPES: tuple[RecordType, ...] = (
     *CORRECTION_RECORD_TYPES,
 )
 
+RECORD_TYPES_BY_NAME: dict[str, RecordType] = {
+    record_type.full_name: record_type for record_type in ALL_RECORD_TYPES
+}
+"""Every record of the contract by its Avro full name (namespace.name), as writer schemas name it."""
+
 
 def record_type_of(record: _Record) -> RecordType:
     for record_type in RECORD_TYPES:

@@ -18,6 +18,7 @@ class Stage(StrEnum):
     enrich = "enrich"
     redact = "redact"
     sink = "sink"
+    collect = "collect"  # onfinish collect's Collector topic worker: an OTLP record it could not read
 
 
 class Reason(StrEnum):

@@ -23,6 +23,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from onfinish.errors import OnfinishError
 from onfinish.schemas.contract import ALL_RECORD_TYPES, COMPATIBILITY, RecordType
+from onfinish.schemas.wire import registry_client
 from onfinish.settings import RegistrySettings
 
 
@@ -52,7 +53,7 @@ class CheckResult:
 
 
 def _client(settings: RegistrySettings) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": settings.url, "timeout": settings.timeout_s})
+    return registry_client(settings)
 
 
 @contextmanager

@@ -16,8 +16,6 @@ is inserted again after a crash between insert and commit is dropped by ClickHou
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,10 +23,8 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-import fastavro
-
-from onfinish.schemas.contract import ALL_RECORD_TYPES, RecordType
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.wire import Refused, WriterSchema, framing_of, read_body, schema_id_of
 from onfinish.sinks.tables import TABLES, TableSpec, dlq_row
 
 
@@ -43,38 +39,9 @@ class KafkaRecord(NamedTuple):
     headers: list[tuple[str, bytes]] | None = None
 
 
-@dataclass(frozen=True)
-class Writer:
-    """A registered schema records were written with, and the contract record it is."""
-
-    record_type: RecordType
-    parsed: Any
-
-
-# Returns the writer of a schema id, None when the registry does not know it or it is not a
-# contract record; raises when the registry cannot be asked (the batch then waits).
-WriterLookup = Callable[[int], Writer | None]
-
-
-class RegistryWriters:
-    """Writer schemas by id, fetched from the registry once."""
-
-    def __init__(self, fetch_schema_str: Callable[[int], str | None]) -> None:
-        self._fetch = fetch_schema_str
-        self._cache: dict[int, Writer | None] = {}
-
-    def __call__(self, schema_id: int) -> Writer | None:
-        if schema_id not in self._cache:
-            text = self._fetch(schema_id)
-            writer = None
-            if text is not None:
-                document = json.loads(text)
-                name = f"{document.get('namespace', '')}.{document.get('name', '')}"
-                record_type = next((r for r in ALL_RECORD_TYPES if r.full_name == name), None)
-                if record_type is not None:
-                    writer = Writer(record_type, fastavro.parse_schema(document))
-            self._cache[schema_id] = writer
-        return self._cache[schema_id]
+# Returns the writer of a schema id (WriterSchemas in schemas/wire.py), None when the registry does
+# not know it; raises when the registry cannot be asked (the batch then waits).
+WriterLookup = Callable[[int], WriterSchema | None]
 
 
 _PARTITION = itemgetter(0, 1)  # of a KafkaRecord: (topic, partition)
@@ -188,13 +155,14 @@ class BatchBuilder:
         dead-lettered, the others are inserted as rows)."""
         batch = Batch()
         now = self.clock()
-        # (topic, schema id bytes) -> the insert its records pass through to: the checks of `_add`
-        # are made once per batch for the records that carry most rows.
+        # (topic, framing) -> the insert its records pass through to: the checks of `_add` are made
+        # once per batch and schema for the records that carry most rows.
         routes: dict[tuple[str, bytes], Insert] = {}
         for record in records:
             value = record.value
-            if value and value[0] == 0 and not decode_all:
-                route = routes.get((record.topic, value[1:5]))
+            header = framing_of(value)
+            if header is not None and value is not None and not decode_all:
+                route = routes.get((record.topic, header))
                 if route is not None:
                     route.pass_through(record, value)
                     continue
@@ -206,8 +174,8 @@ class BatchBuilder:
                 continue
             added = self._add(batch, self.topic_tables[record.topic], record, decode_all)
             if isinstance(added, Insert):
-                assert value is not None
-                routes[(record.topic, value[1:5])] = added
+                assert header is not None  # only framed values pass through
+                routes[(record.topic, header)] = added
             elif added is not None:
                 reason, message = added
                 batch.dead_lettered[reason.value] = batch.dead_lettered.get(reason.value, 0) + 1
@@ -232,13 +200,13 @@ class BatchBuilder:
         """Adds the record to its insert: returns the insert when the record passes through to it,
         None when it became a row, the reason and message when it cannot be stored."""
         value = record.value
-        if not value:
-            return Reason.empty, "the record has no value"
-        if value[0] != 0 or len(value) < 5:
-            return Reason.not_confluent_framed, f"first byte {value[0]:#04x}, expected the magic byte 0x00"
-        schema_id = int.from_bytes(value[1:5], "big")
+        try:
+            schema_id = schema_id_of(value)
+        except Refused as refused:
+            return refused.reason, refused.message
+        assert value is not None  # schema_id_of refuses an empty value
         writer = self.lookup(schema_id)
-        if writer is None:
+        if writer is None or writer.record_type is None:
             return Reason.unknown_schema_id, f"schema id {schema_id} is not a schema of the contract"
         spec = specs.get(writer.record_type.full_name)
         if spec is None:
@@ -251,20 +219,12 @@ class BatchBuilder:
         if spec.name in self.avro_tables and not decode_all:
             insert.pass_through(record, value)
             return insert
-        body = io.BytesIO(value)
-        body.seek(5)
         try:
-            datum = fastavro.schemaless_reader(body, writer.parsed, spec.record_type.parsed)
-            if body.tell() != len(value):
-                return Reason.undecodable, f"{len(value) - body.tell()} bytes left after the record"
-            if not isinstance(datum, dict):
-                return Reason.undecodable, "the body is not a record"
+            datum = read_body(value, writer.parsed, spec.record_type.parsed, schema_id)
             row = spec.to_row(datum, record.partition, record.offset)
-        except UnicodeDecodeError as exc:
-            return Reason.invalid_encoding, f"invalid UTF-8 in a string: {exc.reason}"
-        except (EOFError, StopIteration, IndexError) as exc:
-            return Reason.truncated, f"the body ends early ({type(exc).__name__})"
-        except Exception as exc:  # fastavro and row building raise assorted errors on garbage
+        except Refused as refused:
+            return refused.reason, refused.message
+        except Exception as exc:  # row building raises assorted errors on data it cannot store
             return Reason.undecodable, f"{type(exc).__name__}: {str(exc)[:200]}"
         insert.rows.append(row)
         insert.cover(record)

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from onfinish.errors import ConfigurationError
-from onfinish.processors.histograms import DEFAULT_GRID
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client

@@ -55,15 +55,6 @@ class SinkSettings(BaseSettings):
     query_host: str = Field(
         default="127.0.0.1", description="Interface of the read-only SQL endpoint (embedded mode)."
     )
-    fault_exit_after_batches: int = Field(
-        default=0,
-        ge=0,
-        description=(
-            "Fault drills only: the process exits hard after storing this many batches, before "
-            "committing the last (0 = never). Proves that a crash between insert and commit loses "
-            "and doubles nothing."
-        ),
-    )
     query_port: int = Field(
         default=8124,
         description="Port of the read-only SQL endpoint the embedded ClickHouse's owner serves; 0 = none.",

@@ -21,7 +21,6 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from onfinish.processors.histograms import DEFAULT_GRID
 from onfinish.schemas.contract import (
     ALERT,
     COST_CORRECTION,
@@ -33,6 +32,7 @@ from onfinish.schemas.contract import (
     RecordType,
 )
 from onfinish.schemas.deadletter import DeadLetter
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 
 RowBuilder = Callable[[dict[str, Any], int, int], list[Any]]
 
@@ -50,10 +50,6 @@ class TableSpec:
     """Insert column names, in row order."""
     to_row: RowBuilder
     """(decoded datum, Kafka partition, Kafka offset) -> the row's values, in ``columns`` order."""
-
-
-def _field_names(record_type: RecordType) -> tuple[str, ...]:
-    return tuple(str(field["name"]) for field in record_type.schema["fields"])
 
 
 def _values(fields: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -75,7 +71,7 @@ def _copy_row(fields: Sequence[str]) -> RowBuilder:
 
 
 def _spec(name: str, record_type: RecordType) -> TableSpec:
-    fields = _field_names(record_type)
+    fields = record_type.field_names
     return TableSpec(name, record_type, (*fields, *KAFKA_COLUMNS), _copy_row(fields))
 
 
@@ -91,7 +87,7 @@ def dense_counts(buckets: Sequence[int], counts: Sequence[int]) -> list[int]:
 
 # The window columns are the snapshot's fields with each histogram's sparse pair (<h>_buckets,
 # <h>_counts) replaced by one dense <h>_counts column at the place of the pair.
-_WINDOW_FIELDS = _field_names(WINDOW_SNAPSHOT)
+_WINDOW_FIELDS = WINDOW_SNAPSHOT.field_names
 
 
 def _sparse_pair_at(histogram: str) -> int:

@@ -13,17 +13,17 @@ and each can be scaled on its own. A family thread:
 A worker killed between 3 and 4 re-inserts the same batch on restart (same records, same token)
 and ClickHouse drops it; the replacing tables collapse anything that still arrives twice.
 
-In embedded mode (chDB) this process owns the data directory, so it also serves the read-only SQL
-endpoint (sinks/query.py) that the CLI, the dashboard and analysts use. /health and /metrics are
+In embedded mode (chDB) this process owns the data directory, so `onfinish sink` also has it serve the
+read-only SQL endpoint (onfinish/query/) that the CLI, the dashboard and analysts use; this module
+only offers the hook (`serve_reads`), so the write path imports no application. /health and /metrics are
 served on `web_port`. SIGTERM or SIGINT: every family finishes its batch, commits and closes.
 
-Run it with `onfinish sink` or `python -m onfinish.sinks.worker`.
+Run it with `onfinish sink` (`python -m onfinish.sinks.worker` runs the write path alone).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -32,39 +32,36 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from onfinish.errors import OnfinishError
+from onfinish.health import HealthServer
+from onfinish.retry import Backoff, Stopped, retry_until_stopped
 from onfinish.runtime import tune_gc
+from onfinish.schemas.wire import RegistryUnavailable, WriterSchemas, registry_client, schema_text_fetch
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
+from onfinish.sinks import clickhouse
 from onfinish.sinks.batches import (
     Batch,
     BatchBuilder,
     Insert,
     KafkaRecord,
-    RegistryWriters,
     offset_ranges,
     topic_tables,
 )
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.settings import SinkSettings
 from onfinish.sinks.tables import DLQ_COLUMNS, TABLES
-from onfinish.stack import clickhouse
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger(__name__)
 
-
-class RegistryUnavailable(OnfinishError):
-    """The registry could not be asked: the batch waits for it."""
+ServeReads = Callable[["Client"], Callable[[], None]]
+"""Starts read access on the owner's ClickHouse client and returns how to stop it."""
 
 
 class SinkMetrics:
@@ -98,20 +95,6 @@ class SinkMetrics:
         self.lag = Gauge("onfinish_sink_lag", "Records not yet consumed.", ["family"], registry=self.registry)
 
 
-def _fetch_schema(client: SchemaRegistryClient) -> Callable[[int], str | None]:
-    def fetch(schema_id: int) -> str | None:
-        try:
-            return str(client.get_schema(schema_id).schema_str)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                return None
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-        except Exception as exc:  # transport errors
-            raise RegistryUnavailable(f"schema {schema_id}: {exc}") from exc
-
-    return fetch
-
-
 class FamilySink:
     """One table family: its consumer group, batches, inserts and commits."""
 
@@ -142,9 +125,7 @@ class FamilySink:
         if family == "dlq":
             self.topics = [f"{prefix}.dlq"]
         self.builder = BatchBuilder(
-            RegistryWriters(
-                _fetch_schema(SchemaRegistryClient({"url": registry.url, "timeout": registry.timeout_s}))
-            ),
+            WriterSchemas(schema_text_fetch(registry_client(registry))),
             tables,
             f"{prefix}.dlq",
             clock=lambda: datetime.now(UTC),
@@ -176,7 +157,6 @@ class FamilySink:
             else None
         )
         self.pending: list[Any] = []  # consumed messages of the batch being built
-        self.stored_batches = 0
         self.inflight: _InFlight | None = None  # the batch being inserted
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{family}-insert")
         self.stop = threading.Event()
@@ -275,10 +255,6 @@ class FamilySink:
     def _commit(self, inflight: _InFlight) -> None:
         self.inflight = None
         inflight.future.result()  # raises _Stopped when the batch was given up at shutdown
-        self.stored_batches += 1
-        if self.stored_batches == self.settings.fault_exit_after_batches:
-            log.warning("fault drill: exiting between insert and commit")
-            os._exit(86)
         self._commit_offsets(
             [
                 confluent_kafka.TopicPartition(t, p, last + 1)
@@ -297,28 +273,36 @@ class FamilySink:
         what happens when this worker left the group meanwhile (its generation is over), and when
         the worker is stopping; any other failure is retried with backoff, for as long as it lasts.
         """
-        delay = self.settings.retry_initial_s
-        while True:
+
+        def commit() -> None:
             try:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
-                return
             except confluent_kafka.KafkaException as exc:
                 error = exc.args[0]
-                if error.code() in _MEMBERSHIP_LOST:
-                    log.info(
-                        "commit refused: the partitions moved on; the next owner re-reads the batch",
-                        extra={"family": self.family, "error": error.str()},
-                    )
-                    return
-                self.metrics.failures.labels(self.family).inc()
-                log.warning(
-                    "commit failed; retrying",
-                    extra={"family": self.family, "error": error.str(), "retry_in_s": delay},
+                if error.code() not in _MEMBERSHIP_LOST:
+                    raise
+                log.info(
+                    "commit refused: the partitions moved on; the next owner re-reads the batch",
+                    extra={"family": self.family, "error": error.str()},
                 )
-            if self.stop.wait(delay):
-                log.info("stopping with a commit not done; the batch is re-read and dropped on restart")
-                return
-            delay = min(delay * 2, self.settings.retry_max_s)
+
+        def failed(exc: Exception, delay: float) -> None:
+            self.metrics.failures.labels(self.family).inc()
+            log.warning(
+                "commit failed; retrying",
+                extra={"family": self.family, "error": exc.args[0].str(), "retry_in_s": delay},
+            )
+
+        try:
+            retry_until_stopped(
+                commit,
+                backoff=self._backoff(),
+                stop=self.stop,
+                on_failure=failed,
+                retry_on=(confluent_kafka.KafkaException,),
+            )
+        except Stopped:
+            log.info("stopping with a commit not done; the batch is re-read and dropped on restart")
 
     def _drain(self) -> None:
         """Store and commit everything consumed: at shutdown, and before partitions are revoked."""
@@ -337,23 +321,31 @@ class FamilySink:
 
     def _store(self, records: list[KafkaRecord], batch: Batch | None) -> None:
         """Insert a batch (on the insert thread); returns once ClickHouse took all of it."""
-        delay = self.settings.retry_initial_s
-        while True:
-            try:
-                self._insert(batch or self.builder.build(records))
-                return
-            except RegistryUnavailable as exc:
+
+        def failed(exc: Exception, delay: float) -> None:
+            if isinstance(exc, RegistryUnavailable):
                 log.warning("schema registry unavailable; the batch waits", extra={"error": str(exc)[:200]})
-            except Exception as exc:  # ClickHouse unreachable, locked, or refusing
-                self.metrics.failures.labels(self.family).inc()
-                log.warning(
-                    "ClickHouse did not accept the batch; retrying",
-                    extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
-                )
-                self._disconnect()
-            if self.stop.wait(delay):
-                raise _Stopped
-            delay = min(delay * 2, self.settings.retry_max_s)
+                return
+            # ClickHouse unreachable, locked, or refusing
+            self.metrics.failures.labels(self.family).inc()
+            log.warning(
+                "ClickHouse did not accept the batch; retrying",
+                extra={"family": self.family, "error": str(exc)[:300], "retry_in_s": delay},
+            )
+            self._disconnect()
+
+        try:
+            retry_until_stopped(
+                lambda: self._insert(batch or self.builder.build(records)),
+                backoff=self._backoff(),
+                stop=self.stop,
+                on_failure=failed,
+            )
+        except Stopped:
+            raise _Stopped from None
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
 
     def _insert(self, batch: Batch) -> None:
         if self.client is None:
@@ -499,29 +491,6 @@ def _spec_named(table: str) -> Any:
 # --- the process -------------------------------------------------------------------------------
 
 
-class _WebHandler(BaseHTTPRequestHandler):
-    metrics: SinkMetrics
-
-    def do_GET(self) -> None:
-        if self.path == "/health":
-            body = b'{"status": "ok"}'
-            content_type = "application/json"
-        elif self.path == "/metrics":
-            body = generate_latest(self.metrics.registry)
-            content_type = "text/plain; version=0.0.4"
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
 def _lag(consumer: Any) -> float:
     """Records of the assigned partitions not yet consumed, from the client's cached watermarks."""
     try:
@@ -543,8 +512,14 @@ def run(
     *,
     stop: threading.Event | None = None,
     ready: Callable[[], None] | None = None,
+    serve_reads: ServeReads | None = None,
 ) -> None:
-    """Run the sink worker until `stop` is set (or SIGTERM/SIGINT when run as a program)."""
+    """Run the sink worker until `stop` is set (or SIGTERM/SIGINT when run as a program).
+
+    With the embedded ClickHouse this process owns the data directory, and `serve_reads` (the query
+    room's endpoint, given by `onfinish sink`) is started on the owner's client once the migrations
+    are applied; it returns how to stop what it started.
+    """
     settings = settings or SinkSettings()
     kafka = kafka or KafkaSettings()
     registry = registry or RegistrySettings()
@@ -563,17 +538,11 @@ def run(
     families = [
         FamilySink(family, settings, kafka, registry, connect, metrics) for family in settings.families
     ]
-    handler = type("Handler", (_WebHandler,), {"metrics": metrics})
-    web = ThreadingHTTPServer((settings.web_host, settings.web_port), handler)
-    servers: list[Any] = [web]
-    threading.Thread(target=web.serve_forever, name="sink-web", daemon=True).start()
+    web = HealthServer(
+        settings.web_host, settings.web_port, metrics.registry, lambda: (True, {"status": "ok"})
+    ).start()
     embedded = clickhouse_settings.resolved_dsn(stack).startswith("chdb:")
-    if embedded and settings.query_port:
-        from onfinish.sinks.query import QueryServer
-
-        query = QueryServer(owner, settings.query_host, settings.query_port)
-        query.start()
-        servers.append(query)
+    stop_reads = serve_reads(owner) if embedded and serve_reads is not None else None
 
     def start(family: FamilySink) -> threading.Thread:
         thread = threading.Thread(target=family.run, args=(stop,), name=f"sink-{family.family}", daemon=True)
@@ -602,31 +571,33 @@ def run(
         stop.set()
         for thread in threads:
             thread.join(60)
-        for server in servers:
-            if hasattr(server, "shutdown"):
-                server.shutdown()
-            else:
-                server.stop()
+        web.stop()
+        if stop_reads is not None:
+            stop_reads()
         owner.close()
 
 
 def _connect_with_retry(
     connect: Callable[[], Client], stop: threading.Event, settings: SinkSettings
 ) -> Client | None:
-    delay = settings.retry_initial_s
-    while not stop.is_set():
-        try:
-            return connect()
-        except Exception as exc:  # locked by another process, or a server that is not up yet
-            log.warning(
-                "ClickHouse not reachable; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay}
-            )
-            stop.wait(delay)
-            delay = min(delay * 2, settings.retry_max_s)
-    return None
+    def failed(exc: Exception, delay: float) -> None:
+        # Locked by another process, or a server that is not up yet.
+        log.warning(
+            "ClickHouse not reachable; retrying", extra={"error": str(exc)[:300], "retry_in_s": delay}
+        )
+
+    try:
+        return retry_until_stopped(
+            connect,
+            backoff=Backoff(settings.retry_initial_s, settings.retry_max_s),
+            stop=stop,
+            on_failure=failed,
+        )
+    except Stopped:
+        return None
 
 
-def main(families: Iterable[str] | None = None) -> None:
+def main(families: Iterable[str] | None = None, serve_reads: ServeReads | None = None) -> None:
     from onfinish.logs import LogSettings, configure_logging
 
     configure_logging(LogSettings())
@@ -641,7 +612,7 @@ def main(families: Iterable[str] | None = None) -> None:
     if families is not None:
         settings = settings.model_copy(update={"families": list(families)})
     tune_gc(settings.gc_thresholds)
-    run(settings, stop=stop)
+    run(settings, stop=stop, serve_reads=serve_reads)
 
 
 if __name__ == "__main__":

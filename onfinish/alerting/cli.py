@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from onfinish.cli.console import analyst_querier, console, fail_cleanly, parse_since
 from onfinish.errors import OnfinishError
 
 if TYPE_CHECKING:
     from onfinish.alerting.probe import ProbeReport
     from onfinish.alerting.settings import AlertingSettings
-    from onfinish.analytics import Querier
+    from onfinish.query.client import Querier
     from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 
 app = typer.Typer(
@@ -35,9 +34,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-console = Console()
-errors = Console(stderr=True)
-T = TypeVar("T")
 
 
 class ListFormat(StrEnum):
@@ -45,21 +41,13 @@ class ListFormat(StrEnum):
     json = "json"
 
 
-def _fail_cleanly(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except OnfinishError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
-
-
-def _period(text: str, option: str) -> timedelta:
-    from onfinish.analytics import parse_period
+def _duration(text: str) -> timedelta:
+    from onfinish.query.sql import parse_period
 
     try:
         return parse_period(text)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
+        raise typer.BadParameter(str(exc), param_hint="'--for'") from None
 
 
 def _settings() -> AlertingSettings:
@@ -68,16 +56,8 @@ def _settings() -> AlertingSettings:
     return AlertingSettings()
 
 
-def _querier() -> Querier:
-    from onfinish import analytics
-    from onfinish.settings import ClickHouseSettings, StackSettings
-    from onfinish.sinks.settings import SinkSettings
-
-    return _fail_cleanly(lambda: analytics.querier(ClickHouseSettings(), StackSettings(), SinkSettings()))
-
-
 def episodes_sql(since: timedelta, only_open: bool) -> str:
-    from onfinish.analytics import sql_timestamp
+    from onfinish.query.sql import sql_timestamp
 
     start = sql_timestamp(datetime.now(UTC) - since)
     where = "open" if only_open else f"open OR started_at >= {start} OR resolved_at >= {start}"
@@ -92,7 +72,7 @@ LIMIT 500
 
 
 def facts_sql(since: timedelta) -> str:
-    from onfinish.analytics import sql_timestamp
+    from onfinish.query.sql import sql_timestamp
 
     return f"""
 SELECT rule, count() AS breaches
@@ -106,7 +86,7 @@ ORDER BY breaches DESC, rule
 def _when(value: object) -> str:
     if value is None:
         return ""
-    from onfinish.analytics import timestamp
+    from onfinish.query.client import timestamp
 
     return f"{timestamp(value):%Y-%m-%d %H:%M:%S}"
 
@@ -129,11 +109,11 @@ def list_episodes(
 
     Per-call and per-session breaches (facts, never notified) are counted below the table.
     """
-    from onfinish.analytics import records
+    from onfinish.query.client import records
 
-    period = _period(since, "--since")
-    querier = _querier()
-    rows = _fail_cleanly(lambda: records(querier.query(episodes_sql(period, open_only))))
+    period = parse_since(since)
+    querier = analyst_querier()
+    rows = fail_cleanly(lambda: records(querier.query(episodes_sql(period, open_only))))
     if output is ListFormat.json:
         typer.echo(json.dumps(rows, default=str, indent=2))
         return
@@ -165,7 +145,7 @@ def list_episodes(
         )
     console.print(table)
     if not open_only:
-        facts = _fail_cleanly(lambda: records(querier.query(facts_sql(period))))
+        facts = fail_cleanly(lambda: records(querier.query(facts_sql(period))))
         if facts:
             counted = ", ".join(f"{row['rule']} {row['breaches']}" for row in facts)
             console.print(f"Facts (per call or session, not notified) in the last {since}: {counted}.")
@@ -210,14 +190,14 @@ def silence(
 
     if not comment.strip():
         raise typer.BadParameter("say why (Alertmanager keeps it with the silence)", param_hint="'--comment'")
-    period = _period(duration, "--for")
+    period = _duration(duration)
     settings = _settings()
-    label = "rule" if target in _fail_cleanly(lambda: known_rules(settings)) else "subject"
+    label = "rule" if target in fail_cleanly(lambda: known_rules(settings)) else "subject"
     client = AlertmanagerClient(
         settings.alertmanager_url, timeout_s=settings.timeout_s, token=settings.alertmanager_token
     )
     now = datetime.now(UTC)
-    silence_id = _fail_cleanly(
+    silence_id = fail_cleanly(
         lambda: client.create_silence(
             {label: target},
             starts_at=now,
@@ -245,7 +225,7 @@ def test(
     """
     from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 
-    report = _fail_cleanly(
+    report = fail_cleanly(
         lambda: _probe(KafkaSettings(), RegistrySettings(), StackSettings(), _settings(), None, timeout)
     )
     if not report.delivered:
@@ -260,7 +240,6 @@ def _probe(
     querier: Querier | None,
     timeout_s: float,
 ) -> ProbeReport:
-    from onfinish import analytics
     from onfinish.alerting.alertmanager import AlertmanagerClient
     from onfinish.alerting.probe import run_probe
     from onfinish.insights.publisher import RecordPublisher
@@ -268,10 +247,11 @@ def _probe(
 
     if querier is None:
         try:
+            from onfinish.query import client as query_client
             from onfinish.settings import ClickHouseSettings
             from onfinish.sinks.settings import SinkSettings
 
-            querier = analytics.querier(ClickHouseSettings(), stack, SinkSettings())
+            querier = query_client.querier(ClickHouseSettings(), stack, SinkSettings())
         except OnfinishError:
             querier = None  # nothing serves the episodes: that place is left unchecked
     client = AlertmanagerClient(
@@ -302,14 +282,14 @@ def show_demo_notifications(
     """For `onfinish demo`: a test episode end to end, then every notification the local webhook
     receiver got since the demo began (real episodes need minutes of traffic to fire)."""
     from onfinish.alerting.webhook import read_notifications
-    from onfinish.analytics import EndpointQuerier
+    from onfinish.query.client import EndpointQuerier
 
     settings = _settings()
     if not settings.enabled:
         return
     # The demo's own stack runs the Alertmanager, wherever its settings put it.
     settings = settings.model_copy(update={"alertmanager_url": stack.alertmanager_url})
-    _fail_cleanly(lambda: _probe(kafka, registry, stack, settings, EndpointQuerier(query_url), 30.0))
+    fail_cleanly(lambda: _probe(kafka, registry, stack, settings, EndpointQuerier(query_url), 30.0))
     received = read_notifications(stack.notifications_path, since)
     console.print(f"Notifications Alertmanager sent to the webhook receiver during the demo: {len(received)}")
     for notification in received:

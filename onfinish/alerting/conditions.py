@@ -16,7 +16,7 @@ Metrics (the population in brackets):
 - ``ttft_quantile``, ``latency_quantile``: the ``quantile`` of TTFT (or latency), e.g. p95
   [calls with a TTFT, or calls]
 
-Both kinds come from the minutes' mergeable histograms (processors/histograms.py: a fixed
+Both kinds come from the minutes' mergeable histograms (schemas/histogram_grid.py: a fixed
 logarithmic grid with 2% relative accuracy), summed bucket by bucket. A quantile is the
 representative of the bucket holding the value of its rank, within 2% of that value. A call counts
 as above ``above_ms`` when its bucket's representative is above it: only calls within 2% of the
@@ -41,7 +41,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from onfinish.errors import ConfigurationError
-from onfinish.processors.histograms import DEFAULT_GRID, BucketGrid, quantile_from_counts
+from onfinish.schemas.histogram_grid import DEFAULT_GRID, BucketGrid, quantile_from_counts
 
 RULES_RESOURCE: Final = ("data", "alert_conditions.v1.toml")
 

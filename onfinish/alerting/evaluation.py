@@ -14,7 +14,8 @@ from typing import Any
 
 from onfinish.alerting.conditions import ConditionBook, SeriesMinute, judge
 from onfinish.alerting.episodes import Finding, Labels, Timing
-from onfinish.analytics import Querier, records, sql_timestamp, timestamp
+from onfinish.query.client import Querier, records, timestamp
+from onfinish.query.sql import sql_timestamp
 from onfinish.sinks.tables import REPRICING_PARTITION
 
 MINUTE = timedelta(minutes=1)

@@ -10,8 +10,8 @@ accepted by Alertmanager and the firing record of every open episode, and posts:
   good, as it does for Prometheus. A re-post has the same labels, so it is the same alert to
   Alertmanager and never a second notification.
 
-A post that fails because Alertmanager is away is tried again with exponential backoff (1 s,
-doubling, at most ``retry_max_s``; tenacity's policy) until it is accepted or the worker stops;
+A post that fails because Alertmanager is away is tried again with exponential back-off (1 s,
+doubling, at most ``retry_max_s``: onfinish/retry.py) until it is accepted or the worker stops;
 records handed over meanwhile join the next attempt, a resolution replacing its firing. Nothing is
 dropped while Alertmanager is away: a record leaves the queue only once Alertmanager accepted it.
 What a worker that stopped had not delivered yet, the next one posts again at start (watch.py:
@@ -26,9 +26,6 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_when_event_set
-from tenacity.wait import wait_exponential
-
 from onfinish.alerting.alertmanager import (
     AlertmanagerClient,
     AlertmanagerRefused,
@@ -36,6 +33,7 @@ from onfinish.alerting.alertmanager import (
     episode_alerts,
 )
 from onfinish.alerting.settings import AlertingSettings
+from onfinish.retry import Backoff, Stopped, retry_until_stopped
 from onfinish.schemas.models import Alert
 
 log = logging.getLogger(__name__)
@@ -127,36 +125,26 @@ class Notifier:
         self.posted += len(alerts)
         return len(alerts)
 
-    def _retrying(self) -> Retrying:
-        def waiting(state: RetryCallState) -> None:
-            log.warning(
-                "Alertmanager away; trying again",
-                extra={
-                    "attempt": state.attempt_number,
-                    "wait_s": round(state.next_action.sleep if state.next_action else 0.0, 1),
-                    "pending": self.pending,
-                    "error": str(state.outcome.exception() if state.outcome else "")[:300],
-                },
-            )
-
-        return Retrying(
-            retry=retry_if_exception_type(AlertmanagerUnavailable),
-            wait=wait_exponential(multiplier=1, min=1, max=self.settings.retry_max_s),
-            stop=stop_when_event_set(self._stop),
-            sleep=self._sleep,
-            before_sleep=waiting,
+    def _waiting(self, error: Exception, delay: float) -> None:
+        log.warning(
+            "Alertmanager away; trying again",
+            extra={"wait_s": round(delay, 1), "pending": self.pending, "error": str(error)[:300]},
         )
-
-    def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)  # a stop cuts a backoff short
 
     def run(self) -> None:
         """Deliver until stopped: at once when records are handed over, and at every re-post."""
+        backoff = Backoff(initial_s=min(1.0, self.settings.retry_max_s), max_s=self.settings.retry_max_s)
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                delivered = self._retrying()(self.deliver)
-            except RetryError:
+                delivered = retry_until_stopped(
+                    self.deliver,
+                    backoff=backoff,
+                    stop=self._stop,  # a stop cuts a back-off short
+                    on_failure=self._waiting,
+                    retry_on=(AlertmanagerUnavailable,),
+                )
+            except Stopped:
                 break  # stopped while Alertmanager was away
             if delivered:
                 log.info("alerts posted to Alertmanager", extra={"alerts": delivered})

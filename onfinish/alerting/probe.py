@@ -28,8 +28,9 @@ from onfinish.alerting.notifier import LASTS_RESENDS
 from onfinish.alerting.records import AlertSink, episode_record
 from onfinish.alerting.settings import AlertingSettings
 from onfinish.alerting.webhook import read_notifications
-from onfinish.analytics import Querier, records, sql_string
 from onfinish.errors import OnfinishError
+from onfinish.query.client import Querier, records
+from onfinish.query.sql import sql_string
 from onfinish.schemas.models import Alert
 
 PROBE_RULE = "onfinish_alerts_test"

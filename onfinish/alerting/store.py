@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 
 from onfinish.alerting.episodes import Episode
 from onfinish.alerting.records import episode_from_row
-from onfinish.analytics import Querier, records, sql_timestamp
+from onfinish.query.client import Querier, records
+from onfinish.query.sql import sql_timestamp
 
 log = logging.getLogger(__name__)
 

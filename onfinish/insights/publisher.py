@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
+from confluent_kafka.schema_registry import topic_record_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -19,6 +19,7 @@ from onfinish.alerting.records import record_key
 from onfinish.errors import OnfinishError
 from onfinish.schemas.contract import ALERT, RecordType
 from onfinish.schemas.models import Alert, _Record
+from onfinish.schemas.wire import registry_client
 from onfinish.settings import KafkaSettings, RegistrySettings
 
 
@@ -30,7 +31,7 @@ class RecordPublisher:
     def __init__(self, kafka: KafkaSettings, registry: RegistrySettings) -> None:
         self.kafka = kafka
         self.prefix = kafka.topic_prefix
-        self.registry = SchemaRegistryClient({"url": registry.url})
+        self.registry = registry_client(registry)
         self.producer = Producer(
             {
                 "bootstrap.servers": kafka.bootstrap_servers,

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from onfinish.analytics import Querier, records, sql_string, timestamp
 from onfinish.errors import ConfigurationError
 from onfinish.insights.compare import Calls, Outcome, Readout, compare
 from onfinish.insights.compare import to_json as readout_json
 from onfinish.insights.stats import Verdict
+from onfinish.query.client import Querier, records, timestamp
+from onfinish.query.sql import sql_string
 from onfinish.schemas.models import Alert
 
 # Dimensions a readout can split calls by: the event's own columns, never free text.

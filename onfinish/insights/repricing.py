@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from onfinish.analytics import Querier, records, sql_timestamp, timestamp
 from onfinish.errors import ConfigurationError
 from onfinish.processors.pricing import PriceCatalog, compute_cost
 from onfinish.processors.windows import window_start
+from onfinish.query.client import Querier, records, timestamp
+from onfinish.query.sql import sql_timestamp
 from onfinish.schemas.models import CostCorrection, WindowCostCorrection
 from onfinish.sinks.tables import REPRICING_PARTITION
 

@@ -49,7 +49,6 @@ from onfinish.alerting.notifier import Notifier
 from onfinish.alerting.records import AlertSink, episode_record
 from onfinish.alerting.settings import AlertingSettings
 from onfinish.alerting.store import Published, StoredEpisodes
-from onfinish.analytics import Querier, records, sql_timestamp, timestamp
 from onfinish.errors import ConfigurationError
 from onfinish.insights.anomalies import (
     AnomalyDetector,
@@ -60,7 +59,9 @@ from onfinish.insights.anomalies import (
 )
 from onfinish.insights.budgets import BudgetBook, BudgetBreach, Spend, evaluate, load_budgets, period_bounds
 from onfinish.insights.readouts import DRIFT_RULE, drift, drift_alert
-from onfinish.processors.histograms import DEFAULT_GRID
+from onfinish.query.client import Querier, records, timestamp
+from onfinish.query.sql import sql_timestamp
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.schemas.models import Alert
 from onfinish.sinks.tables import REPRICING_PARTITION
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from onfinish.alerting.settings import AlertingSettings
-from onfinish.settings import ClickHouseSettings, KafkaSettings, StackSettings
+from onfinish.schemas.governance import Registration, register
+from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 from onfinish.stack import install, process
 from onfinish.stack.alertmanager import AlertmanagerServer, WebhookReceiverServer
 from onfinish.stack.component import Component, ComponentStatus, StartResult
@@ -33,6 +34,7 @@ def _quiet(_: str) -> None:
 class UpReport:
     started: list[StartResult] = field(default_factory=list)
     topics: list[TopicResult] = field(default_factory=list)
+    registrations: list[Registration] = field(default_factory=list)
     clickhouse: str = ""
     clickhouse_version: str = ""
     seconds: float = 0.0
@@ -62,6 +64,7 @@ class Stack:
             update={"bootstrap_servers": self.settings.kafka_bootstrap}
         )
         self.clickhouse_settings = clickhouse or ClickHouseSettings()
+        self.registry_settings = RegistrySettings(url=self.settings.registry_url)
         self.components: tuple[Component, ...] = (
             PostgresServer(self.settings),
             SchemaRegistryServer(self.settings),
@@ -106,13 +109,15 @@ class Stack:
                 report.started.append(component.start())
         progress("provisioning topics")
         report.topics = provision_topics(self.kafka_settings)
+        progress("registering the contract (FULL_TRANSITIVE)")
+        report.registrations = register(self.registry_settings, self.kafka_settings.topic_prefix)
         progress("opening ClickHouse")
         report.clickhouse, report.clickhouse_version = self._check_clickhouse()
         report.seconds = time.monotonic() - began
         return report
 
     def _check_clickhouse(self) -> tuple[str, str]:
-        from onfinish.stack import clickhouse
+        from onfinish.sinks import clickhouse
 
         client = clickhouse.connect(self.clickhouse_settings, self.settings)
         try:

@@ -1,4 +1,5 @@
-"""`onfinish alerts`: a silence names a rule or a subject, and says why; the list shows episodes."""
+"""`onfinish alerts` (as the root command reaches it): a silence names a rule or a subject, and says
+why; the list shows episodes."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
+from onfinish import cli as onfinish
 from onfinish.alerting import cli
 from onfinish.alerting.alertmanager import AlertmanagerClient
-from onfinish.sinks.query import QueryResult
+from onfinish.cli import console as cli_console
+from onfinish.query.results import QueryResult
 
 Created = list[dict[str, Any]]
 
@@ -25,13 +27,15 @@ def silences(monkeypatch: pytest.MonkeyPatch) -> Created:
         return "s-1"
 
     monkeypatch.setattr(AlertmanagerClient, "create_silence", create_silence)
-    monkeypatch.setattr(cli, "console", Console(width=200))
+    monkeypatch.setattr(cli_console.console, "width", 200)
     monkeypatch.setenv("ONFINISH_ALERTING_ALERTMANAGER_URL", "http://am:9093")
     return created
 
 
 def test_a_known_rule_is_silenced_as_a_rule(silences: Created):
-    result = CliRunner().invoke(cli.app, ["silence", "ttft_slow_share", "--for", "2h", "--comment", "deploy"])
+    result = CliRunner().invoke(
+        onfinish.app, ["alerts", "silence", "ttft_slow_share", "--for", "2h", "--comment", "deploy"]
+    )
     assert result.exit_code == 0, result.output
     (silence,) = silences
     assert silence["url"] == "http://am:9093" and silence["matchers"] == {"rule": "ttft_slow_share"}
@@ -42,7 +46,18 @@ def test_a_known_rule_is_silenced_as_a_rule(silences: Created):
 
 def test_anything_else_is_silenced_as_a_subject(silences: Created):
     result = CliRunner().invoke(
-        cli.app, ["silence", "openai/gpt-4o/production", "--for", "30m", "--comment", "known", "--by", "ana"]
+        onfinish.app,
+        [
+            "alerts",
+            "silence",
+            "openai/gpt-4o/production",
+            "--for",
+            "30m",
+            "--comment",
+            "known",
+            "--by",
+            "ana",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert silences[0]["matchers"] == {"subject": "openai/gpt-4o/production"}
@@ -50,8 +65,13 @@ def test_anything_else_is_silenced_as_a_subject(silences: Created):
 
 
 def test_a_silence_without_a_reason_or_with_a_bad_period_is_refused(silences: Created):
-    assert CliRunner().invoke(cli.app, ["silence", "ttft_slow_share"]).exit_code == 2
-    assert CliRunner().invoke(cli.app, ["silence", "x", "--for", "soon", "--comment", "c"]).exit_code == 2
+    assert CliRunner().invoke(onfinish.app, ["alerts", "silence", "ttft_slow_share"]).exit_code == 2
+    assert (
+        CliRunner()
+        .invoke(onfinish.app, ["alerts", "silence", "x", "--for", "soon", "--comment", "c"])
+        .exit_code
+        == 2
+    )
     assert silences == []
 
 
@@ -72,9 +92,9 @@ class Rows:
 
 
 def test_the_list_shows_open_episodes_and_counts_the_facts(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(cli, "_querier", Rows)
-    monkeypatch.setattr(cli, "console", Console(width=250))
-    result = CliRunner().invoke(cli.app, ["list", "--since", "1h"])
+    monkeypatch.setattr(cli, "analyst_querier", Rows)
+    monkeypatch.setattr(cli_console.console, "width", 250)
+    result = CliRunner().invoke(onfinish.app, ["alerts", "list", "--since", "1h"])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "ttft_slow_share" in line)
     assert (

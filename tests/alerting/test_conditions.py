@@ -24,9 +24,10 @@ from onfinish.alerting.conditions import (
     share_above,
 )
 from onfinish.errors import ConfigurationError
-from onfinish.processors.histograms import DEFAULT_GRID, Histogram, quantile_rank
+from onfinish.loadgen.traffic import Effect, TrafficGenerator, TrafficProfile
+from onfinish.processors.histograms import Histogram
 from onfinish.producers import OnFinishEvent
-from onfinish.producers.traffic import Effect, TrafficGenerator, TrafficProfile
+from onfinish.schemas.histogram_grid import DEFAULT_GRID, quantile_rank
 from onfinish.schemas.models import RoutingStrategy, Status
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)

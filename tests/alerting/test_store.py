@@ -13,7 +13,7 @@ from clickhouse_connect.driver.client import Client
 from onfinish.alerting.episodes import Transition
 from onfinish.alerting.records import episode_record
 from onfinish.alerting.store import StoredEpisodes
-from onfinish.analytics import ClientQuerier
+from onfinish.query.client import ClientQuerier
 from onfinish.schemas.contract import ALERT
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.tables import TABLES

@@ -22,6 +22,7 @@ from onfinish.insights.compare import (
     to_json,
 )
 from onfinish.insights.stats import Direction, Verdict
+from tests.conftest import scaled_examples
 
 LATENCY_MEDIAN_MS = 1200.0
 LATENCY_SIGMA = 0.6
@@ -228,6 +229,10 @@ def test_cost_per_session_counts_sessions_not_calls():
 # --- Error rates over seeds -----------------------------------------------------------------------
 
 
+# The two calibrations below (100 and 20 seeds of whole readouts, about half a minute together)
+# measure the statistics' false-alarm rate and power; `make test` runs them with the integration
+# suite, `make test-unit` leaves them out.
+@pytest.mark.integration
 def test_false_alarm_rate_over_seeds_stays_near_nominal():
     # Holm keeps the family-wise rate at 5% or below when the p-values are exact; the bootstrap's
     # are slightly liberal at these sizes, hence the margin.
@@ -253,6 +258,7 @@ def test_false_alarm_rate_over_seeds_stays_near_nominal():
     )
 
 
+@pytest.mark.integration  # a calibration, see above
 def test_power_to_find_a_fifteen_percent_latency_increase():
     seeds = 20
     found = 0
@@ -361,7 +367,7 @@ rows = st.lists(
 
 
 @given(a=rows, b=rows)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=scaled_examples(60), deadline=None)
 def test_any_small_groups_give_a_readout(a, b):
     readout = compare(Calls.from_rows(a), Calls.from_rows(b), a_name="A", b_name="B", resamples=50)
     assert {d.verdict for d in readout.differences} <= set(Verdict)

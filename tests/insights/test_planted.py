@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish.analytics import ClientQuerier
 from onfinish.errors import ConfigurationError
 from onfinish.insights.compare import Calls, compare
 from onfinish.insights.readouts import drift
 from onfinish.insights.stats import Verdict
-from onfinish.producers.traffic import Effect, TrafficGenerator, TrafficProfile
+from onfinish.loadgen.traffic import Effect, TrafficGenerator, TrafficProfile
+from onfinish.query.client import ClientQuerier
 from onfinish.schemas.contract import ENRICHED_EVENT
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
 from onfinish.sinks.migrate import apply_migrations
@@ -69,8 +69,8 @@ def test_effects_are_parsed_and_refused_with_the_reason() -> None:
 
 
 def test_an_effect_changes_only_the_events_it_selects() -> None:
-    plain = _events(3, 2000)
-    planted = _events(3, 2000, SLOWER_B)
+    plain = _events(3, 1000)
+    planted = _events(3, 1000, SLOWER_B)
     assert [e.event_id for e in plain] == [e.event_id for e in planted], "the same traffic otherwise"
     for before, after in zip(plain, planted, strict=True):
         factor = 1.15 if before.variant_id == "B" else 1.0
@@ -79,6 +79,10 @@ def test_an_effect_changes_only_the_events_it_selects() -> None:
         assert after.started_at <= after.finished_at
 
 
+# A calibration: 20 seeds, each drawing 12,000 loadgen items four times: minutes of CPU. It measures the
+# statistics' power and false-alarm rate rather than checking code paths (test_readouts.py and
+# test_compare.py do that in seconds), so it runs with the integration suite in `make test`.
+@pytest.mark.integration
 def test_the_readout_finds_a_planted_slowdown_and_nothing_where_none_was_planted() -> None:
     """Calls of a session are correlated (one model, one feature, a growing context) and variants
     are assigned per session: only intervals that take the session as the unit keep the false
@@ -100,8 +104,8 @@ def test_the_readout_finds_a_planted_slowdown_and_nothing_where_none_was_planted
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """Loadgen traffic in which gpt-4o gets a new version half way through, with 10% more errors."""
-    rollout = Effect.parse("model_id=gpt-4o:version=gpt-4o-2026-11-01:errors=0.1:from=6000")
-    events = _events(11, 12_000, rollout)
+    rollout = Effect.parse("model_id=gpt-4o:version=gpt-4o-2026-11-01:errors=0.1:from=1500")
+    events = _events(11, 3_000, rollout)
     with chdb_engine(tmp_path_factory.mktemp("chdb-planted")) as engine:
         engine.command("CREATE DATABASE IF NOT EXISTS planted")
         engine.database = "planted"

@@ -10,11 +10,11 @@ from datetime import timedelta
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish.analytics import ClientQuerier
 from onfinish.errors import ConfigurationError
 from onfinish.insights.compare import Outcome
 from onfinish.insights.readouts import DRIFT_RULE, drift, drift_alert, readout
 from onfinish.insights.stats import Verdict
+from onfinish.query.client import ClientQuerier
 from onfinish.schemas.contract import ENRICHED_EVENT
 from onfinish.schemas.models import EnrichedEvent, Status
 from onfinish.sinks.migrate import apply_migrations
@@ -147,9 +147,10 @@ def test_the_compare_and_drift_commands_print_the_readouts(
 ) -> None:
     from typer.testing import CliRunner
 
-    from onfinish import analytics, cli
+    from onfinish import cli
+    from onfinish.query import client as query_client
 
-    monkeypatch.setattr(analytics, "querier", lambda *_: ClientQuerier(client))
+    monkeypatch.setattr(query_client, "querier", lambda *_: ClientQuerier(client))
     runner = CliRunner()
     text = runner.invoke(cli.app, ["compare", "--a", "A", "--b", "B", "--since", "3650d"])
     assert text.exit_code == 0, text.output

@@ -3,20 +3,22 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib.resources import files
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish.analytics import ClientQuerier
 from onfinish.errors import ConfigurationError
 from onfinish.insights import repricing
 from onfinish.processors.pricing import PriceCatalog, compute_cost
 from onfinish.processors.windows import WindowKey, WindowState
+from onfinish.query.client import ClientQuerier
 from onfinish.schemas.contract import (
     COST_CORRECTION,
     ENRICHED_EVENT,
@@ -65,15 +67,26 @@ def _windows(events: list[EnrichedEvent]) -> list[dict[str, object]]:
     return [decoded(WINDOW_SNAPSHOT, state.datum(key, 0, NOW)) for key, state in states.items()]
 
 
+@functools.cache
+def _stored_rows() -> tuple[list[Any], list[Any]]:
+    """The events' and their windows' rows, drawn once: each test repriced its own fresh tables,
+    and drawing and enriching the traffic anew for each was most of their time."""
+    events = enriched_events(1500, seed=41)
+    return (
+        rows_of(EVENTS, [decoded_record(ENRICHED_EVENT, e) for e in events]),
+        [WINDOWS.to_row(datum, 0, i) for i, datum in enumerate(_windows(events))],
+    )
+
+
 @pytest.fixture
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     with chdb_engine(tmp_path_factory.mktemp("chdb-repricing")) as engine:
         engine.command("CREATE DATABASE IF NOT EXISTS repricing")
         engine.database = "repricing"
         apply_migrations(engine)
-        events = enriched_events(1500, seed=41)
-        insert(engine, EVENTS, rows_of(EVENTS, [decoded_record(ENRICHED_EVENT, e) for e in events]))
-        insert(engine, WINDOWS, [WINDOWS.to_row(datum, 0, i) for i, datum in enumerate(_windows(events))])
+        event_rows, window_rows = _stored_rows()
+        insert(engine, EVENTS, event_rows)
+        insert(engine, WINDOWS, window_rows)
         # Session snapshots whose cost is their calls' stored cost, as the processors' would be.
         engine.command(
             "INSERT INTO sessions (session_id, version, raw_partition, service, environment, first_at, "

@@ -31,6 +31,7 @@ from onfinish.insights.stats import (
     welch_difference,
     wilson_interval,
 )
+from tests.conftest import scaled_examples
 
 # --- Student t ------------------------------------------------------------------------------------
 
@@ -78,7 +79,7 @@ def test_t_quantile_for_fractional_df_agrees_with_numerical_integration(df):
     p=st.floats(min_value=1e-7, max_value=1 - 1e-7),
     df=st.floats(min_value=0.5, max_value=5e6),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scaled_examples(300), deadline=None)
 def test_t_quantile_inverts_the_distribution_function(p, df):
     t = student_t_quantile(p, df)
     assert student_t_cdf(t, df) == pytest.approx(p, rel=1e-7, abs=1e-12)
@@ -177,7 +178,7 @@ counts = st.integers(min_value=1, max_value=400).flatmap(
 
 
 @given(a=counts, b=counts, confidence=st.floats(min_value=0.5, max_value=0.999))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scaled_examples(300), deadline=None)
 def test_newcombe_interval_is_antisymmetric_bounded_and_agrees_with_its_p_value(a, b, confidence):
     forward = newcombe_difference(a[0], a[1], b[0], b[1], confidence=confidence)
     backward = newcombe_difference(b[0], b[1], a[0], a[1], confidence=confidence)
@@ -235,12 +236,13 @@ def test_welch_ignores_missing_values():
     a=st.lists(st.floats(min_value=-1e3, max_value=1e3), min_size=2, max_size=40),
     b=st.lists(st.floats(min_value=-1e3, max_value=1e3), min_size=2, max_size=40),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled_examples(200), deadline=None)
 def test_welch_interval_agrees_with_its_p_value(a, b):
     estimate = welch_difference(a, b, confidence=0.95)
     if not estimate.testable:
-        # Only without variation (or variation whose variance underflows).
-        assert np.var(a) + np.var(b) < 1e-300
+        # Only without variation: both groups constant (whose variance numpy may still round a hair
+        # above zero: var([683.2352738832017] * 3) is 1.3e-26), or variation whose variance underflows.
+        assert (np.ptp(a) == 0 and np.ptp(b) == 0) or np.var(a) + np.var(b) < 1e-300
         return
     assert estimate.low <= estimate.delta <= estimate.high
     if abs(estimate.p_value - 0.05) > 1e-9:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from onfinish.demo import Demo
+from onfinish.demo.local_pipeline import Demo
 from onfinish.processors.settings import ProcessorSettings
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings
 from onfinish.sinks.settings import SinkSettings
@@ -21,7 +21,21 @@ from onfinish.stack.stack import Stack
 from tests.conftest import REPO, isolated_stack_settings
 from tests.integration.pipeline import PORTS, RECONCILIATIONS, Run
 
-pytestmark = pytest.mark.integration
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder runs against the real stack: mark it `integration`.
+
+    A `pytestmark` in a conftest marks nothing (pytest reads it from test modules only), so until
+    this hook `-m "not integration"` ran every integration test. The hook sees every collected
+    item, so it marks only those under this folder; tests elsewhere that need a real stack or
+    browser carry the marker themselves.
+    """
+    for item in items:
+        if HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onfinish.demo import Demo
-from onfinish.producers.loadgen import LoadReport
-from onfinish.producers.traffic import TrafficProfile
-from onfinish.sinks.query import QueryClient
+from onfinish.demo.local_pipeline import Demo
+from onfinish.loadgen.load import LoadReport
+from onfinish.loadgen.traffic import TrafficProfile
+from onfinish.query.client import QueryClient
 from onfinish.stack.stack import Stack
 
 PORTS = {"processor": 16766, "sink_web": 16866, "sink_query": 16867}

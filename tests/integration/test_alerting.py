@@ -41,11 +41,11 @@ from onfinish.alerting.alertmanager import AlertmanagerClient
 from onfinish.alerting.conditions import RULES_RESOURCE
 from onfinish.alerting.settings import AlertingSettings
 from onfinish.alerting.webhook import Notification, WebhookReceiver
-from onfinish.demo import Demo
+from onfinish.demo.local_pipeline import Demo
+from onfinish.loadgen.traffic import Effect, TrafficProfile
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.producers.traffic import Effect, TrafficProfile
+from onfinish.query.client import QueryClient
 from onfinish.settings import StackSettings
-from onfinish.sinks.query import QueryClient
 from onfinish.sinks.settings import SinkSettings
 from onfinish.stack.alertmanager import AlertmanagerServer, local_config
 from onfinish.stack.stack import Stack

@@ -8,7 +8,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from onfinish.settings import ClickHouseSettings, StackSettings
-from onfinish.stack import clickhouse
+from onfinish.sinks import clickhouse
 from onfinish.stack.stack import Stack
 
 

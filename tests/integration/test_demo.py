@@ -12,14 +12,14 @@ from pathlib import Path
 
 import clickhouse_connect
 
+from onfinish.query.client import QueryClient
 from onfinish.schemas.deadletter import Reason
 from onfinish.settings import KafkaSettings
-from onfinish.sinks.query import QueryClient
 from onfinish.stack.stack import Stack
 from tests.browser import chromium
 from tests.conftest import REPO
-from tests.sinks.test_dashboard import ARTIFACTS
-from tests.sinks.test_dashboard import _wait_for as wait_for_charts
+from tests.query.test_dashboard import ARTIFACTS
+from tests.query.test_dashboard import _wait_for as wait_for_charts
 
 
 def _env(stack: Stack, kafka_settings: KafkaSettings, unique: str, clickhouse_dir: Path) -> dict[str, str]:

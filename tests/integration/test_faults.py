@@ -27,8 +27,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from onfinish.loadgen.load import LoadReport
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.loadgen import LoadReport
 from onfinish.schemas.contract import MAX_RECORD_BYTES, ONFINISH_EVENT
 from onfinish.settings import KafkaSettings
 from onfinish.stack.stack import Stack

@@ -9,9 +9,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from onfinish.producers.loadgen import PACE_SLACK_S, LoadPlan, run_load
+from onfinish.loadgen.load import PACE_SLACK_S, LoadPlan, run_load
+from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.producers.settings import ProducerSettings
-from onfinish.producers.traffic import TrafficProfile
 from onfinish.settings import KafkaSettings, RegistrySettings
 from tests.integration.records import consume, make_topic
 

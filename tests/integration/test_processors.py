@@ -22,11 +22,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from onfinish.inspect import stage_costs
+from onfinish.inspection.status import stage_costs
+from onfinish.loadgen.load import LoadPlan, LoadReport, run_load
+from onfinish.loadgen.traffic import TrafficProfile
 from onfinish.processors.pipeline import STAGES
-from onfinish.producers.loadgen import LoadPlan, LoadReport, run_load
 from onfinish.producers.settings import ProducerSettings
-from onfinish.producers.traffic import TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.settings import KafkaSettings, RegistrySettings
@@ -93,12 +93,12 @@ class _Load:
 
 
 @contextmanager
-def _workers() -> Iterator[Callable[[dict[str, str], Path], subprocess.Popen[bytes]]]:
-    """Starts workers (env, log path) for a test; any a failed test left running is killed."""
+def _workers() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts workers (env, log path, command) for a test; any a failed test left running is killed."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-        started.append(_start_worker(env, log_path))
+    def start(env: dict[str, str], log_path: Path, command: list[str] = WORKER) -> subprocess.Popen[bytes]:
+        started.append(_start_worker(env, log_path, command))
         return started[-1]
 
     try:
@@ -281,10 +281,16 @@ def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lette
     assert dict(by_window) == dict(expected)
 
 
-def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+WORKER = [sys.executable, "-m", "onfinish.processors.worker", "worker"]
+HOLE_DRILL_WORKER = [sys.executable, "-m", "tests.drills", "processor", "worker"]  # the worker, with a hole
+
+
+def _start_worker(
+    env: dict[str, str], log_path: Path, command: list[str] = WORKER
+) -> subprocess.Popen[bytes]:
     log = log_path.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "onfinish.processors.worker", "worker"],
+        command,
         env=env,
         cwd=REPO,
         stdout=log,
@@ -422,11 +428,11 @@ def test_records_that_never_reached_the_stream_are_read_again_before_anything_af
     once; the records it skipped were never acknowledged, so its stop leaves nothing behind."""
     env = {
         **pipeline_env,
-        "ONFINISH_PROCESSOR_FAULT_HOLE_AFTER_RECORDS": "400",
-        "ONFINISH_PROCESSOR_FAULT_HOLE_RECORDS": "150",
+        "ONFINISH_DRILL_HOLE_AFTER_RECORDS": "400",
+        "ONFINISH_DRILL_HOLE_RECORDS": "150",
     }
     with _workers() as start:
-        worker = start(env, tmp_path / "worker.log")
+        worker = start(env, tmp_path / "worker.log", HOLE_DRILL_WORKER)
         _wait_ready(WEB_PORT)
         plan = LoadPlan(rate=1000, duration_s=4, seed=35, profile=TrafficProfile(malformed_share=0))
         report = _Load(plan, unique, kafka_settings, registry_settings, tmp_path).report()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from onfinish.roundtrip import SELFCHECK_TABLE, run_round_trip
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings
-from onfinish.stack import clickhouse
+from onfinish.sinks import clickhouse
+from onfinish.stack.roundtrip import SELFCHECK_TABLE, run_round_trip
 from onfinish.stack.stack import Stack
 
 

@@ -136,3 +136,29 @@ def test_alert_v3_is_a_compatible_change_of_alert_v1_and_v2(registry_settings: R
     result = check(registry_settings, unique, schema_path("alert.v3.avsc"))
     assert result.compatible, result.incompatible
     assert result.versions_checked == [1, 2]
+
+
+def _subject_levels(registry_url: str, prefix: str) -> dict[str, str]:
+    """Each onfinish subject of the prefix and its own compatibility level, through the REST API."""
+    import urllib.error
+    import urllib.request
+
+    from onfinish.schemas.contract import ALL_RECORD_TYPES
+
+    levels = {}
+    for record_type in ALL_RECORD_TYPES:
+        subject = record_type.subject(record_type.topic(prefix))
+        try:
+            with urllib.request.urlopen(f"{registry_url}/config/{subject}", timeout=10) as response:
+                levels[subject] = json.load(response)["compatibilityLevel"]
+        except urllib.error.HTTPError as error:  # 404: no level of its own, the global default applies
+            levels[subject] = f"HTTP {error.code}"
+    return levels
+
+
+def test_the_stack_and_the_demo_s_admin_step_govern_every_subject_full_transitive(stack, run) -> None:
+    """`stack up` registers the default prefix's subjects, the demo's admin step its own prefix's."""
+    url = stack.settings.registry_url
+    prefix = run.demo.kafka.topic_prefix
+    for levels in (_subject_levels(url, "onfinish"), _subject_levels(url, prefix)):
+        assert set(levels.values()) == {"FULL_TRANSITIVE"}, levels

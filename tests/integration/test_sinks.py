@@ -25,14 +25,16 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from onfinish.loadgen.traffic import Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, TimeBounds, WriterSchema
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.traffic import Malformed, TrafficGenerator, TrafficProfile
+from onfinish.query.client import QueryClient
+from onfinish.query.guard import ReadOnlyRefused
 from onfinish.schemas.contract import (
     ALERT,
     ENRICHED_EVENT,
@@ -45,10 +47,11 @@ from onfinish.schemas.contract import (
 )
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import OnFinishEvent, Status
+from onfinish.schemas.wire import WriterSchema
 from onfinish.settings import KafkaSettings, RegistrySettings
-from onfinish.sinks.query import QueryClient, ReadOnlyRefused
 from onfinish.stack.topics import provision_topics
 from tests.conftest import REPO
+from tests.drills import SINK_EXIT_CODE
 
 WEB_PORT = 16366
 QUERY_PORT = 16367
@@ -133,9 +136,13 @@ class _Outputs:
         assert producer.flush(60) == 0
 
 
-def _start_sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+SINK = [sys.executable, "-m", "onfinish", "sink"]
+EXIT_DRILL_SINK = [sys.executable, "-m", "tests.drills", "sink"]  # the sink, exiting before a commit
+
+
+def _start_sink(env: dict[str, str], log: Path, command: list[str] = SINK) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "onfinish.sinks.worker"],
+        command,
         env=env,
         cwd=REPO,
         stdout=log.open("ab"),
@@ -312,10 +319,11 @@ def test_a_sink_killed_between_insert_and_commit_loses_and_doubles_nothing(
     outputs = _Outputs(registry_settings, unique, 2500, seed=32)
     outputs.send(kafka_settings)
     crashing = _start_sink(
-        {**sink_env, "ONFINISH_SINK_FAULT_EXIT_AFTER_BATCHES": "2", "ONFINISH_SINK_BATCH_ROWS": "400"},
+        {**sink_env, "ONFINISH_DRILL_SINK_EXIT_AFTER_BATCHES": "2", "ONFINISH_SINK_BATCH_ROWS": "400"},
         tmp_path / "sink.log",
+        EXIT_DRILL_SINK,
     )
-    assert crashing.wait(120) == 86, (tmp_path / "sink.log").read_text()[-2000:]
+    assert crashing.wait(120) == SINK_EXIT_CODE, (tmp_path / "sink.log").read_text()[-2000:]
     restarted = _start_sink(sink_env, tmp_path / "sink.log")
     try:
         _exact(QueryClient(f"http://127.0.0.1:{QUERY_PORT}"), outputs)

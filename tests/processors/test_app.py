@@ -10,10 +10,10 @@ import logging
 import pytest
 from faust.types import TP
 
-from onfinish.processors.app import ProcessorMetrics, _assigned, build_app, commit_what_was_acked
+from onfinish.processors.app import ProcessorMetrics, _assigned, build_app
+from onfinish.processors.faust_overrides import StructuredLogWorker, commit_what_was_acked
 from onfinish.processors.pipeline import Output, Pipeline
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.processors.worker import Worker
 from onfinish.runtime import tune_gc
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT
 from onfinish.settings import KafkaSettings
@@ -128,7 +128,7 @@ def test_worker_logs_keep_each_record_s_fields(capsys: pytest.CaptureFixture[str
         with pytest.MonkeyPatch.context() as env:
             env.setenv("ONFINISH_LOG_FORMAT", "json")
             env.setenv("ONFINISH_LOG_LEVEL", "INFO")
-            Worker(app, loglevel="INFO", quiet=True).on_setup_root_logger(root, logging.INFO)
+            StructuredLogWorker(app, loglevel="INFO", quiet=True).on_setup_root_logger(root, logging.INFO)
         logging.getLogger("onfinish.test").info("offsets committed at stop", extra={"committed": {"p[0]": 7}})
     finally:
         root.handlers[:], root.level = handlers, level

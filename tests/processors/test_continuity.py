@@ -1,4 +1,5 @@
-from onfinish.processors.continuity import Continuity, HoleDrill, Verdict
+from onfinish.processors.continuity import Continuity, Verdict
+from tests.drills import HoleDrill
 
 
 def _run(continuity: Continuity, records: list[tuple[int, int]]) -> list[Verdict]:

@@ -10,11 +10,12 @@ from typing import Any
 import fastavro
 import pytest
 
-from onfinish.processors.decoding import Decoder, Refused, WriterSchema
-from onfinish.producers.traffic import Malformed, TrafficGenerator, TrafficProfile
+from onfinish.loadgen.traffic import Malformed, TrafficGenerator, TrafficProfile
+from onfinish.processors.decoding import Decoder
 from onfinish.schemas.contract import FEEDBACK, ONFINISH_EVENT, RecordType
 from onfinish.schemas.deadletter import Reason
 from onfinish.schemas.models import Feedback, OnFinishEvent
+from onfinish.schemas.wire import Refused, WriterSchema
 
 NOW = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
 EVENT_ID, FEEDBACK_ID, EVOLVED_ID = 1, 2, 3

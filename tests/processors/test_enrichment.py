@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ENRICHED_EVENT
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
 
@@ -56,7 +56,7 @@ def test_a_record_constructed_complete_needs_every_field():
 
 
 def test_no_planted_pii_and_no_raw_content_survive():
-    generator, events = _events(3000, pii_share=0.3)
+    generator, events = _events(1000, pii_share=0.3)
     texts = []
     for offset, event in enumerate(events):
         enriched = ENRICHER.enrich(

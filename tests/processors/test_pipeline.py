@@ -12,14 +12,14 @@ from typing import Any
 import fastavro
 import pytest
 
+from onfinish.loadgen.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
-from onfinish.processors.decoding import Decoder, RegistryUnavailable, TimeBounds, WriterSchema
+from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
-from onfinish.producers.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import (
     ENRICHED_EVENT,
     FEEDBACK,
@@ -30,6 +30,7 @@ from onfinish.schemas.contract import (
 )
 from onfinish.schemas.deadletter import DeadLetter
 from onfinish.schemas.models import Feedback, OnFinishEvent, Status
+from onfinish.schemas.wire import RegistryUnavailable, WriterSchema
 
 SCHEMA_IDS = {ONFINISH_EVENT.full_name: 1, FEEDBACK.full_name: 2}
 WRITERS = {1: WriterSchema(ONFINISH_EVENT, ONFINISH_EVENT.parsed), 2: WriterSchema(FEEDBACK, FEEDBACK.parsed)}
@@ -131,11 +132,14 @@ def _expected_totals(items: list[Any]) -> dict[tuple[Any, ...], tuple[int, int, 
 
 
 BATCH_SIZES = pytest.mark.parametrize("batch_size", [1, 7, 500])
+# Traffic sizes: a few hundred records already cover every kind of item, malformed ones among them,
+# and many windows and sessions; with one record per batch each record costs a batch's snapshots,
+# so sizes in the thousands made these tests take a minute and a half together.
 
 
 @BATCH_SIZES
 def test_traffic_in_exact_aggregates_and_dead_letters_out(batch_size: int):
-    raw, items = _raw(21, 3000, malformed_share=0.02)
+    raw, items = _raw(21, 1000, malformed_share=0.02)
     pipeline = _pipeline()
     outputs = _run(pipeline, raw, batch_size=batch_size)
     enriched = [o for o in outputs if o.record_type is ENRICHED_EVENT]
@@ -150,7 +154,7 @@ def test_traffic_in_exact_aggregates_and_dead_letters_out(batch_size: int):
 
 @BATCH_SIZES
 def test_every_record_delivered_twice_changes_no_aggregate(batch_size: int):
-    raw, items = _raw(22, 1500, malformed_share=0)
+    raw, items = _raw(22, 600, malformed_share=0)
     doubled = [record for record in raw for _ in range(2)]  # each event again at the next offset
     pipeline = _pipeline()
     outputs = _run(pipeline, doubled, batch_size=batch_size)
@@ -166,14 +170,14 @@ def test_every_record_delivered_twice_changes_no_aggregate(batch_size: int):
 
 @BATCH_SIZES
 def test_a_crash_and_replay_of_the_partition_counts_nothing_twice(batch_size: int):
-    raw, items = _raw(23, 2000, malformed_share=0)
+    raw, items = _raw(23, 800, malformed_share=0)
     sessions: dict[str, Any] = {}
     windows: dict[str, Any] = {}
     first = _pipeline(sessions, windows)
-    outputs = _run(first, raw, range(0, 1300), batch_size)
+    outputs = _run(first, raw, range(0, 520), batch_size)
     # The state a new worker restores from the changelog, and the offset its group committed.
     restored = _pipeline(dict(sessions), dict(windows))
-    outputs += _run(restored, raw, range(900, len(raw)), batch_size)
+    outputs += _run(restored, raw, range(360, len(raw)), batch_size)
     assert restored.counts.replayed > 0
     assert _window_totals(outputs) == _expected_totals(items)
 
@@ -208,7 +212,7 @@ def test_windows_closed_before_a_crash_stay_closed_when_their_events_are_replaye
 
 def test_a_registry_outage_mid_batch_loses_nothing_and_counts_nothing_twice():
     """Encoding fails now and then (the registry is away); the worker retries the same call."""
-    raw, items = _raw(25, 1200, malformed_share=0)
+    raw, items = _raw(25, 600, malformed_share=0)
     calls = [0]
 
     def flaky(record_type: RecordType, datum: dict[str, Any]) -> bytes:

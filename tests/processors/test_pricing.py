@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onfinish.errors import OnfinishError
+from onfinish.loadgen.traffic import _MODELS, TRAFFIC_START, TrafficGenerator, TrafficProfile
 from onfinish.processors.pricing import (
     CostBreakdown,
     ModelMetadata,
@@ -18,7 +19,6 @@ from onfinish.processors.pricing import (
     PricingError,
     compute_cost,
 )
-from onfinish.producers.traffic import _MODELS, TRAFFIC_START, TrafficGenerator, TrafficProfile
 from onfinish.schemas.models import MAX_TOKENS, OnFinishEvent
 
 AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

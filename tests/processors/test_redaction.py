@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import string
-import time
 from pathlib import Path
 from uuid import UUID
 
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.redaction import (
     PatternSet,
     RedactionError,
@@ -22,8 +22,8 @@ from onfinish.processors.redaction import (
     redact_attributes,
     redact_text,
 )
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.models import OnFinishEvent
+from tests.conftest import scaled_examples
 
 PATTERNS_FILE = Path(__file__).resolve().parents[2] / "processors" / "data" / "redaction_patterns.v1.toml"
 
@@ -598,14 +598,14 @@ def _mixed_texts(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=scaled_examples(400), deadline=None)
 @given(_mixed_texts())
 def test_redaction_is_idempotent(text: str) -> None:
     once = redact_text(text)
     assert redact_text(once) == once
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled_examples(200), deadline=None)
 @given(st.text(max_size=200))
 def test_arbitrary_text_never_breaks_redaction(text: str) -> None:
     once = redact_text(text)
@@ -666,38 +666,33 @@ def test_attributes_outside_the_allow_list_are_dropped(patterns: PatternSet) -> 
 # --- Cost -------------------------------------------------------------------------------------
 
 
-def test_clean_strings_are_cheap_to_redact() -> None:
-    # Measured and printed, not asserted: timing assertions flake on shared CI machines.
-    strings = [text[:80] for text in CLEAN_CORPUS] * (10_000 // len(CLEAN_CORPUS) + 1)
-    strings = strings[:10_000]
-    redact_text("warm up")
-    started = time.perf_counter()
-    for text in strings:
-        redact_text(text)
-    elapsed = time.perf_counter() - started
-    print(f"\nredact_text: {elapsed / len(strings) * 1e6:.2f} µs per short clean string")
+# Adversarial inputs for the patterns: a regex that backtracks catastrophically would take minutes
+# on them (the timeout fails it within one); each must also come out as expected. The cost of
+# redacting clean text is measured by the processor benchmark (bench/processors.py), not here.
+# The unclosed private-key header is repeated 1,000 times rather than 3,000: the key pattern scans
+# to the end of the text from each header, so its time grows with the square of the repeats
+# (6.6 s at 3,000 on a loaded CI machine), and exponential backtracking would show at 1,000 too.
+ADVERSARIAL = [
+    ("a" * 100_000, None),
+    ("1" * 100_000, None),
+    ("a@" * 50_000, None),
+    ("+1 " * 30_000, None),
+    ("sk-" * 30_000, "<api_key>"),
+    ("1.2." * 25_000, None),
+    ("ab:" * 30_000, None),
+    ("x=password=" * 10_000, "x=password=<secret>"),
+    ("DE12 " * 20_000, None),
+    ("Bearer " * 15_000, None),
+    ("http://a:" * 10_000, None),
+    ("-----BEGIN PRIVATE KEY-----" * 1_000, None),
+]
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "a" * 100_000,
-        "1" * 100_000,
-        "a@" * 50_000,
-        "+1 " * 30_000,
-        "sk-" * 30_000,
-        "1.2." * 25_000,
-        "ab:" * 30_000,
-        "x=password=" * 10_000,
-        "DE12 " * 20_000,
-        "Bearer " * 15_000,
-        "http://a:" * 10_000,
-        "-----BEGIN PRIVATE KEY-----" * 3_000,
-    ],
-)
-def test_long_adversarial_inputs_finish(text: str) -> None:
-    # A regex that backtracks catastrophically would hang here for minutes, not fail an assert.
-    redact_text(text)
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "expected"), ADVERSARIAL, ids=[text[:12] for text, _ in ADVERSARIAL])
+def test_long_adversarial_inputs_finish(text: str, expected: str | None) -> None:
+    # None: nothing in it is a secret, so it comes back unchanged.
+    assert redact_text(text) == (text if expected is None else expected)
 
 
 def test_an_iban_next_to_a_phone_number_is_masked_in_one_call():

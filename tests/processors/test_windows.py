@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from onfinish.processors.histograms import quantile_from_counts
 from onfinish.processors.windows import WINDOW, Watermark, WindowKey, WindowState, window_start
+from onfinish.schemas.histogram_grid import quantile_from_counts
 from onfinish.schemas.models import EnrichedEvent, RoutingStrategy, Status
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

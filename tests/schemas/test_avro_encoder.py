@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.avro_encoder import UnsupportedSchema, compile_encoder
 from onfinish.schemas.contract import ALL_RECORD_TYPES, FEEDBACK, ONFINISH_EVENT, RecordType
 from onfinish.schemas.models import Feedback, OnFinishEvent, Status
@@ -32,14 +32,14 @@ def test_the_contract_records_are_compiled(record_type: RecordType):
 def test_byte_for_byte_equal_to_fastavro_on_generated_traffic():
     generator = TrafficGenerator(TrafficProfile(malformed_share=0, pii_share=0.2), seed=3)
     checked = 0
-    for item in generator.items(20_000):
+    for item in generator.items(2_000):  # every kind of event and feedback loadgen makes
         assert not isinstance(item, bytes)
         if isinstance(item, OnFinishEvent | Feedback):
             record_type = ONFINISH_EVENT if isinstance(item, OnFinishEvent) else FEEDBACK
             datum = record_type.to_datum(item)
             assert record_type.encode(datum) == _fastavro(record_type, datum)
             checked += 1
-    assert checked > 19_000
+    assert checked > 1_900
 
 
 EDGE_CASES: list[dict[str, Any]] = [

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from onfinish.processors.windows import WindowKey, WindowState
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, WINDOW_SNAPSHOT, RecordType
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
-from onfinish.sinks.batches import BatchBuilder, KafkaRecord, Writer, offset_ranges, topic_tables
+from onfinish.schemas.wire import WriterSchema
+from onfinish.sinks.batches import BatchBuilder, KafkaRecord, offset_ranges, topic_tables
 from onfinish.sinks.tables import EVENTS, WINDOWS
 from tests.processors.test_windows import _enriched
 
@@ -15,9 +16,9 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 IDS = {1: ENRICHED_EVENT, 2: WINDOW_SNAPSHOT, 3: ALERT}
 
 
-def _lookup(schema_id: int) -> Writer | None:
+def _lookup(schema_id: int) -> WriterSchema | None:
     record_type = IDS.get(schema_id)
-    return None if record_type is None else Writer(record_type, record_type.parsed)
+    return None if record_type is None else WriterSchema(record_type, record_type.parsed)
 
 
 def _framed(schema_id: int, record_type: RecordType, datum: dict) -> bytes:  # type: ignore[type-arg]

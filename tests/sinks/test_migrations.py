@@ -9,7 +9,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from onfinish.errors import ConfigurationError
-from onfinish.processors.histograms import DEFAULT_GRID
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.sinks import migrate
 from onfinish.sinks.migrate import Migration, apply_events_ttl, apply_migrations, load_migrations, render
 from tests.chdb import chdb_engine

@@ -14,6 +14,7 @@ import fastavro
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook, event_alerts
 from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pricing import PriceCatalog
@@ -21,7 +22,6 @@ from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet
 from onfinish.processors.sessions import SessionState
 from onfinish.processors.windows import WindowKey, WindowState
-from onfinish.producers.traffic import TrafficGenerator, TrafficProfile
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT, RecordType
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import EnrichedEvent, OnFinishEvent, _Record

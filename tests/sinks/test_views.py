@@ -18,9 +18,10 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish.processors.histograms import Histogram, quantile_from_counts
+from onfinish.processors.histograms import Histogram
 from onfinish.schemas.contract import ENRICHED_EVENT, QUALITY_UPDATE, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.histogram_grid import quantile_from_counts
 from onfinish.schemas.models import Status
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.tables import DLQ_COLUMNS, TABLES, dlq_row

@@ -22,17 +22,21 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from onfinish import analytics, inspect
 from onfinish.errors import ConfigurationError
+from onfinish.insights import report as reports
+from onfinish.inspection import deadletters, topics
 from onfinish.processors.alerts import RuleBook, event_alerts
-from onfinish.processors.histograms import Histogram, quantile_from_counts
+from onfinish.processors.histograms import Histogram
 from onfinish.processors.windows import WindowKey, WindowState
+from onfinish.query import client as query_client
+from onfinish.query import sql as query_sql
+from onfinish.query.server import QueryServer
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.histogram_grid import quantile_from_counts
 from onfinish.schemas.models import EnrichedEvent, RoutingStrategy, Status
 from onfinish.settings import KafkaSettings
 from onfinish.sinks.migrate import apply_migrations
-from onfinish.sinks.query import QueryServer
 from onfinish.sinks.tables import DLQ_COLUMNS, TABLES, dlq_row
 from tests.sinks.test_tables import NOW, decoded, decoded_record, enriched_events, rows_of, session_datums
 
@@ -188,10 +192,10 @@ def data(client: Client) -> Data:
 
 
 @pytest.fixture(scope="module")
-def q(client: Client, data: Data) -> Iterator[analytics.Querier]:
+def q(client: Client, data: Data) -> Iterator[query_client.Querier]:
     """Queries through the sink's read-only endpoint, on an ephemeral loopback port."""
     with QueryServer(client) as server:
-        yield analytics.EndpointQuerier(server.url)
+        yield query_client.EndpointQuerier(server.url)
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -221,17 +225,17 @@ def _expected_groups(events: list[EnrichedEvent], dimension: str) -> dict[str, d
             "quality_mean": sum(e.quality_score for e in members) / calls,
             **{
                 f"latency_{p}_ms": quantile_from_counts(latency.to_counts(), q)
-                for p, q in analytics.QUANTILES.items()
+                for p, q in reports.QUANTILES.items()
             },
             **{
                 f"ttft_{p}_ms": quantile_from_counts(ttft.to_counts(), q)
-                for p, q in analytics.QUANTILES.items()
+                for p, q in reports.QUANTILES.items()
             },
         }
     return expected
 
 
-def _assert_groups(report: analytics.Report, expected: dict[str, dict[str, Any]]) -> None:
+def _assert_groups(report: reports.Report, expected: dict[str, dict[str, Any]]) -> None:
     assert {g.group for g in report.groups} == set(expected)
     for row in report.groups:
         want = expected[row.group]
@@ -244,7 +248,7 @@ def _assert_groups(report: analytics.Report, expected: dict[str, dict[str, Any]]
 
 
 def test_report_by_model_matches_the_events_of_the_period(q, data):
-    report = analytics.report(q, since=HOUR, by="model")
+    report = reports.report(q, since=HOUR, by="model")
     recent = data.recent_events()
     assert 0 < len(recent) < len(data.events)
     _assert_groups(report, _expected_groups(recent, "model_id"))
@@ -255,20 +259,20 @@ def test_report_by_model_matches_the_events_of_the_period(q, data):
 
 
 def test_report_by_feature_groups_by_feature_with_none_as_empty(q, data):
-    report = analytics.report(q, since=HOUR, by="feature")
+    report = reports.report(q, since=HOUR, by="feature")
     _assert_groups(report, _expected_groups(data.recent_events(), "feature_id"))
     assert report.by == "feature"
 
 
 def test_a_longer_period_takes_in_the_older_windows(q, data):
-    report = analytics.report(q, since=timedelta(hours=4), by="environment")
+    report = reports.report(q, since=timedelta(hours=4), by="environment")
     _assert_groups(report, _expected_groups(data.events, "environment"))
 
 
 def test_report_lists_the_costliest_recent_sessions_and_recent_alerts(q, data):
-    report = analytics.report(q, since=HOUR, by="model")
+    report = reports.report(q, since=HOUR, by="model")
     recent_sessions = [s for s in data.sessions if s["last_at"] >= data.minute - HOUR]
-    top = sorted(recent_sessions, key=lambda s: (-s["cost_usd"], s["session_id"]))[: analytics.TOP_SESSIONS]
+    top = sorted(recent_sessions, key=lambda s: (-s["cost_usd"], s["session_id"]))[: reports.TOP_SESSIONS]
     assert [s.session_id for s in report.top_sessions] == [s["session_id"] for s in top]
     assert [s.cost_usd for s in report.top_sessions] == [s["cost_usd"] for s in top]  # latest snapshot wins
     assert all(s.cost_usd < 1000 for s in report.top_sessions)
@@ -277,13 +281,13 @@ def test_report_lists_the_costliest_recent_sessions_and_recent_alerts(q, data):
     by_id = sorted((a for a in data.alerts if a["at"] >= data.minute - HOUR), key=lambda a: a["alert_id"])
     recent_alerts = sorted(by_id, key=lambda a: a["at"], reverse=True)  # latest first, then by id
     assert [(a.rule, a.subject, a.at) for a in report.alerts] == [
-        (a["rule"], a["subject"], a["at"]) for a in recent_alerts[: analytics.LATEST_ALERTS]
+        (a["rule"], a["subject"], a["at"]) for a in recent_alerts[: reports.LATEST_ALERTS]
     ]
     assert len({(a.rule, a.subject) for a in report.alerts}) == len(report.alerts)  # re-emitted ones once
 
 
 def test_report_totals_count_each_event_and_dead_letter_once(q, data):
-    report = analytics.report(q, since=HOUR, by="model")
+    report = reports.report(q, since=HOUR, by="model")
     assert report.totals.events == len(data.recent_events())
     assert report.totals.dead_letters == {
         "truncated": 3,
@@ -294,15 +298,15 @@ def test_report_totals_count_each_event_and_dead_letter_once(q, data):
 
 
 def test_json_and_csv_give_back_the_same_numbers(q, data):
-    report = analytics.report(q, since=HOUR, by="model")
-    document = json.loads(analytics.to_json(report))
+    report = reports.report(q, since=HOUR, by="model")
+    document = json.loads(reports.to_json(report))
     assert document["since_s"] == 3600 and document["by"] == "model"
     assert document["groups"] == [asdict(g) for g in report.groups]
     assert document["totals"]["events"] == report.totals.events
     assert [s["session_id"] for s in document["top_sessions"]] == [s.session_id for s in report.top_sessions]
     assert datetime.fromisoformat(document["alerts"][0]["at"]) == report.alerts[0].at
 
-    rows = list(csv.DictReader(io.StringIO(analytics.to_csv(report))))
+    rows = list(csv.DictReader(io.StringIO(reports.to_csv(report))))
     assert [r["group"] for r in rows] == [g.group for g in report.groups]
     for row, group in zip(rows, report.groups, strict=True):
         assert int(row["calls"]) == group.calls and int(row["errors"]) == group.errors
@@ -312,8 +316,8 @@ def test_json_and_csv_give_back_the_same_numbers(q, data):
 
 
 def test_the_server_path_answers_like_the_endpoint(client, q, data):
-    through_endpoint = analytics.report(q, since=HOUR, by="variant")
-    direct = analytics.report(analytics.ClientQuerier(client), since=HOUR, by="variant")
+    through_endpoint = reports.report(q, since=HOUR, by="variant")
+    direct = reports.report(query_client.ClientQuerier(client), since=HOUR, by="variant")
     assert direct == through_endpoint
 
 
@@ -321,25 +325,25 @@ def test_an_endpoint_that_does_not_answer_says_to_start_the_sink():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    querier = analytics.EndpointQuerier(f"http://127.0.0.1:{port}")
-    with pytest.raises(analytics.AnalyticsUnavailable, match="onfinish sink"):
-        analytics.report(querier, since=HOUR, by="model")
+    querier = query_client.EndpointQuerier(f"http://127.0.0.1:{port}")
+    with pytest.raises(query_client.AnalyticsUnavailable, match="onfinish sink"):
+        reports.report(querier, since=HOUR, by="model")
 
 
 def test_values_are_formatted_safely_into_sql():
-    assert analytics.sql_string("it's \\ here") == "'it\\'s \\\\ here'"
-    assert "toIntervalSecond(5400)" in analytics.groups_sql("model", 5400)
+    assert query_sql.sql_string("it's \\ here") == "'it\\'s \\\\ here'"
+    assert "toIntervalSecond(5400)" in reports.groups_sql("model", 5400)
     with pytest.raises(ConfigurationError):
-        analytics.groups_sql("model_id; DROP TABLE events", 60)  # type: ignore[arg-type]
+        reports.groups_sql("model_id; DROP TABLE events", 60)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        analytics.seconds_of(timedelta(milliseconds=200))
+        query_sql.seconds_of(timedelta(milliseconds=200))
 
 
 # --- dead letters ------------------------------------------------------------------------------------
 
 
 def test_dlq_list_counts_letters_of_the_period_by_stage_reason_and_topic(q, data):
-    groups = {(g.stage, g.reason, g.source_topic): g for g in inspect.dlq_list(q, timedelta(hours=24))}
+    groups = {(g.stage, g.reason, g.source_topic): g for g in deadletters.dlq_list(q, timedelta(hours=24))}
     assert {key: g.letters for key, g in groups.items()} == {
         ("decode", "truncated", "onfinish.raw"): 3,
         ("decode", "not_confluent_framed", "onfinish.raw"): 1,
@@ -347,19 +351,19 @@ def test_dlq_list_counts_letters_of_the_period_by_stage_reason_and_topic(q, data
         ("validate", "processing_error", "onfinish.raw"): 1,
     }
     assert groups[("decode", "truncated", "onfinish.raw")].value_bytes == 10 + 20 + 30
-    week = {(g.stage, g.reason): g.letters for g in inspect.dlq_list(q, timedelta(days=7))}
+    week = {(g.stage, g.reason): g.letters for g in deadletters.dlq_list(q, timedelta(days=7))}
     assert week[("decode", "truncated")] == 4
 
 
 def test_dlq_show_gives_the_latest_letters_without_their_bytes(q, data):
-    letters = inspect.dlq_show(q, "truncated", limit=3)
+    letters = deadletters.dlq_show(q, "truncated", limit=3)
     assert [letter.source_offset for letter in letters] == [0, 1, 2]  # latest first (0 re-delivered last)
     assert [letter.value_bytes for letter in letters] == [10, 20, 30]
     assert all(letter.value_base64 is None for letter in letters)
     assert letters[1].base64_chars == len(base64.b64encode(bytes([1]) * 20))
     assert letters[1].message == "message 1" and letters[1].source_partition == 1
 
-    with_bytes = inspect.dlq_show(q, "truncated", limit=10, include_bytes=True)
+    with_bytes = deadletters.dlq_show(q, "truncated", limit=10, include_bytes=True)
     assert len(with_bytes) == 4
     by_offset = {letter.source_offset: letter for letter in with_bytes}
     assert base64.b64decode(by_offset[3].value_base64 or "") == bytes([3]) * 40
@@ -367,7 +371,7 @@ def test_dlq_show_gives_the_latest_letters_without_their_bytes(q, data):
 
 def test_dlq_show_refuses_an_unknown_reason(q):
     with pytest.raises(ConfigurationError, match="truncated"):
-        inspect.dlq_show(q, "no_such_reason'; --", limit=5)
+        deadletters.dlq_show(q, "no_such_reason'; --", limit=5)
 
 
 class FakeProducer:
@@ -390,11 +394,11 @@ class FakeProducer:
 
 
 def test_dlq_replay_sends_the_original_bytes_back_to_their_topic(q, data, monkeypatch):
-    monkeypatch.setattr(inspect, "REPLAY_PAGE", 2)  # several pages, each origin once
+    monkeypatch.setattr(deadletters, "REPLAY_PAGE", 2)  # several pages, each origin once
     kafka = KafkaSettings()
-    assert inspect.dlq_replay(kafka, q, reason="truncated", source_topic=None, dry_run=True) == 4
+    assert deadletters.dlq_replay(kafka, q, reason="truncated", source_topic=None, dry_run=True) == 4
     producer = FakeProducer()
-    sent = inspect.dlq_replay(
+    sent = deadletters.dlq_replay(
         kafka, q, reason="truncated", source_topic=None, dry_run=False, producer=producer
     )
     assert sent == 4
@@ -411,7 +415,7 @@ def test_dlq_replay_sends_the_original_bytes_back_to_their_topic(q, data, monkey
 
     only_enriched = FakeProducer()
     assert (
-        inspect.dlq_replay(
+        deadletters.dlq_replay(
             kafka,
             q,
             reason="undecodable",
@@ -422,12 +426,14 @@ def test_dlq_replay_sends_the_original_bytes_back_to_their_topic(q, data, monkey
         == 1
     )
     assert only_enriched.sent[0][0] == "onfinish.enriched"
-    assert inspect.dlq_replay(kafka, q, reason="undecodable", source_topic="onfinish.raw", dry_run=True) == 0
+    assert (
+        deadletters.dlq_replay(kafka, q, reason="undecodable", source_topic="onfinish.raw", dry_run=True) == 0
+    )
 
 
 def test_dlq_replay_fails_loudly_when_kafka_does_not_acknowledge(q, data):
-    with pytest.raises(inspect.InspectError, match="not acknowledged"):
-        inspect.dlq_replay(
+    with pytest.raises(topics.InspectError, match="not acknowledged"):
+        deadletters.dlq_replay(
             KafkaSettings(),
             q,
             reason="processing_error",

@@ -15,15 +15,22 @@ from datetime import UTC, datetime, timedelta
 
 import fastavro
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
-from onfinish import analytics, cli, inspect
+from onfinish import cli
+from onfinish.cli import console as cli_console
 from onfinish.errors import ConfigurationError
-from onfinish.processors.histograms import DEFAULT_GRID
+from onfinish.insights import cli as insights_cli
+from onfinish.insights import report as reports
+from onfinish.inspection import status as pipeline_status
+from onfinish.inspection import topics
+from onfinish.query import client as query_client
+from onfinish.query import sql as query_sql
+from onfinish.query.results import QueryResult
+from onfinish.schemas import wire
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.settings import KafkaSettings
-from onfinish.sinks.query import QueryResult
 
 runner = CliRunner()
 
@@ -31,7 +38,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     # Wide enough that no number in a table is folded over two lines.
-    monkeypatch.setattr(cli, "console", Console(width=250))
+    monkeypatch.setattr(cli_console.console, "width", 250)
 
 
 def _flat(text: str) -> str:
@@ -128,7 +135,7 @@ class FakeQuerier:
 @pytest.fixture
 def fake(monkeypatch) -> FakeQuerier:
     querier = FakeQuerier()
-    monkeypatch.setattr(analytics, "querier", lambda *_: querier)
+    monkeypatch.setattr(query_client, "querier", lambda *_: querier)
     return querier
 
 
@@ -169,14 +176,14 @@ def test_each_command_explains_itself(command, mentions):
     ],
 )
 def test_periods_parse(text, period):
-    assert analytics.parse_period(text) == period
-    assert analytics.parse_period(analytics.describe_period(period)) == period
+    assert query_sql.parse_period(text) == period
+    assert query_sql.parse_period(query_sql.describe_period(period)) == period
 
 
 @pytest.mark.parametrize("text", ["", "1", "h", "1.5h", "-1h", "0m", "1y", "1h30m"])
 def test_bad_periods_are_refused(text):
     with pytest.raises(ValueError, match="period"):
-        analytics.parse_period(text)
+        query_sql.parse_period(text)
 
 
 def test_since_reaches_the_sql_in_seconds(fake):
@@ -238,7 +245,9 @@ def test_report_rejects_an_unknown_grouping_and_format(fake):
 
 
 def test_report_without_a_running_sink_says_what_to_start(monkeypatch):
-    monkeypatch.setattr(analytics, "querier", lambda *_: analytics.EndpointQuerier("http://127.0.0.1:9"))
+    monkeypatch.setattr(
+        query_client, "querier", lambda *_: query_client.EndpointQuerier("http://127.0.0.1:9")
+    )
     result = runner.invoke(cli.app, ["report"])
     assert result.exit_code == 1
     assert "onfinish sink" in _flat(result.output) and "Traceback" not in result.output
@@ -248,12 +257,14 @@ def test_the_embedded_default_queries_the_sinks_endpoint():
     from onfinish.settings import ClickHouseSettings, StackSettings
     from onfinish.sinks.settings import SinkSettings
 
-    chosen = analytics.querier(ClickHouseSettings(dsn=None), StackSettings(), SinkSettings(query_port=18124))
-    assert isinstance(chosen, analytics.EndpointQuerier) and chosen.url == "http://127.0.0.1:18124"
-    chosen = analytics.querier(ClickHouseSettings(dsn="chdb:///tmp/x"), StackSettings(), SinkSettings())
-    assert isinstance(chosen, analytics.EndpointQuerier)
+    chosen = query_client.querier(
+        ClickHouseSettings(dsn=None), StackSettings(), SinkSettings(query_port=18124)
+    )
+    assert isinstance(chosen, query_client.EndpointQuerier) and chosen.url == "http://127.0.0.1:18124"
+    chosen = query_client.querier(ClickHouseSettings(dsn="chdb:///tmp/x"), StackSettings(), SinkSettings())
+    assert isinstance(chosen, query_client.EndpointQuerier)
     with pytest.raises(ConfigurationError, match="ONFINISH_SINK_QUERY_PORT"):
-        analytics.querier(ClickHouseSettings(), StackSettings(), SinkSettings(query_port=0))
+        query_client.querier(ClickHouseSettings(), StackSettings(), SinkSettings(query_port=0))
 
 
 # --- dlq -------------------------------------------------------------------------------------------
@@ -297,9 +308,9 @@ def test_tail_prints_json_lines(monkeypatch):
     def fake_tail(kafka, registry, topic, *, follow, filters, limit):
         seen.update(topic=topic, follow=follow, filters=filters, limit=limit)
         yield {"model_id": "gpt-4o", "_kafka": {"partition": 0, "offset": 1}}
-        yield {"undecodable": "not Confluent-framed (first byte 0x7b)", "bytes": 14}
+        yield {"undecodable": "first byte 0x7b, expected the magic byte 0x00", "bytes": 14}
 
-    monkeypatch.setattr(inspect, "tail", fake_tail)
+    monkeypatch.setattr(topics, "tail", fake_tail)
     result = runner.invoke(
         cli.app,
         ["tail", "enriched", "--filter", "model_id=gpt-4o", "--filter", "status=error", "--limit", "2", "-f"],
@@ -324,17 +335,17 @@ def test_tail_of_an_unknown_topic_is_one_clear_error():
 
 def test_topic_names_and_filters():
     kafka = KafkaSettings(topic_prefix="acme")
-    assert inspect.topic_name(kafka, "raw") == "acme.raw" == inspect.topic_name(kafka, "acme.raw")
+    assert topics.topic_name(kafka, "raw") == "acme.raw" == topics.topic_name(kafka, "acme.raw")
     with pytest.raises(ConfigurationError):
-        inspect.topic_name(kafka, "onfinish.raw")
-    assert inspect.parse_filters(["a=b", "url=x=y", "empty="]) == [("a", "b"), ("url", "x=y"), ("empty", "")]
+        topics.topic_name(kafka, "onfinish.raw")
+    assert topics.parse_filters(["a=b", "url=x=y", "empty="]) == [("a", "b"), ("url", "x=y"), ("empty", "")]
     with pytest.raises(ConfigurationError, match="field=value"):
-        inspect.parse_filters(["model_id"])
+        topics.parse_filters(["model_id"])
     record = {"model_id": "gpt-4o", "streamed": True, "retry_count": 2, "error_code": None}
-    assert inspect.matches(record, [("model_id", "gpt-4o"), ("streamed", "true"), ("retry_count", "2")])
-    assert inspect.matches(record, [("error_code", "null")])
-    assert not inspect.matches(record, [("model_id", "gpt-4o"), ("retry_count", "3")])
-    assert not inspect.matches(record, [("absent", "")])
+    assert topics.matches(record, [("model_id", "gpt-4o"), ("streamed", "true"), ("retry_count", "2")])
+    assert topics.matches(record, [("error_code", "null")])
+    assert not topics.matches(record, [("model_id", "gpt-4o"), ("retry_count", "3")])
+    assert not topics.matches(record, [("absent", "")])
 
 
 def test_values_are_decoded_with_the_writer_schema_fetched_once_by_id():
@@ -350,19 +361,19 @@ def test_values_are_decoded_with_the_writer_schema_fetched_once_by_id():
     body = io.BytesIO()
     moment = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
     fastavro.schemaless_writer(body, fastavro.parse_schema(writer), {"model_id": "gpt-4o", "at": moment})
-    framed = b"\x00" + (7).to_bytes(4, "big") + body.getvalue()
+    framed = wire.frame(7, body.getvalue())
     fetched = []
 
     def fetch(schema_id):
         fetched.append(schema_id)
         return json.dumps(writer) if schema_id == 7 else None
 
-    decoder = inspect.ValueDecoder(fetch)
+    decoder = topics.ValueDecoder(wire.WriterSchemas(fetch))
     assert decoder.decode(framed) == {"model_id": "gpt-4o", "at": moment.isoformat()}
     assert decoder.decode(framed)["model_id"] == "gpt-4o"
     assert fetched == [7]  # cached by id
     assert decoder.decode(b'{"json": 1}') == {
-        "undecodable": "not Confluent-framed (first byte 0x7b)",
+        "undecodable": "first byte 0x7b, expected the magic byte 0x00",
         "bytes": 11,
     }
     unknown = decoder.decode(b"\x00\x00\x00\x00\x09" + body.getvalue())
@@ -376,7 +387,7 @@ def test_dead_letters_show_their_headers_and_base64_bytes():
     letter = DeadLetter(
         Stage.decode, Reason.truncated, "ends early", b"sess-1", b"\x00\x01\xff", "onfinish.raw", 2, 9
     )
-    record = inspect.dead_letter_record(letter.key, letter.value, letter.headers())
+    record = topics.dead_letter_record(letter.key, letter.value, letter.headers())
     assert record == {
         "stage": "decode",
         "reason": "truncated",
@@ -388,22 +399,24 @@ def test_dead_letters_show_their_headers_and_base64_bytes():
         "value": base64.b64encode(b"\x00\x01\xff").decode(),
         "value_bytes": 3,
     }
-    assert "undecodable" in inspect.dead_letter_record(None, b"x", [("onfinish.stage", b"decode")])
+    assert "undecodable" in topics.dead_letter_record(None, b"x", [("onfinish.stage", b"decode")])
 
 
 # --- status ----------------------------------------------------------------------------------------
 
 
-def _status(healthy: bool) -> inspect.PipelineStatus:
-    return inspect.PipelineStatus(
+def _status(healthy: bool) -> pipeline_status.PipelineStatus:
+    return pipeline_status.PipelineStatus(
         components=[
-            inspect.Health("kafka", True, "127.0.0.1:9092", "local stack, pid 10"),
-            inspect.Health("processor 1", True, "http://127.0.0.1:6066", "partitions 0,1,2"),
-            inspect.Health("sink", healthy, "http://127.0.0.1:6166", "" if healthy else "does not answer"),
+            pipeline_status.Health("kafka", True, "127.0.0.1:9092", "local stack, pid 10"),
+            pipeline_status.Health("processor 1", True, "http://127.0.0.1:6066", "partitions 0,1,2"),
+            pipeline_status.Health(
+                "sink", healthy, "http://127.0.0.1:6166", "" if healthy else "does not answer"
+            ),
         ],
         lags=[
-            inspect.GroupLag("onfinish-processors", 1520, 12, "onfinish.raw"),
-            inspect.GroupLag("onfinish-sinks-dlq", None, 0, "no committed offsets: has it run?"),
+            pipeline_status.GroupLag("onfinish-processors", 1520, 12, "onfinish.raw"),
+            pipeline_status.GroupLag("onfinish-sinks-dlq", None, 0, "no committed offsets: has it run?"),
         ],
         events_in_per_s=812.25,
         rows_out_per_s=None if not healthy else 790.0,
@@ -419,7 +432,7 @@ def _status(healthy: bool) -> inspect.PipelineStatus:
 
 @pytest.mark.parametrize("healthy", [True, False])
 def test_status_shows_components_lag_and_rates(monkeypatch, healthy):
-    monkeypatch.setattr(inspect, "status", lambda *args, **kwargs: _status(healthy))
+    monkeypatch.setattr(pipeline_status, "status", lambda *args, **kwargs: _status(healthy))
     result = runner.invoke(cli.app, ["status"])
     assert result.exit_code == (0 if healthy else 3), result.output
     out = result.output
@@ -435,11 +448,11 @@ def test_metrics_counters_and_rates():
         'onfinish_sink_rows_total{table="events"} 100.0\nonfinish_sink_rows_total{table="windows_1m"} 20.0\n'
         'onfinish_sink_rows_created{table="events"} 1.7e9\n'
     )
-    assert inspect.counter_total(text, "onfinish_sink_rows_total") == 120.0
-    assert inspect.counter_total(text, "onfinish_processor_processed_total") is None
-    assert inspect.rate(100, 350, 0.5) == 500
-    assert inspect.rate(100, 30, 1.0) == 30  # the worker restarted: its counter began again
-    assert inspect.rate(None, 30, 1.0) is None
+    assert pipeline_status.counter_total(text, "onfinish_sink_rows_total") == 120.0
+    assert pipeline_status.counter_total(text, "onfinish_processor_processed_total") is None
+    assert pipeline_status.rate(100, 350, 0.5) == 500
+    assert pipeline_status.rate(100, 30, 1.0) == 30  # the worker restarted: its counter began again
+    assert pipeline_status.rate(None, 30, 1.0) is None
 
 
 def _worker_metrics(records: int, decode_s: float, finish_s: float) -> str:
@@ -454,21 +467,23 @@ def _worker_metrics(records: int, decode_s: float, finish_s: float) -> str:
 
 
 def test_processor_time_per_record_is_pooled_over_the_workers_per_stage():
-    costs = inspect.stage_costs([_worker_metrics(1000, 0.05, 0.02), _worker_metrics(3000, 0.19, 0.06)])
+    costs = pipeline_status.stage_costs(
+        [_worker_metrics(1000, 0.05, 0.02), _worker_metrics(3000, 0.19, 0.06)]
+    )
     assert costs is not None
     assert costs["decode"] == pytest.approx(60.0)  # (0.05 + 0.19) s over 4,000 records
     assert costs["finish"] == pytest.approx(20.0)
     assert costs["enrich"] == 0.0
     assert "deliver" not in costs, "the wait for Kafka's acks is not time spent per record"
-    assert inspect.stage_costs([_worker_metrics(0, 0.0, 0.0)]) is None
-    assert inspect.stage_costs([]) is None
+    assert pipeline_status.stage_costs([_worker_metrics(0, 0.0, 0.0)]) is None
+    assert pipeline_status.stage_costs([]) is None
 
 
 def test_consumer_groups_are_the_processors_and_one_per_sink_family():
     from onfinish.processors.settings import ProcessorSettings
     from onfinish.sinks.settings import SinkSettings
 
-    assert inspect.consumer_groups(ProcessorSettings(app_id="p"), SinkSettings(group_prefix="s")) == [
+    assert pipeline_status.consumer_groups(ProcessorSettings(app_id="p"), SinkSettings(group_prefix="s")) == [
         "p",
         "s-events",
         "s-rollups",
@@ -478,11 +493,11 @@ def test_consumer_groups_are_the_processors_and_one_per_sink_family():
 
 def test_the_histogram_quantile_sql_is_the_grids():
     # The report must compute percentiles exactly as the views do (from the shared grid).
-    assert DEFAULT_GRID.clickhouse_quantile_expression("latency_histogram", 0.95) in analytics.groups_sql(
+    assert DEFAULT_GRID.clickhouse_quantile_expression("latency_histogram", 0.95) in reports.groups_sql(
         "model", 60
     )
 
 
 def test_the_command_line_offers_exactly_the_report_groupings():
-    assert [option.value for option in cli.GroupByOption] == list(analytics.GROUP_BY)
-    assert set(analytics.GROUP_BY) == set(analytics.DIMENSION_COLUMNS)
+    assert [option.value for option in insights_cli.GroupByOption] == list(reports.GROUP_BY)
+    assert set(reports.GROUP_BY) == set(reports.DIMENSION_COLUMNS)

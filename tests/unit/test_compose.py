@@ -22,6 +22,7 @@ def _compose() -> dict[str, Any]:
 
 def _known_variables() -> set[str]:
     from onfinish.alerting.settings import AlertingSettings
+    from onfinish.collect.settings import CollectSettings
     from onfinish.processors.settings import ProcessorSettings
     from onfinish.producers.settings import ProducerSettings
     from onfinish.sinks.settings import SinkSettings
@@ -32,6 +33,7 @@ def _known_variables() -> set[str]:
         ProducerSettings,
         SinkSettings,
         AlertingSettings,
+        CollectSettings,
     )
     return {
         f"{settings.model_config['env_prefix']}{name}".upper()
@@ -70,7 +72,8 @@ def test_worker_commands_are_onfinish_commands():
         words = tuple(command[1:3])
         sub = group.commands.get(words[0])
         assert sub is not None, f"{name}: no `onfinish {words[0]}` command"
-        if hasattr(sub, "commands"):  # a group: the next word must be one of its commands
+        if hasattr(sub, "commands") and (len(words) > 1 or not getattr(sub, "invoke_without_command", False)):
+            # a group: the next word must be one of its commands
             assert words[1] in sub.commands, f"{name}: no `onfinish {' '.join(words)}` command"
 
 

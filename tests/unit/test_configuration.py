@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onfinish.configuration import reference_markdown, rows, settings_classes
+from onfinish.cli.configuration import reference_markdown, rows, settings_classes
 from tests.conftest import REPO
 
 

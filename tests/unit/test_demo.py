@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from onfinish.demo import Demo
+from onfinish.demo.local_pipeline import Demo
 from onfinish.settings import StackSettings
 
 FRESH = {"ONFINISH_SINK_BATCH_SECONDS": "0.5", "ONFINISH_PROCESSOR_SNAPSHOT_INTERVAL_S": "1"}
@@ -24,7 +24,7 @@ def test_a_fresh_demo_sets_quick_inserts_and_snapshots_and_otherwise_the_default
 ):
     for name in FRESH:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("onfinish.demo.subprocess.Popen", _Started)
+    monkeypatch.setattr("onfinish.demo.local_pipeline.subprocess.Popen", _Started)
     monkeypatch.setattr(Demo, "_wait_healthy", lambda *args, **kwargs: None)
     demo = Demo(StackSettings(home=tmp_path), workers=2, fresh=fresh)
     demo.start_sink()

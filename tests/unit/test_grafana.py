@@ -20,11 +20,11 @@ import pytest
 import yaml
 from clickhouse_connect.driver.client import Client
 
-from onfinish.processors.histograms import DEFAULT_GRID
-from onfinish.sinks import dashboard
+from onfinish.query import dashboard
+from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.sinks.migrate import apply_migrations
 from tests.conftest import REPO
-from tests.sinks.test_dashboard import MODELS, store_traffic
+from tests.query.test_dashboard import MODELS, store_traffic
 
 GRAFANA = REPO / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "onfinish.json"
