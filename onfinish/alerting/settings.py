@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from onfinish.settings import LOOPBACK
+from onfinish.settings import LOOPBACK, OnfinishSettings
 
 
-class AlertingSettings(BaseSettings):
+class AlertingSettings(OnfinishSettings):
     """Alert conditions, episodes and their delivery through Prometheus Alertmanager."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_ALERTING_", extra="ignore")

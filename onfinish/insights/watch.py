@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from onfinish.alerting.alertmanager import AlertmanagerClient
 from onfinish.alerting.conditions import ConditionBook, load_conditions
@@ -63,6 +63,7 @@ from onfinish.query.client import Querier, records, timestamp
 from onfinish.query.sql import sql_timestamp
 from onfinish.schemas.histogram_grid import DEFAULT_GRID
 from onfinish.schemas.models import Alert
+from onfinish.settings import OnfinishSettings
 from onfinish.sinks.tables import REPRICING_PARTITION
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ MINUTE = timedelta(minutes=1)
 SCOPES = {"feature": "feature_id", "user": "user_id", "environment": "environment"}
 
 
-class InsightSettings(BaseSettings):
+class InsightSettings(OnfinishSettings):
     """The insights worker (`onfinish watch`)."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_INSIGHTS_")
