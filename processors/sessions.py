@@ -116,6 +116,23 @@ def is_truncated(finish_reason: str | None) -> bool:
     return finish_reason is not None and finish_reason.lower() in TRUNCATION_FINISH_REASONS
 
 
+# The model lists sessions use, each kept once: most sessions use one of a few models, and a tuple
+# of its own cost each of them 48 bytes. At most _MODEL_LISTS_KEPT are shared (model ids come from
+# senders: unknown ones must not grow this without bound); lists beyond it are kept per session.
+_MODEL_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MODEL_LISTS_KEPT: Final = 4096
+
+
+def _models(models: tuple[str, ...]) -> tuple[str, ...]:
+    """The one shared copy of a session's model list, while there are few of them."""
+    shared = _MODEL_LISTS.get(models)
+    if shared is None:
+        if len(_MODEL_LISTS) >= _MODEL_LISTS_KEPT:
+            return models
+        shared = _MODEL_LISTS[models] = tuple(sys.intern(model) for model in models)
+    return shared
+
+
 def _micros(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
@@ -298,7 +315,7 @@ class SessionState:
         self.errors += not success
         model_id = event.model_id
         if model_id not in self.models:
-            self.models = (*self.models, sys.intern(model_id))
+            self.models = _models((*self.models, model_id))
         self.events += _EVENT.pack(event_id, offset)
 
         regenerated, edited, quality = event.regenerated, event.edited, event.quality_score
@@ -552,7 +569,7 @@ class SessionState:
         state.cached_tokens, state.reasoning_tokens, state.errors = cached, reasoning, errors
         state.regenerations, state.edits = regenerations, edits
         state.cost_usd, state.quality_sum = cost, quality_sum
-        state.models = tuple(sys.intern(model) for model in models)
+        state.models = _models(tuple(models))
         state.closed = closed
         state.events = base64.b64decode(events)
         state.calls = base64.b64decode(calls)
@@ -576,7 +593,7 @@ class SessionState:
         state.turns, state.prompt_tokens, state.completion_tokens = turns, prompt, completion
         state.cached_tokens, state.reasoning_tokens, state.errors = cached, reasoning, errors
         state.cost_usd = session["cost_usd"]
-        state.models = tuple(sys.intern(model) for model in session["models"])
+        state.models = _models(tuple(session["models"]))
         state.closed = session["closed"]
         state.events = b"".join(
             _EVENT.pack(event_key(event_id), offset) for event_id, offset in stored.get("events", {}).items()
