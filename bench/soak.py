@@ -82,7 +82,11 @@ def run(stack: Stack) -> list[Figure]:
     }
     duration = WARM_UP_S + STEADY_S
     gap = f"session gap {SOAK_GAP_S:.0f} s + lateness {SOAK_LATENESS_S:.0f} s"
-    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as spool:
+    log_path = os.environ.get("ONFINISH_BENCH_SOAK_LOG")  # keep the worker's log there, if set
+    with (
+        Path(log_path).open("wb") if log_path else tempfile.TemporaryFile() as log,
+        tempfile.TemporaryDirectory() as spool,
+    ):
         worker = subprocess.Popen(
             [sys.executable, "-m", "onfinish.processors.worker", "worker"],
             env=env,

@@ -187,9 +187,13 @@ class Counts:
 # (state written once per touched key, session and window snapshots, rules).
 STAGES = ("decode", "enrich", "encode", "state", "finish")
 
-# Sessions closed or evicted per partition and batch, at most (whole minutes of them): an upgrade
-# restores every session the first version kept, and spreads their closing over a few batches.
-SWEEP_SESSIONS = 20_000
+# Sessions closed or evicted per batch, at most (whole minutes of a partition's, so a little more):
+# each costs up to three records (its last snapshot, its state, its tombstone). At 1,000 events/s
+# a minute's sessions closed at once were 13,700 (in loadgen traffic, about 190 new sessions a
+# second): one batch of 27,000 more records, a second's stall and 120 MiB more resident memory in
+# the soak (bench/soak.py). Spread this way they take a few batches; an upgrade, that restores
+# every session the first version kept, closes them over many.
+SWEEP_SESSIONS = 2_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -448,13 +452,13 @@ class Pipeline:
             if partition in partitions:
                 self._index_session(partition, key, stored_last_at(stored))
 
-    def _sweep(self, partition: int) -> Sweep | None:
+    def _sweep(self, partition: int, budget: int) -> Sweep | None:
         """The sessions of `partition` to close and to evict, once its boundary entered a new minute.
 
         A session over (in a minute before the boundary) gets its last snapshot, `closed`; one over
         for a retention more (as long as a window is kept after it closed) leaves memory and the
-        changelog. At most SWEEP_SESSIONS are handled per batch (whole minutes of them), so that
-        an upgrade that restores every session ever kept closes them over a few batches.
+        changelog. Sessions are closed or evicted while `budget` lasts (whole minutes of them):
+        the rest wait for the next batch. Sessions already closed that stay cost none of it.
         """
         boundary = self._session_boundary(partition)
         if boundary is None or self.session_swept.get(partition) == boundary:
@@ -464,22 +468,24 @@ class Pipeline:
         sweep = Sweep(partition, boundary)
         handled = 0
         for minute in sorted(m for m in index if m < boundary):
-            if handled >= SWEEP_SESSIONS:
+            if handled >= budget:
                 sweep.complete = False
                 break
             evicted = minute < evict_before
             for key in list(index[minute]):
                 session = self.session(key)
-                handled += 1
                 if session is None:
                     continue
                 if not session.closed:
                     sweep.closing.append((key, session))
+                    handled += 1
                 if evicted:
                     sweep.evicted.append(key)
+                    handled += 1
             if evicted:
                 sweep.minutes.append(minute)
                 sweep.floor = minute + WINDOW
+        sweep.handled = handled
         return sweep
 
     def _evict(self, sweep: Sweep) -> None:
@@ -790,7 +796,13 @@ class Batch:
                 pipeline._move_session(
                     touched.partition, session_key, touched.last_at, touched.session.last_at
                 )
-        sweeps = [sweep for p in sorted(self.partitions) if (sweep := pipeline._sweep(p)) is not None]
+        sweeps: list[Sweep] = []
+        budget = SWEEP_SESSIONS  # for the batch, across its partitions
+        for partition in sorted(self.partitions):
+            sweep = pipeline._sweep(partition, budget)
+            if sweep is not None:
+                sweeps.append(sweep)
+                budget = max(budget - sweep.handled, 0)
         closing: dict[str, tuple[SessionState, int]] = {}
         for sweep in sweeps:
             for session_key, session in sweep.closing:
@@ -882,6 +894,7 @@ class Sweep:
     minutes: list[datetime] = field(default_factory=list)
     floor: datetime | None = None
     complete: bool = True
+    handled: int = 0  # sessions closed or evicted
 
 
 def _watermark_key(partition: int) -> str:
