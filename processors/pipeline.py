@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
+from onfinish.errors import AccessDenied
 from onfinish.processors.alerts import (
     RuleBook,
     event_alerts,
@@ -424,7 +425,7 @@ class Batch:
                 seconds["state"] += perf_counter() - decoded_at
             else:
                 self._event(decoded, record.partition, record.offset, decoded_at)
-        except (RegistryUnavailable, SchemaRefused):
+        except (RegistryUnavailable, SchemaRefused, AccessDenied):
             raise
         except Exception as exc:  # a bug must not stop the worker: the record goes to the DLQ
             message = f"{type(exc).__name__}: {exc}"

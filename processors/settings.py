@@ -52,6 +52,14 @@ class ProcessorSettings(OnfinishSettings):
     heartbeat_interval_s: float = Field(
         default=3.0, gt=0, description="How often a worker tells the group it lives."
     )
+    auto_register: bool = Field(
+        default=True,
+        description=(
+            "Register the output schemas when missing. Off where a schema admin registers the "
+            "contract and the workers may only read the registry: a worker then refuses to start "
+            "until the schemas are there."
+        ),
+    )
     engine: Engine = Field(
         default=Engine.native,
         description=(
