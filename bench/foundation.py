@@ -152,7 +152,13 @@ def clickhouse_insert(stack: Stack) -> list[Figure]:
 def stack_settings(home: Path) -> StackSettings:
     """A stack of the benchmarks' own, on ports below the ephemeral range, apart from the tests'."""
     return StackSettings(
-        home=home, kafka_port=24092, kafka_controller_port=24093, registry_port=24081, postgres_port=24432
+        home=home,
+        kafka_port=24092,
+        kafka_controller_port=24093,
+        registry_port=24081,
+        postgres_port=24432,
+        alertmanager_port=24094,
+        webhook_port=24095,
     )
 
 

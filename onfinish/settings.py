@@ -312,6 +312,16 @@ class StackSettings(OnfinishSettings):
         default="v0.2.1", description="AxonOps Schema Registry module version built with Go."
     )
     registry_port: int = Field(default=8081, description="Schema registry port.")
+    alertmanager_version: str = Field(
+        default="v0.28.1",
+        description="Prometheus Alertmanager module version built with `go install` (alerting enabled).",
+    )
+    alertmanager_port: int = Field(
+        default=9094, description="Alertmanager port (9093, its usual one, is Kafka's controller here)."
+    )
+    webhook_port: int = Field(
+        default=9095, description="Port of the webhook receiver that keeps the local stack's notifications."
+    )
     postgres_port: int = Field(
         default=5433, description="Port of the PostgreSQL server that stores the registry's schemas."
     )
@@ -319,7 +329,9 @@ class StackSettings(OnfinishSettings):
         default=None, description="Directory with initdb and postgres; unset means Debian's newest install."
     )
     maven: str = Field(default="mvn", description="Maven executable used to fetch the Kafka jars.")
-    go: str = Field(default="go", description="Go executable used to build the schema registry.")
+    go: str = Field(
+        default="go", description="Go executable used to build the schema registry and Alertmanager."
+    )
     start_timeout_s: float = Field(
         default=90.0, gt=0, description="How long a component may take to become healthy."
     )
@@ -353,6 +365,15 @@ class StackSettings(OnfinishSettings):
     def registry_url(self) -> str:
         scheme = "https" if self.secure else "http"
         return f"{scheme}://{self.host}:{self.registry_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://{self.host}:{self.alertmanager_port}"
+
+    @property
+    def notifications_path(self) -> Path:
+        """Where the local webhook receiver keeps the notifications Alertmanager sent it."""
+        return self.home / "webhook" / "notifications.jsonl"
 
 
 ALL_SETTINGS: tuple[type[BaseSettings], ...] = (

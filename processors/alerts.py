@@ -1,12 +1,15 @@
-"""Alert rules as versioned data, evaluated on events, sessions and windows: each breach once.
+"""Breach rules as versioned data, evaluated on events, sessions and windows: each breach once.
 
-Rules are loaded from a TOML file (processors/data/alert_rules.v1.toml by default), validated at
-start. A rule fires when its metric first exceeds the threshold for a subject: a call (its
-request), a session (the call that pushed it over) or a window. The alert's id is deterministic
-(rule and subject), so an alert re-emitted after a replay replaces itself downstream.
+Rules are loaded from a TOML file (processors/data/alert_rules.v2.toml by default), validated at
+start. A rule records a breach when its metric first exceeds the threshold for a subject: a call
+(its request), a session (the call that pushed it over) or a window. Breaches are facts (Alert
+state "fact"): stored and shown, never notified; the alert conditions over whole minutes of every
+partition (onfinish/alerting) are what notify. The alert's id is deterministic (rule and subject),
+so an alert re-emitted after a replay replaces itself downstream.
 
 Window rules see one raw partition's share of a minute (a sample of the traffic, since events are
-spread over partitions by session): `min_events` keeps small samples from firing.
+spread over partitions by session): `min_events` keeps small samples from firing. The packaged
+rules have none since version 2.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class RuleBook(BaseModel):
     @classmethod
     def load(cls, path: Path | None = None) -> RuleBook:
         source = path or Path(
-            str(resources.files("onfinish.processors").joinpath("data", "alert_rules.v1.toml"))
+            str(resources.files("onfinish.processors").joinpath("data", "alert_rules.v2.toml"))
         )
         try:
             book = cls.model_validate(tomllib.loads(source.read_text()))

@@ -66,7 +66,8 @@ class ProcessorSettings(OnfinishSettings):
         default=None, description="Redaction patterns TOML; unset means the packaged ones."
     )
     alert_rules: Path | None = Field(
-        default=None, description="Alert rules TOML; unset means the packaged ones."
+        default=None,
+        description="Breach rules TOML (per-call and per-session facts); unset means the packaged ones.",
     )
     attribute_allow_list: list[str] = Field(
         default=["app.version", "tenant_id", "fallback_from", "locale", "channel", "plan", "tier", "client"],

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from onfinish.settings import OnfinishSettings
 
 
-class ProducerSettings(BaseSettings):
+class ProducerSettings(OnfinishSettings):
     """How the SDK hands events off, spools them and produces them."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_PRODUCER_", extra="ignore")

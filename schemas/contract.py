@@ -117,8 +117,9 @@ FEEDBACK = RecordType("feedback.v1.avsc", Feedback)
 ENRICHED_EVENT = RecordType("enriched_event.v1.avsc", EnrichedEvent, topic_suffix="enriched")
 WINDOW_SNAPSHOT = RecordType("window_snapshot.v1.avsc", WindowSnapshot, topic_suffix="windows")
 SESSION_SNAPSHOT = RecordType("session_snapshot.v1.avsc", SessionSnapshot, topic_suffix="sessions")
-# Version 2 adds the baseline of the insights' anomalies; alert.v1.avsc stays as the history it evolved from.
-ALERT = RecordType("alert.v2.avsc", Alert, topic_suffix="alerts")
+# Version 2 added the baseline of the insights' anomalies, version 3 the episodes (state, episode_id,
+# start, end, peak, series labels); alert.v1.avsc and alert.v2.avsc stay as the history it evolved from.
+ALERT = RecordType("alert.v3.avsc", Alert, topic_suffix="alerts")
 # Feedback that arrives after its event changes the event's score: an update next to the events.
 QUALITY_UPDATE = RecordType("quality_update.v1.avsc", QualityUpdate, topic_suffix="enriched")
 # What producers write to onfinish.raw; the index of a type here is its kind byte in the SDK's spool.

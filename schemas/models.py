@@ -293,8 +293,20 @@ class SessionSnapshot(_Record):
     emitted_at: Timestamp
 
 
+ALERT_STATES = ("fact", "firing", "resolved")
+
+
+def _alert_state(state: str) -> str:
+    if state not in ALERT_STATES:
+        raise ValueError(f"alert state must be one of {ALERT_STATES}, not {state!r}")
+    return state
+
+
 class Alert(_Record):
-    """A rule breach (Avro io.onfinish.Alert), emitted once per breach."""
+    """A breach recorded as a fact, or an episode's firing or resolved record (Avro io.onfinish.Alert).
+
+    Facts (per call, per session) are never notified; an episode fires once, may be sent again
+    with a higher peak under the same alert_id, and resolves under the same episode_id."""
 
     alert_id: Identifier
     rule: Identifier
@@ -310,6 +322,19 @@ class Alert(_Record):
     at: Timestamp
     message: Text
     raw_partition: int = Field(ge=0, le=AVRO_INT_MAX)
+    state: Annotated[str, AfterValidator(_alert_state)] = "fact"
+    episode_id: Identifier | None = None
+    started_at: Timestamp | None = None
+    ended_at: Timestamp | None = None
+    peak: float | None = Field(default=None, allow_inf_nan=False)
+    feature_id: Identifier | None = None
+    environment: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _episodes_name_theirs(self) -> Self:
+        if (self.state == "fact") != (self.episode_id is None):
+            raise ValueError("firing and resolved records name their episode_id; facts have none")
+        return self
 
 
 class QualityUpdate(_Record):

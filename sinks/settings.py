@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from onfinish.runtime import GcThresholds, gc_thresholds_field
+from onfinish.settings import OnfinishSettings
 
 FAMILIES = ("events", "rollups", "dlq")
 
 
-class SinkSettings(BaseSettings):
+class SinkSettings(OnfinishSettings):
     """How sink workers batch, retry and show themselves."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_SINK_", extra="ignore")

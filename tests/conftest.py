@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def isolated_stack_settings(home: Path, port_base: int) -> StackSettings:
-    """Stack settings whose ports are port_base + the usual last digits (x092, x093, x081, x432).
+    """Stack settings whose ports are port_base + the usual last digits (x092, x093, x081, x432; the
+    Alertmanager and its webhook receiver x094 and x095).
 
     Keep port_base + 432 below 32768: the kernel hands out ports above that to client sockets.
     """
@@ -40,4 +41,6 @@ def isolated_stack_settings(home: Path, port_base: int) -> StackSettings:
         kafka_controller_port=port_base + 93,
         registry_port=port_base + 81,
         postgres_port=port_base + 432,
+        alertmanager_port=port_base + 94,
+        webhook_port=port_base + 95,
     )

@@ -17,6 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise SystemExit("The onfinish command needs the cli extra: pip install 'onfinish[cli]'") from exc
 
 from onfinish import __version__
+from onfinish.alerting.cli import app as alerts_app
 from onfinish.cli.console import console
 from onfinish.collect.cli import app as collect_app
 from onfinish.demo.cli import app as demo_app
@@ -171,3 +172,4 @@ app.add_typer(insights_app)
 app.add_typer(inspection_app)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(collect_app, name="collect")
+app.add_typer(alerts_app, name="alerts")

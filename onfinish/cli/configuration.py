@@ -18,6 +18,7 @@ from onfinish.settings import is_secret as _is_secret
 
 
 def settings_classes() -> tuple[type[BaseSettings], ...]:
+    from onfinish.alerting.settings import AlertingSettings
     from onfinish.collect.settings import CollectSettings
     from onfinish.insights.watch import InsightSettings
     from onfinish.processors.settings import ProcessorSettings
@@ -32,6 +33,7 @@ def settings_classes() -> tuple[type[BaseSettings], ...]:
         SinkSettings,
         QuerySettings,
         InsightSettings,
+        AlertingSettings,
         CollectSettings,
         LogSettings,
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from onfinish.runtime import GcThresholds, gc_thresholds_field
-from onfinish.settings import LOOPBACK
+from onfinish.settings import LOOPBACK, OnfinishSettings
 
 
-class CollectSettings(BaseSettings):
+class CollectSettings(OnfinishSettings):
     """The OpenTelemetry receiver and the Collector topic worker (`onfinish collect`)."""
 
     model_config = SettingsConfigDict(env_prefix="ONFINISH_COLLECT_", extra="ignore")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -54,12 +54,14 @@ def demo(
 
     from rich.progress import Progress
 
+    from onfinish.alerting.cli import show_demo_notifications
     from onfinish.demo.local_pipeline import Demo
     from onfinish.insights.report import render_table
     from onfinish.insights.report import report as traffic_report
     from onfinish.query.client import EndpointQuerier
     from onfinish.stack.stack import Stack
 
+    demo_began = datetime.now(UTC)
     settings = stack_settings()
     stack = Stack(settings)
     console.rule("onfinish demo")
@@ -111,6 +113,7 @@ def demo(
         )
         report_ = fail_cleanly(lambda: traffic_report(querier, since=timedelta(hours=1), by="model"))
         render_table(report_, console)
+        show_demo_notifications(run.kafka, run.registry, settings, run.query_url, since=demo_began)
         console.print(
             f"Dashboard: [bold]{run.query_url}/[/]   SQL: curl --data 'SELECT ...' {run.query_url}/query"
         )

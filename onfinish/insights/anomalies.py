@@ -36,8 +36,10 @@ nor end a breach episode. Missing minutes are simply not observed: the baseline 
 never by wall clock.
 
 Episodes: consecutive breaching minutes of a rule and series are one anomaly, reported at the
-first of them; an eligible minute within the baseline ends the episode, and the next breach fires
-again. :attr:`Anomaly.alert_id` is the hash of rule, series and that first minute.
+first of them by `observe`; an eligible minute within the baseline ends it, and the next breach
+fires again. :attr:`Anomaly.alert_id` is the hash of rule, series and that first minute. The
+insights worker uses `judge` instead (every eligible minute's verdict) and leaves the episodes to
+onfinish/alerting/episodes.py, with the rule's `for_minutes` and `cooldown_minutes`.
 
 State: the detector keeps its state in memory only and is rebuilt at start by re-feeding recent
 history (the stored 1-minute windows) in time order. That is deterministic, and a minute's
@@ -100,6 +102,10 @@ class AnomalyRule(BaseModel):
     min_spread_rel: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
     severity: Severity = "warning"
     message: str = Field(min_length=1)
+    # The episode's timing (onfinish/alerting/episodes.py): fire at the first breaching minute, and
+    # resolve only after this many minutes back within the baseline, so a flapping series is one.
+    for_minutes: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    cooldown_minutes: float = Field(default=5.0, ge=0.0, allow_inf_nan=False)
 
     @field_validator("message")
     @classmethod
@@ -222,6 +228,25 @@ class Anomaly:
     alert_id: str
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """One eligible minute of a series against one rule's baseline, as it was before the minute."""
+
+    rule: AnomalyRule
+    minute: MinuteMetrics
+    observed: float
+    breached: bool
+    baseline: float
+    spread: float
+    threshold: float
+
+    @property
+    def message(self) -> str:
+        return self.rule.message.format(
+            observed=self.observed, baseline=self.baseline, spread=self.spread, threshold=self.threshold
+        )
+
+
 @dataclass
 class Baseline:
     """One rule's streaming baseline of one series (see the module docstring for the formulas)."""
@@ -291,6 +316,19 @@ class AnomalyDetector:
         Minutes of a series must come in increasing time order; one not after the series' last
         observed minute is ignored (returns no anomalies).
         """
+        return [
+            _anomaly(judgement)
+            for judgement, started in self._judge(minute)
+            if judgement.breached and started
+        ]
+
+    def judge(self, minute: MinuteMetrics) -> list[Judgement]:
+        """Fold one minute into its series' baselines; every eligible rule's judgement of it (the
+        insights worker turns breaches into episodes). Same ordering rule as `observe`."""
+        return [judgement for judgement, _ in self._judge(minute)]
+
+    def _judge(self, minute: MinuteMetrics) -> list[tuple[Judgement, bool]]:
+        """The judgements of a minute, each with whether its breach starts a run of breaches."""
         key = minute.series
         state = self._series.get(key)
         if state is None:
@@ -299,24 +337,26 @@ class AnomalyDetector:
             return []
         state.last_minute = minute.minute
 
-        anomalies = []
+        judgements = []
         for rule in self._rules.rule:
             value = minute.value(rule.metric)
             if minute.calls < rule.min_calls or value is None or not isfinite(value):
                 continue
             baseline = state.baselines.setdefault(rule.name, Baseline(rule))
             breached = baseline.breached_by(value)
-            if breached and not baseline.in_breach:
-                anomalies.append(_anomaly(rule, minute, value, baseline))
+            judgement = Judgement(
+                rule, minute, value, breached, baseline.level, baseline.spread, baseline.threshold
+            )
+            judgements.append((judgement, breached and not baseline.in_breach))
             baseline.in_breach = breached
             baseline.update(value)
-        return anomalies
+        return judgements
 
 
-def _anomaly(rule: AnomalyRule, minute: MinuteMetrics, observed: float, baseline: Baseline) -> Anomaly:
+def _anomaly(judgement: Judgement) -> Anomaly:
+    rule, minute = judgement.rule, judgement.minute
     at = minute.minute.astimezone(UTC)
     series = "\x1f".join((rule.name, minute.provider, minute.model_id, minute.feature_id, at.isoformat()))
-    level, spread, threshold = baseline.level, baseline.spread, baseline.threshold
     return Anomaly(
         rule=rule.name,
         severity=rule.severity,
@@ -325,10 +365,10 @@ def _anomaly(rule: AnomalyRule, minute: MinuteMetrics, observed: float, baseline
         model_id=minute.model_id,
         feature_id=minute.feature_id,
         minute=at,
-        observed=observed,
-        baseline=level,
-        spread=spread,
-        threshold=threshold,
-        message=rule.message.format(observed=observed, baseline=level, spread=spread, threshold=threshold),
+        observed=judgement.observed,
+        baseline=judgement.baseline,
+        spread=judgement.spread,
+        threshold=judgement.threshold,
+        message=judgement.message,
         alert_id=hashlib.sha256(series.encode()).hexdigest()[:32],
     )

@@ -271,7 +271,7 @@ def reprice(
 
 @app.command()
 def watch() -> None:
-    """Run the insights worker: anomalies, budgets and model-version drift, raised as alerts.
+    """Run the insights worker: alert conditions, anomalies, budgets and drift, raised as episodes.
 
     Every ONFINISH_INSIGHTS_INTERVAL_S: the 1-minute windows that have closed are summed per model
     and feature and judged against a streaming baseline (EWMA with a robust spread; rules in
@@ -279,9 +279,11 @@ def watch() -> None:
     rate, p95 latency, p95 TTFT and cost per minute; spend so far today and this month per
     feature, user and environment is projected against the budgets (budgets.v1.toml or
     ONFINISH_INSIGHTS_BUDGETS); and, hourly, each model's newest version is compared with the
-    previous one. Every breach is an alert on onfinish.alerts (with the baseline and the observed
-    value), sent once. At start the anomaly baseline is rebuilt from the last day of windows.
-    Ctrl-C or SIGTERM stops it.
+    previous one. With alerting enabled, the alert conditions (onfinish/alerting/data, or
+    ONFINISH_ALERTING_RULES) are judged per model over whole minutes too. Every finding is an
+    episode: fired once, resolved once, on onfinish.alerts and posted to Alertmanager
+    (ONFINISH_ALERTING_ALERTMANAGER_URL). At start the anomaly baseline is rebuilt from the last
+    day of windows and the open episodes from the alerts table. Ctrl-C or SIGTERM stops it.
     """
     import signal
     import threading

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import topic_record_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from onfinish.alerting.records import record_key
 from onfinish.errors import OnfinishError
 from onfinish.schemas.contract import ALERT, RecordType
 from onfinish.schemas.models import Alert, _Record
@@ -29,6 +30,7 @@ class PublishFailed(OnfinishError):
 
 class RecordPublisher:
     def __init__(self, kafka: KafkaSettings, registry: RegistrySettings) -> None:
+        self.kafka = kafka
         self.prefix = kafka.topic_prefix
         self.registry = registry_client(registry)
         self.producer = Producer(
@@ -85,5 +87,31 @@ class RecordPublisher:
         return sent
 
     def publish_alerts(self, alerts: Iterable[Alert]) -> int:
-        """Alerts keyed by their id, so that a re-sent alert replaces itself."""
-        return self.publish(ALERT, ((alert.alert_id.encode(), alert) for alert in alerts))
+        """Facts keyed by their id; an episode's records by rule and subject, so that they land on
+        one partition in the order they happened (a firing before its resolution)."""
+        return self.publish(ALERT, ((record_key(alert), alert) for alert in alerts))
+
+    def alert_ends(self) -> dict[int, int]:
+        """Per partition of the alerts topic, the offset its next record will get."""
+        topic = ALERT.topic(self.prefix)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.kafka.bootstrap_servers,
+                "group.id": f"{self.prefix}-alert-ends",  # required by the client; nothing is committed
+                "enable.auto.commit": False,
+                "log_level": 3,
+            }
+        )
+        try:
+            timeout = self.kafka.request_timeout_s
+            metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                return {}
+            return {
+                partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)[
+                    1
+                ]
+                for partition in metadata.partitions
+            }
+        finally:
+            consumer.close()

@@ -157,12 +157,19 @@ def drift(
     seed: int = 0,
     max_calls: int = DEFAULT_MAX_CALLS,
 ) -> list[Drift]:
-    """For every model with two versions or more in the period: the newest against the one before."""
-    by_model: dict[tuple[str, str], list[Version]] = {}
+    """For every model with two versions or more in the period: the newest against the one before.
+
+    Prompt templates are versioned by name (`summarise@v3`): only versions of one template are
+    compared, since a model serves several templates at once (on loadgen's traffic, comparing
+    `support-refund@v2` with `summarise@v3` as if one replaced the other found three models
+    "worse" in normal traffic, each an alert episode).
+    """
+    by_model: dict[tuple[str, str, str], list[Version]] = {}
     for version in versions(q, dimension, seconds):
-        by_model.setdefault((version.provider, version.model_id), []).append(version)
+        family = version.version.split("@", 1)[0] if dimension == "prompt_template_id" else ""
+        by_model.setdefault((version.provider, version.model_id, family), []).append(version)
     drifts = []
-    for (provider, model_id), seen in sorted(by_model.items()):
+    for (provider, model_id, _), seen in sorted(by_model.items()):
         if len(seen) < 2:
             continue
         previous, current = seen[-2], seen[-1]

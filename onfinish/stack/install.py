@@ -4,6 +4,8 @@
   (assets/kafka/pom.xml) and copied with `mvn dependency:copy-dependencies`.
 - Schema registry: AxonOps Schema Registry, built by the Go toolchain from the module proxy at the
   pinned version (assets/registry/go.mod pins it and go.sum holds the checksums of its dependencies).
+- Alertmanager (alerting enabled): built by `go install` from the module proxy at the pinned
+  version (v0.28.1: later versions' modules lack the web UI's built files and do not build so).
 - PostgreSQL (the registry's storage): Debian's package, found on the machine.
 
 Each artefact is built into a temporary directory and renamed into place, so an interrupted install
@@ -25,6 +27,7 @@ from onfinish.settings import StackSettings
 
 REGISTRY_MODULE = "github.com/axonops/axonops-schema-registry"
 REGISTRY_PACKAGE = f"{REGISTRY_MODULE}/cmd/schema-registry"
+ALERTMANAGER_PACKAGE = "github.com/prometheus/alertmanager/cmd/alertmanager"
 # Pinned so that a fresh machine resolves the same plugin Maven resolved here.
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
@@ -51,6 +54,13 @@ def registry_binary(settings: StackSettings) -> Artefact:
     return Artefact(
         f"schema registry {settings.registry_version}",
         settings.cache_dir / "bin" / f"schema-registry-{settings.registry_version}",
+    )
+
+
+def alertmanager_binary(settings: StackSettings) -> Artefact:
+    return Artefact(
+        f"Alertmanager {settings.alertmanager_version}",
+        settings.cache_dir / "bin" / f"alertmanager-{settings.alertmanager_version}",
     )
 
 
@@ -129,6 +139,31 @@ def install_registry(settings: StackSettings) -> Artefact:
             env=env,
         )
         shutil.move(output, artefact.path)
+    return artefact
+
+
+def install_alertmanager(settings: StackSettings) -> Artefact:
+    """Build Alertmanager with `go install` from the Go module proxy into the cache.
+
+    `go install module/cmd@version` needs no module of ours: the module's own go.mod and go.sum
+    pin its dependencies, and the proxy's checksum database verifies them.
+    """
+    artefact = alertmanager_binary(settings)
+    if artefact.installed:
+        return artefact
+    artefact.path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="onfinish-alertmanager-build-") as tmp:
+        env = {**os.environ, "GOBIN": tmp, "GOFLAGS": "-trimpath"}
+        _run(
+            [settings.go, "install", f"{ALERTMANAGER_PACKAGE}@{settings.alertmanager_version}"],
+            what=f"building Alertmanager {settings.alertmanager_version} with Go",
+            cwd=Path(tmp),
+            env=env,
+        )
+        built = Path(tmp) / "alertmanager"
+        if not built.exists():
+            raise ProvisioningError(f"go install finished but {built.name} is missing")
+        shutil.move(built, artefact.path)
     return artefact
 
 

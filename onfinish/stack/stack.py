@@ -1,6 +1,7 @@
 """The whole local stack: install, up, down and status, in dependency order.
 
-PostgreSQL comes before the registry that stores its schemas in it; Kafka is independent. `up` is
+PostgreSQL comes before the registry that stores its schemas in it; Kafka is independent; with
+alerting enabled, the webhook receiver comes before the Alertmanager that notifies it. `up` is
 idempotent (a running component is left alone) and serialised per stack home by a file lock.
 """
 
@@ -10,9 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from onfinish.alerting.settings import AlertingSettings
 from onfinish.schemas.governance import Registration, register
 from onfinish.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, StackSettings
 from onfinish.stack import install, process
+from onfinish.stack.alertmanager import AlertmanagerServer, WebhookReceiverServer
 from onfinish.stack.component import Component, ComponentStatus, StartResult
 from onfinish.stack.kafka import KafkaBroker
 from onfinish.stack.postgres import PostgresServer
@@ -46,16 +49,19 @@ class InstallStep:
 
 
 class Stack:
-    """Kafka, the schema registry (with PostgreSQL) and embedded ClickHouse for one stack home."""
+    """Kafka, the schema registry (with PostgreSQL), embedded ClickHouse and, with alerting enabled,
+    Alertmanager and its webhook receiver, for one stack home."""
 
     def __init__(
         self,
         settings: StackSettings | None = None,
         kafka: KafkaSettings | None = None,
         clickhouse: ClickHouseSettings | None = None,
+        alerting: AlertingSettings | None = None,
     ) -> None:
         self.settings = settings or StackSettings()
         self.security = StackSecurity(self.settings)
+        self.alerting = alerting or AlertingSettings()
         # The stack's own broker is the one its topics are provisioned on (as its admin, secured).
         kafka = (kafka or KafkaSettings()).model_copy(
             update={"bootstrap_servers": self.settings.kafka_bootstrap}
@@ -73,16 +79,26 @@ class Stack:
             SchemaRegistryServer(self.settings),
             KafkaBroker(self.settings),
         )
+        if self.alerting.enabled:
+            self.components += (
+                WebhookReceiverServer(self.settings),
+                AlertmanagerServer(self.settings, self.alerting),
+            )
         self._lock_path = self.settings.home / "run" / "stack.lock"
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
 
     def install_steps(self) -> list[InstallStep]:
-        return [
+        steps = [
             InstallStep(install.kafka_libs(self.settings), install.install_kafka),
             InstallStep(install.registry_binary(self.settings), install.install_registry),
         ]
+        if self.alerting.enabled:
+            steps.append(
+                InstallStep(install.alertmanager_binary(self.settings), install.install_alertmanager)
+            )
+        return steps
 
     def install(self, progress: Progress = _quiet) -> None:
         """Fetch and build whatever software is missing from the cache."""

@@ -114,6 +114,34 @@ def test_drift_compares_the_newest_version_with_the_previous_and_flags_it(client
     assert drift_alert(found).alert_id == alert.alert_id, "raised once per model and version pair"
 
 
+def test_prompt_templates_drift_only_against_earlier_versions_of_the_same_template(client: Client) -> None:
+    """Every model serves several templates at once: none of them replaced another. Only a newer
+    version of one template (summarise@v3, then summarise@v4) is a drift."""
+    q = ClientQuerier(client)
+    assert drift(q, dimension="prompt_template_id", seconds=EVER, seed=3) == []
+    rng = random.Random(9)
+    versions = []
+    for index, event in enumerate(enriched_events(1200, seed=22)):
+        newer = index % 2 == 1
+        versions.append(
+            event.model_copy(
+                update={
+                    "model_id": "template-model",
+                    "provider": "openai",
+                    "model_version": None,
+                    "variant_id": None,
+                    "prompt_template_id": "summarise@v4" if newer else "summarise@v3",
+                    "status": Status.error if newer and rng.random() < 0.45 else event.status,
+                    "finished_at": event.finished_at + timedelta(hours=1 if newer else 0),
+                }
+            )
+        )
+    _store(client, versions)
+    (found,) = drift(q, dimension="prompt_template_id", seconds=EVER, seed=3)
+    assert (found.previous.version, found.current.version) == ("summarise@v3", "summarise@v4")
+    assert found.worse
+
+
 def test_the_compare_and_drift_commands_print_the_readouts(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

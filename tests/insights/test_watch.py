@@ -1,5 +1,6 @@
-"""The insights worker on stored windows and events: a planted latency spike is raised once, with its
-baseline; a user over budget is raised once; a quiet series raises nothing."""
+"""The insights worker on stored windows and events: a planted latency spike is one episode, with its
+baseline, fired once and resolved once, across a restart too; a user over budget is raised once; a
+quiet series raises nothing."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import random
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from onfinish.alerting.episodes import Episode
+from onfinish.alerting.notifier import Notifier
+from onfinish.alerting.records import episode_of
+from onfinish.alerting.settings import AlertingSettings
+from onfinish.alerting.store import Published
 from onfinish.insights.watch import InsightSettings, Watch
 from onfinish.processors.windows import WindowKey, WindowState
 from onfinish.query.client import ClientQuerier
@@ -88,45 +95,132 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
         yield engine
 
 
-def _watch(client: Client, now: datetime) -> tuple[Watch, Collected]:
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Remembered:
+    """Episodes as a restarted worker reads them back: from what an earlier worker published."""
+
+    def __init__(self, published: list[Alert]) -> None:
+        self.published = published
+
+    def read(self, now: datetime, resolved_within: timedelta) -> Published:
+        episodes: dict[str, Episode] = {}
+        for alert in self.published:
+            if alert.episode_id is not None:
+                episodes[alert.episode_id] = episode_of(alert)
+        return Published(
+            [e for e in episodes.values() if e.open], [e for e in episodes.values() if not e.open]
+        )
+
+
+def _watch(client: Client, clock: Clock, remembered: list[Alert] | None = None) -> tuple[Watch, Collected]:
     collected = Collected()
-    watch = Watch(ClientQuerier(client), collected, InsightSettings(settle_s=180), clock=lambda: now)
+    watch = Watch(
+        ClientQuerier(client),
+        collected,
+        InsightSettings(settle_s=180),
+        clock=clock,
+        alerting=AlertingSettings(enabled=False),  # the anomalies, budgets and drift alone
+        published=Remembered(remembered or []),
+    )
     return watch, collected
 
 
-def test_a_latency_spike_is_raised_once_with_its_baseline(client: Client) -> None:
-    now = BASE + timedelta(minutes=MINUTES, seconds=181)
-    watch, collected = _watch(client, now)
-    watch.tick()
-    spikes = [a for a in collected.alerts if a.subject_kind == "series"]
-    assert [(a.rule, a.subject, a.at) for a in spikes] == [
-        ("latency_p95_high", "openai/gpt-4o/chat", BASE + timedelta(minutes=SPIKE.start))
-    ], spikes
-    (spike,) = spikes
-    assert spike.baseline is not None and 700 < spike.baseline < 1100
-    assert spike.observed > 2 * spike.baseline and spike.threshold < spike.observed
+def _series(collected: Collected) -> list[Alert]:
+    return [a for a in collected.alerts if a.subject_kind == "series"]
 
+
+def test_a_latency_spike_is_one_episode_with_its_baseline(client: Client) -> None:
+    """Running since minute 60: the spike (minutes 70-72) fires once at its first minute with its
+    baseline, and resolves with the same episode id after the cooldown (5 minutes back within)."""
+    clock = Clock(BASE + timedelta(minutes=60, seconds=181))
+    watch, collected = _watch(client, clock)
+    watch.tick()
+    assert _series(collected) == []  # minutes 0-59: the baseline, replayed quietly at start
+    clock.now = BASE + timedelta(minutes=MINUTES, seconds=181)
+    watch.tick()
+    *firings, resolved = _series(collected)
+    firing = firings[0]
+    # Sent again, same alert_id, when a later minute of the spike is worse (its peak grows).
+    assert {a.alert_id for a in firings} == {firing.alert_id} and firing.alert_id.endswith("-firing")
+    assert (firing.state, firing.rule, firing.subject, firing.at) == (
+        "firing",
+        "latency_p95_high",
+        "openai/gpt-4o/chat",
+        BASE + timedelta(minutes=SPIKE.start),
+    )
+    assert firing.baseline is not None and 700 < firing.baseline < 1100
+    assert firing.observed > 2 * firing.baseline and firing.threshold < firing.observed
+    assert resolved.state == "resolved" and resolved.episode_id == firing.episode_id
+    assert resolved.started_at == BASE + timedelta(minutes=SPIKE.start)
+    assert resolved.ended_at == BASE + timedelta(minutes=SPIKE.stop)  # the first minute back within
+    assert resolved.at == BASE + timedelta(minutes=SPIKE.stop + 5)  # after the 5-minute cooldown
+    assert resolved.peak is not None and resolved.peak == max(a.observed for a in firings)
+
+    sent = len(_series(collected))
     watch.tick()  # nothing new has closed, nothing is sent twice
-    assert len([a for a in collected.alerts if a.subject_kind == "series"]) == 1
+    assert len(_series(collected)) == sent
+
+
+def test_a_restart_mid_episode_neither_fires_again_nor_loses_the_resolution(client: Client) -> None:
+    clock = Clock(BASE + timedelta(minutes=60, seconds=181))
+    first, before = _watch(client, clock)
+    first.tick()
+    clock.now = BASE + timedelta(minutes=SPIKE.start + 1, seconds=181)  # the spike's first minute judged
+    first.tick()
+    firing = _series(before)[0]
+    assert {a.state for a in _series(before)} == {"firing"}
+
+    clock.now = BASE + timedelta(minutes=MINUTES, seconds=181)
+    second, after = _watch(client, clock, remembered=before.alerts)  # a new worker, same history
+    second.tick()
+    (resolved,) = _series(after)
+    assert resolved.state == "resolved" and resolved.episode_id == firing.episode_id
+    assert resolved.at == BASE + timedelta(minutes=SPIKE.stop + 5)
+
+
+def test_a_restart_after_the_end_raises_nothing_again(client: Client) -> None:
+    clock = Clock(BASE + timedelta(minutes=60, seconds=181))
+    first, before = _watch(client, clock)
+    first.tick()
+    clock.now = BASE + timedelta(minutes=MINUTES, seconds=181)
+    first.tick()
+    assert [a.state for a in _series(before)][-1] == "resolved"
+    assert (
+        len({a.alert_id for a in _series(before)}) == 2
+    )  # one firing record (maybe sent again), one resolved
+    second, after = _watch(client, clock, remembered=before.alerts)
+    assert _series(after) == [] and second.tick() == [] and first.tick() == []
 
 
 def test_a_user_over_the_daily_budget_is_raised_once(client: Client) -> None:
-    now = BASE + timedelta(minutes=MINUTES, seconds=181)
-    watch, collected = _watch(client, now)
+    watch, collected = _watch(client, Clock(BASE + timedelta(minutes=MINUTES, seconds=181)))
     watch.tick()
     budgets = [a for a in collected.alerts if a.subject_kind == "budget"]
     spent = 2 * MINUTES * PER_MINUTE * 0.004
-    assert [(a.rule, a.subject) for a in budgets] == [("each_user_daily", "user:u1:2026-11-23")]
+    assert [(a.rule, a.subject, a.state) for a in budgets] == [
+        ("each_user_daily", "user:u1:2026-11-23", "firing")
+    ]
     assert budgets[0].observed == pytest.approx(spent) and budgets[0].threshold == 5.0
     watch.tick()
     assert len([a for a in collected.alerts if a.subject_kind == "budget"]) == 1
 
 
 def test_minutes_that_have_not_settled_are_not_judged(client: Client) -> None:
-    """At minute 71 plus less than the settling time, the spike's first minute is not final yet."""
-    watch, collected = _watch(client, BASE + timedelta(minutes=SPIKE.start + 1, seconds=100))
+    """Running since minute 60: at minute 71 plus less than the settling time, the spike's first
+    minute is not final yet."""
+    clock = Clock(BASE + timedelta(minutes=60, seconds=181))
+    watch, collected = _watch(client, clock)
     watch.tick()
-    assert not [a for a in collected.alerts if a.subject_kind == "series"]
+    clock.now = BASE + timedelta(minutes=SPIKE.start + 1, seconds=100)
+    watch.tick()
+    assert not _series(collected)
 
 
 def test_the_budgets_command_shows_spend_projection_and_limit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,3 +247,65 @@ def test_the_budgets_command_shows_spend_projection_and_limit(monkeypatch: pytes
     assert len(lines) == 2
     assert "user u1" in lines[0] and "$9.00" in lines[0] and "$5.00" in lines[0] and "alert" in lines[0]
     assert "user u2" in lines[1] and "ok" in lines[1]
+
+
+CONDITIONS = """version = 1
+
+[[rule]]
+name = "slow_calls"
+metric = "latency_share_above"
+above_ms = 1500.0
+threshold = 0.5
+by = ["provider", "model_id", "feature_id"]
+window_minutes = 1
+min_calls = 20
+for_minutes = 1
+cooldown_minutes = 2
+message = "{observed:.0%} of {calls} calls above {above_ms:.0f} ms"
+"""
+
+
+def test_a_condition_over_merged_minutes_is_one_episode_posted_to_alertmanager(
+    client: Client, tmp_path: Path
+) -> None:
+    """The spike (minutes 70-72, every chat call three times slower) holds in the rounds at 71, 72
+    and 73: it fires at 72 (held for a minute since 71), clears at 74 and resolves at 76, after
+    the 2-minute cooldown; the notifier posts the firing, then the resolution, of one episode."""
+    from tests.alerting.test_delivery import FakeAlertmanager
+
+    rules = tmp_path / "conditions.toml"
+    rules.write_text(CONDITIONS)
+    fake = FakeAlertmanager()
+    alerting = AlertingSettings(rules=rules, settle_s=20)
+    clock = Clock(BASE + timedelta(minutes=60, seconds=181))
+    notifier = Notifier(fake, alerting, clock)  # type: ignore[arg-type]
+    collected = Collected()
+    watch = Watch(
+        ClientQuerier(client),
+        collected,
+        InsightSettings(settle_s=180, anomaly_rules=None),
+        clock=clock,
+        alerting=alerting,
+        notifier=notifier,
+        published=Remembered([]),
+    )
+    watch.tick()
+    assert [a for a in collected.alerts if a.rule == "slow_calls"] == []
+    clock.now = BASE + timedelta(minutes=MINUTES, seconds=21)
+    watch.tick()
+    firing, resolved = [a for a in collected.alerts if a.rule == "slow_calls"]
+    assert (firing.state, firing.subject, firing.started_at, firing.at) == (
+        "firing",
+        "openai/gpt-4o/chat",
+        BASE + timedelta(minutes=71),
+        BASE + timedelta(minutes=72),
+    )
+    assert firing.observed == 1.0 and (firing.feature_id, firing.model_id) == ("chat", "gpt-4o")
+    assert resolved.episode_id == firing.episode_id
+    assert (resolved.ended_at, resolved.at) == (BASE + timedelta(minutes=74), BASE + timedelta(minutes=76))
+    notifier.deliver()
+    (post,) = fake.posts
+    (alert,) = [a for a in post if a["labels"]["rule"] == "slow_calls"]  # the resolution replaced the firing
+    assert (
+        alert["endsAt"] == "2026-11-23T02:14:00Z" and alert["annotations"]["episode_id"] == firing.episode_id
+    )

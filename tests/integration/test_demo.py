@@ -32,6 +32,8 @@ def _env(stack: Stack, kafka_settings: KafkaSettings, unique: str, clickhouse_di
         "ONFINISH_STACK_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
         "ONFINISH_STACK_REGISTRY_PORT": str(settings.registry_port),
         "ONFINISH_STACK_POSTGRES_PORT": str(settings.postgres_port),
+        "ONFINISH_STACK_ALERTMANAGER_PORT": str(settings.alertmanager_port),
+        "ONFINISH_STACK_WEBHOOK_PORT": str(settings.webhook_port),
         "ONFINISH_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "ONFINISH_REGISTRY_URL": settings.registry_url,
         "ONFINISH_KAFKA_TOPIC_PREFIX": unique,
@@ -64,6 +66,11 @@ def test_a_bounded_demo_ends_with_every_event_stored_and_every_malformed_record_
     assert result.returncode == 0, output[-4000:]
     assert "Traceback" not in output
     assert "http://127.0.0.1:16667/" in output, "the dashboard's address is shown"
+    # The demo sends a test episode through the stack's Alertmanager and prints what reached people.
+    assert "✓ webhook receiver (resolved)" in output, output[-4000:]
+    assert "Notifications Alertmanager sent to the webhook receiver during the demo" in output
+    assert "FIRING   onfinish_alerts_test on alerts-test/" in output
+    assert "RESOLVED onfinish_alerts_test on alerts-test/" in output
 
     manifest = json.loads((settings.home / "demo-manifest.json").read_text())
     client = clickhouse_connect.get_client(dsn=f"chdb:///{clickhouse_dir}")

@@ -122,6 +122,22 @@ def test_alert_v2_is_a_compatible_change_of_alert_v1(registry_settings: Registry
     assert result.versions_checked == [1]
 
 
+def test_alert_v3_is_a_compatible_change_of_alert_v1_and_v2(registry_settings: RegistrySettings, unique: str):
+    """`onfinish schema check` against every registered version of the Alert subject passes."""
+    from confluent_kafka.schema_registry import Schema
+
+    from onfinish.schemas.contract import schema_path
+
+    client = SchemaRegistryClient({"url": registry_settings.url})
+    subject = f"{unique}.alerts-io.onfinish.Alert"
+    client.set_compatibility(subject_name=subject, level="FULL_TRANSITIVE")
+    for old in ("alert.v1.avsc", "alert.v2.avsc"):
+        client.register_schema(subject, Schema(schema_path(old).read_text(), "AVRO"))
+    result = check(registry_settings, unique, schema_path("alert.v3.avsc"))
+    assert result.compatible, result.incompatible
+    assert result.versions_checked == [1, 2]
+
+
 def _subject_levels(registry_url: str, prefix: str) -> dict[str, str]:
     """Each onfinish subject of the prefix and its own compatibility level, through the REST API."""
     import urllib.error

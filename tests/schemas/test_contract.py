@@ -217,3 +217,35 @@ def test_alert_v2_and_v1_read_each_other() -> None:
     fastavro.schemaless_writer(new, v2, {**record, "baseline": 800.0})
     read_old = fastavro.schemaless_reader(io.BytesIO(new.getvalue()), v2, v1)
     assert isinstance(read_old, dict) and "baseline" not in read_old
+
+
+def test_alert_v3_reads_v1_and_v2_records_as_facts_and_they_read_v3_records() -> None:
+    """Alert v3 adds the episode fields, each optional with a default: older records read as facts,
+    and readers of older versions read episode records by dropping what they do not know."""
+    v3 = ALERT.parsed
+    assert ALERT.file_name == "alert.v3.avsc"
+    record = {
+        "alert_id": "a1", "rule": "ttft_high", "rules_version": 1, "severity": "warning",
+        "subject_kind": "request", "subject": "r1", "observed": 2100.0, "threshold": 1500.0,
+        "provider": "openai", "model_id": "gpt-4o", "at": 1_795_000_000_000_000, "message": "m",
+        "raw_partition": 3,
+    }  # fmt: skip
+    for old_file in ("alert.v1.avsc", "alert.v2.avsc"):
+        old = fastavro.parse_schema(json.loads(schema_path(old_file).read_text()))
+        written = io.BytesIO()
+        fastavro.schemaless_writer(written, old, record)
+        read = fastavro.schemaless_reader(io.BytesIO(written.getvalue()), old, v3)
+        assert isinstance(read, dict)
+        assert (read["state"], read["episode_id"], read["started_at"], read["peak"]) == (
+            "fact",
+            None,
+            None,
+            None,
+        )
+        episode = {**record, "baseline": None, "state": "resolved", "episode_id": "e1", "peak": 2400.0,
+                   "started_at": 1_794_999_000_000_000, "ended_at": 1_795_000_000_000_000,
+                   "feature_id": None, "environment": "production"}  # fmt: skip
+        newer = io.BytesIO()
+        fastavro.schemaless_writer(newer, v3, episode)
+        back = fastavro.schemaless_reader(io.BytesIO(newer.getvalue()), v3, old)
+        assert isinstance(back, dict) and "state" not in back and back["observed"] == 2100.0

@@ -25,6 +25,8 @@ VIEWS = {
     "dlq_by_reason",
     "scored_events",
     "current_events",
+    "alert_episodes",
+    "open_alert_episodes",
 }
 _databases = itertools.count()
 
@@ -63,6 +65,7 @@ def test_migrations_apply_once_and_are_recorded(client):
         "0003_event_quality",
         "0004_current_events",
         "0005_alert_baseline",
+        "0006_alert_episodes",
     ]
     assert apply_migrations(client) == [m.name for m in migrations]
     assert apply_migrations(client) == []

@@ -21,6 +21,7 @@ def _compose() -> dict[str, Any]:
 
 
 def _known_variables() -> set[str]:
+    from onfinish.alerting.settings import AlertingSettings
     from onfinish.collect.settings import CollectSettings
     from onfinish.processors.settings import ProcessorSettings
     from onfinish.producers.settings import ProducerSettings
@@ -31,6 +32,7 @@ def _known_variables() -> set[str]:
         ProcessorSettings,
         ProducerSettings,
         SinkSettings,
+        AlertingSettings,
         CollectSettings,
     )
     return {
@@ -83,3 +85,38 @@ def test_grafana_is_provisioned_with_the_clickhouse_datasource():
     )
     assert datasource["datasources"][0]["type"] == "grafana-clickhouse-datasource"
     assert datasource["datasources"][0]["jsonData"]["host"] == "clickhouse"
+
+
+def test_alertmanager_runs_the_shipped_configuration_and_the_watch_worker_posts_to_it():
+    services = _compose()["services"]
+    alertmanager = services["alertmanager"]
+    assert alertmanager["image"] == "prom/alertmanager:v0.28.1"
+    assert (
+        "./deploy/alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro"
+        in alertmanager["volumes"]
+    )
+    assert (REPO / "deploy" / "alertmanager" / "alertmanager.yml").exists()
+    watch = services["watch"]
+    assert watch["command"] == ["onfinish", "watch"]
+    assert watch["environment"]["ONFINISH_ALERTING_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    assert "alertmanager" in watch["depends_on"]
+
+
+def test_the_example_alertmanager_configuration_routes_to_slack_pagerduty_and_a_webhook():
+    config = yaml.safe_load((REPO / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert set(receivers) == {"slack", "pagerduty", "webhook"}
+    assert receivers["slack"]["slack_configs"][0]["send_resolved"] is True
+    assert receivers["pagerduty"]["pagerduty_configs"][0]["routing_key_file"].startswith(
+        "/etc/alertmanager/secrets/"
+    )
+    routes = config["route"]["routes"]
+    assert routes[0]["matchers"] == ['rule="onfinish_alerts_test"'] and routes[0]["receiver"] == "webhook"
+    text = (REPO / "deploy" / "alertmanager" / "templates" / "slack.tmpl").read_text()
+    for name in (
+        "onfinish.slack.title",
+        "onfinish.slack.text",
+        "onfinish.slack.link",
+        "onfinish.slack.color",
+    ):
+        assert f'define "{name}"' in text

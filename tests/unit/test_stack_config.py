@@ -66,3 +66,52 @@ def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPat
     cluster_id = KafkaBroker._random_cluster_id()
     assert cluster_id == base64.urlsafe_b64encode(b"\x01" * 16).decode().rstrip("=")
     assert len(cluster_id) == 22
+
+
+def test_alertmanager_runs_one_node_on_loopback_notifying_the_stacks_webhook(tmp_path: Path):
+    from onfinish.alerting.settings import AlertingSettings
+    from onfinish.stack.alertmanager import AlertmanagerServer, WebhookReceiverServer
+
+    settings = StackSettings(
+        home=tmp_path, alertmanager_port=19094, webhook_port=19095, cache_dir=tmp_path / "c"
+    )
+    server = AlertmanagerServer(settings, AlertingSettings())
+    server.home.mkdir(parents=True)
+    server.prepare()
+    config = json.loads(server.config_path.read_text())  # JSON is YAML to Alertmanager
+    assert config["route"]["receiver"] == "webhook" and config["route"]["group_by"] == ["rule", "subject"]
+    (webhook,) = config["receivers"][0]["webhook_configs"]
+    assert webhook == {"url": "http://127.0.0.1:19095/alertmanager", "send_resolved": True}
+    binary = settings.cache_dir / "bin" / "alertmanager-v0.28.1"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("")
+    command = server.command()
+    assert command[0] == str(binary)
+    assert "--web.listen-address=127.0.0.1:19094" in command and "--cluster.listen-address=" in command
+    assert f"--storage.path={tmp_path / 'alertmanager' / 'data'}" in command
+    receiver = WebhookReceiverServer(settings).command()
+    assert receiver[-2:] == ["--out", str(tmp_path / "webhook" / "notifications.jsonl")]
+
+
+def test_a_configuration_of_ones_own_is_used_as_it_is(tmp_path: Path):
+    from onfinish.alerting.settings import AlertingSettings
+    from onfinish.stack.alertmanager import AlertmanagerServer
+
+    own = tmp_path / "mine.yml"
+    own.write_text("route:\n  receiver: pager\nreceivers:\n  - name: pager\n")
+    server = AlertmanagerServer(StackSettings(home=tmp_path), AlertingSettings(alertmanager_config=own))
+    server.home.mkdir(parents=True)
+    server.prepare()
+    assert server.config_path.read_text() == own.read_text()
+
+
+def test_the_stack_runs_alertmanager_only_with_alerting_enabled(tmp_path: Path):
+    from onfinish.alerting.settings import AlertingSettings
+    from onfinish.stack.stack import Stack
+
+    on = Stack(StackSettings(home=tmp_path), alerting=AlertingSettings(enabled=True))
+    off = Stack(StackSettings(home=tmp_path), alerting=AlertingSettings(enabled=False))
+    assert [c.name for c in on.components][-2:] == ["webhook", "alertmanager"]
+    assert "alertmanager" not in [c.name for c in off.components]
+    assert any(s.artefact.name == "Alertmanager v0.28.1" for s in on.install_steps())
+    assert not any("Alertmanager" in s.artefact.name for s in off.install_steps())
