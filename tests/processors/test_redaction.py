@@ -758,6 +758,14 @@ ORDINARY_IDENTIFIERS = (
     "0.4.1",
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "tenant%2F42",
+    "chat-v2",
+    "gpt-4o-2024-08-06",
+    "us-east-1",
+    "1.2.3",
+    "2.0.0-rc.1+build.5",
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "d41d8cd98f00b204e9800998ecf8427e",
+    "01J9Z3K7Q8R2T5V6W7X8Y9Z0AB",
 )
 IDENTIFIERS_WITH_PII = (
     "alice@example.com",
@@ -772,6 +780,12 @@ IDENTIFIERS_WITH_PII = (
     "ip-192.168.1.20",
     "feature?token=sk-" + "a" * 40,
     "M%C3%BCller%40example.com",
+    # Glued on by "-" or "_", which the free-text patterns read as part of a word.
+    "order-4111111111111111",
+    "sess_4111 1111 1111 1111",
+    "alice.pii@example.com-3",
+    "+1 415 555 0100_7",
+    "request_id-12-4111%201111%201111%201111",
 )
 KEY = b"identifier-key"
 

@@ -470,12 +470,18 @@ impl Engine {
 
     /// `clean_identifier`: the identifier as it is, or its "p_" pseudonym when a pattern finds PII
     /// in it (percent-decoded included).
+    /// Checked as written, then with "-" and "_" read as spaces (redaction.py's _ID_SEPARATORS:
+    /// the patterns do not match PII glued to a word by them, as it is in an id).
     fn identifier<'a>(&mut self, py: Python<'_>, text: &'a str) -> PyResult<Cow<'a, str>> {
-        Ok(match self.redact(py, text)? {
-            Redacted::Kept(_) => Cow::Borrowed(text),
-            Redacted::Changed(_) => {
-                Cow::Owned(cached_pseudonym(&mut self.identifier_pseudonyms, text, &self.pseudonym_key, "p_"))
-            }
+        let mut found = matches!(self.redact(py, text)?, Redacted::Changed(_));
+        if !found && text.contains(['-', '_']) {
+            let spaced = text.replace(['-', '_'], " ");
+            found = matches!(self.redact(py, &spaced)?, Redacted::Changed(_));
+        }
+        Ok(if found {
+            Cow::Owned(cached_pseudonym(&mut self.identifier_pseudonyms, text, &self.pseudonym_key, "p_"))
+        } else {
+            Cow::Borrowed(text)
         })
     }
 
