@@ -24,6 +24,7 @@ from onfinish.processors.redaction import (
     check_re_engine,
     clean_identifier,
     iban_valid,
+    is_opaque_id,
     luhn_valid,
     percent_decoded,
     pseudonymise,
@@ -958,3 +959,31 @@ def test_texts_outside_printable_ascii_are_left_to_the_reference() -> None:
     for text in ("mail anna@example.com\x1cnow", "mäil anna@example.com", "Bearer\u2003abc123def456"):
         assert not NATIVE.redactor.native_text(text)
         assert NATIVE.redact(text) == REFERENCE.redact(text)
+
+
+@pytest.mark.parametrize(
+    ("identifier", "opaque"),
+    [
+        ("0b8f3c2e-1d4a-4f5b-9c6d-7e8f9a0b1c2d", True),
+        ("0B8F3C2E-1D4A-4F5B-9C6D-7E8F9A0B1C2D", True),
+        ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", True),  # SHA-256
+        ("d41d8cd98f00b204e9800998ecf8427e", True),  # MD5
+        ("da39a3ee5e6b4b0d3255bfef95601890afd80709", True),  # SHA-1
+        ("0b8f3c2e-1d4a-4f5b-9c6d-7e8f9a0b1c2", False),  # one digit short
+        ("0b8f3c2e1d4a-4f5b-9c6d-7e8f9a0b1c2d-", False),  # hyphens elsewhere
+        ("E3B0C44298FC1C149AFBF4C8996FB924", False),  # upper-case digests are not the usual spelling
+        ("4111-1111-1111-1111", False),
+        ("alice@example.com", False),
+        ("sess-4111111111111111", False),
+    ],
+)
+def test_machine_made_ids_are_recognised_by_shape_alone(identifier: str, opaque: bool) -> None:
+    assert is_opaque_id(identifier) is opaque
+
+
+def test_an_opaque_id_passes_and_pii_glued_to_an_id_does_not() -> None:
+    # The native core's own test of the same shapes is the differential test (test_engines.py).
+    key = b"k" * 32
+    uuid_id = "0b8f3c2e-1d4a-4f5b-9c6d-7e8f9a0b1c2d"
+    assert clean_identifier(uuid_id, REFERENCE, key) == uuid_id
+    assert clean_identifier(f"{uuid_id}-alice@example.com", REFERENCE, key).startswith("p_")

@@ -83,6 +83,20 @@ fn canonical_uuid(text: &str) -> bool {
         })
 }
 
+/// redaction.py's is_opaque_id: a UUID in its 8-4-4-4-12 form (either case) or a lowercase hex
+/// digest of 32, 40 or 64 digits; such ids skip the pattern passes.
+fn opaque_id(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    match bytes.len() {
+        36 => bytes.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        }),
+        32 | 40 | 64 => bytes.iter().all(|&b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        _ => false,
+    }
+}
+
 fn text<'a>(value: &Val<'a>) -> Option<&'a str> {
     match value {
         Val::Str(text) => Some(text),
@@ -473,6 +487,9 @@ impl Engine {
     /// Checked as written, then with "-" and "_" read as spaces (redaction.py's _ID_SEPARATORS:
     /// the patterns do not match PII glued to a word by them, as it is in an id).
     fn identifier<'a>(&mut self, py: Python<'_>, text: &'a str) -> PyResult<Cow<'a, str>> {
+        if opaque_id(text) {
+            return Ok(Cow::Borrowed(text));
+        }
         let mut found = matches!(self.redact(py, text)?, Redacted::Changed(_));
         if !found && text.contains(['-', '_']) {
             let spaced = text.replace(['-', '_'], " ");
