@@ -160,10 +160,6 @@ class Counts:
 STAGES = ("decode", "enrich", "encode", "state", "finish")
 
 
-def _session_key(record: OnFinishEvent | Feedback) -> str:
-    return record.session_id or record.request_id
-
-
 class Pipeline:
     def __init__(
         self,
@@ -421,7 +417,7 @@ class Batch:
         seconds["decode"] += decoded_at - started
         try:
             if isinstance(decoded, Feedback):
-                self._feedback(decoded, record.partition, record.offset)
+                self._feedback(pipeline.enricher.feedback(decoded), record.partition, record.offset)
                 seconds["state"] += perf_counter() - decoded_at
             else:
                 self._event(decoded, record.partition, record.offset, decoded_at)
@@ -442,7 +438,9 @@ class Batch:
     def _event(self, event: OnFinishEvent, partition: int, offset: int, since: float) -> None:
         pipeline = self.pipeline
         seconds = self.seconds
-        session_key = _session_key(event)
+        # The session key as the enriched record has it (an id holding PII is pseudonymised): what
+        # state, snapshots and the outputs' Kafka keys use, never the raw value.
+        session_key = pipeline.enricher.key(event)
         session = self._touch_session(session_key, partition)
         event_id = str(event.event_id)
         first_offset = session.event_offsets.get(event_id)
@@ -457,7 +455,7 @@ class Batch:
         outputs = [
             Output(
                 ENRICHED_EVENT,
-                event.key.encode(),
+                session_key.encode(),
                 pipeline.encode(ENRICHED_EVENT, ENRICHED_EVENT.to_datum(enriched)),
             )
         ]
@@ -466,7 +464,9 @@ class Batch:
         self.partitions.add(partition)
         encoded_at = perf_counter()
         seconds["encode"] += encoded_at - enriched_at
-        self._apply(session, enriched, event_id, Behaviour.of(event), partition, offset)
+        # Kept in the session's state (and its changelog) with the finish reason as redacted; it scores
+        # as the raw one does, since no truncation reason holds anything a pattern masks.
+        self._apply(session, enriched, event_id, Behaviour.of(enriched), partition, offset)
         seconds["state"] += perf_counter() - encoded_at
 
     def _call(self, call: Call, partition: int, offset: int) -> None:
@@ -534,8 +534,9 @@ class Batch:
         entry[0].apply(enriched, offset)
 
     def _feedback(self, feedback: Feedback, partition: int, offset: int) -> None:
+        """A Feedback whose ids are cleaned as its call's were (`Enricher.feedback`)."""
         pipeline = self.pipeline
-        session_key = _session_key(feedback)
+        session_key = feedback.key
         session = self._touch_session(session_key, partition)
         if offset <= session.state.version:
             pipeline.counts.feedback += 1

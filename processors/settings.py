@@ -83,7 +83,10 @@ class ProcessorSettings(OnfinishSettings):
     )
     pseudonym_key: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_PSEUDONYM_KEY),
-        description="Key of the keyed hash that pseudonymises user_id; set your own in production.",
+        description=(
+            "Key of the keyed hash that pseudonymises user_id and any identifier a redaction pattern "
+            "finds PII in; set your own in production."
+        ),
     )
     quality_regenerated_weight: float = Field(default=0.35, ge=0, description="Weight of 'not regenerated'.")
     quality_edited_weight: float = Field(default=0.20, ge=0, description="Weight of 'not edited'.")
