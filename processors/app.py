@@ -59,8 +59,8 @@ from onfinish.schemas.wire import (
     RegistryUnavailable,
     WriterSchemas,
     framing,
-    register,
     registry_client,
+    schema_id_for,
     schema_text_fetch,
 )
 from onfinish.security import librdkafka_config
@@ -177,11 +177,13 @@ class ChangelogStore:
 
 
 class OutputSchemas:
-    """Schema ids of the processors' outputs, registered on first use and then remembered."""
+    """Schema ids of the processors' outputs, registered (or, auto-registration off, looked up)
+    on first use and then remembered."""
 
-    def __init__(self, registry: RegistrySettings, topic_prefix: str) -> None:
+    def __init__(self, registry: RegistrySettings, topic_prefix: str, *, auto_register: bool = True) -> None:
         self.client = registry_client(registry, quick=True)  # the pipeline retries on its own
         self.topic_prefix = topic_prefix
+        self.auto_register = auto_register
         self._prefixes: dict[str, bytes] = {}
 
     def encode(self, record_type: RecordType, datum: dict[str, Any]) -> bytes:
@@ -192,7 +194,8 @@ class OutputSchemas:
         prefix = self._prefixes.get(record_type.full_name)
         if prefix is None:
             subject = record_type.subject(record_type.topic(self.topic_prefix))
-            prefix = framing(register(self.client, record_type, subject))
+            schema_id = schema_id_for(self.client, record_type, subject, auto_register=self.auto_register)
+            prefix = framing(schema_id)
             self._prefixes[record_type.full_name] = prefix
         return prefix
 
@@ -228,7 +231,7 @@ def build_app(
     sessions = app.Table("sessions", default=None)  # keys and values as JSON, the app default
     windows = app.Table("windows", default=None)
 
-    schemas = OutputSchemas(registry, prefix)
+    schemas = OutputSchemas(registry, prefix, auto_register=settings.auto_register)
     decoder = Decoder(
         WriterSchemas(schema_text_fetch(registry_client(registry, quick=True))),
         bounds=TimeBounds(timedelta(seconds=settings.max_future_s), timedelta(seconds=settings.max_past_s)),

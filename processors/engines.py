@@ -240,7 +240,7 @@ def feedback_of(fields: tuple[Any, ...]) -> Feedback:
 
 
 def behaviour_of(call: Call) -> Behaviour:
-    """`Behaviour.of` of the event the core read (its finish reason as sent, not as redacted)."""
+    """`Behaviour.of` of the enriched record the core made (its finish reason as redacted)."""
     return Behaviour(
         status=call.status,
         regenerated=call.regenerated,
@@ -248,7 +248,7 @@ def behaviour_of(call: Call) -> Behaviour:
         latency_ms=call.latency_ms,
         prompt_tokens=call.prompt_tokens,
         completion_tokens=call.completion_tokens,
-        finish_reason=call.raw_finish_reason,
+        finish_reason=call.finish_reason,
         rating=call.rating,
         rated_at=call.finished_at if call.rating is not None else None,
     )

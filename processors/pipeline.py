@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
+from onfinish.errors import AccessDenied
 from onfinish.processors.alerts import (
     RuleBook,
     event_alerts,
@@ -196,10 +197,6 @@ STAGES = ("decode", "enrich", "encode", "state", "finish")
 SWEEP_SESSIONS = 2_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def _session_key(record: OnFinishEvent | Feedback) -> str:
-    return record.session_id or record.request_id
 
 
 class Pipeline:
@@ -598,11 +595,11 @@ class Batch:
         seconds["decode"] += decoded_at - started
         try:
             if isinstance(decoded, Feedback):
-                self._feedback(decoded, record.partition, record.offset)
+                self._feedback(pipeline.enricher.feedback(decoded), record.partition, record.offset)
                 seconds["state"] += perf_counter() - decoded_at
             else:
                 self._event(decoded, record.partition, record.offset, decoded_at)
-        except (RegistryUnavailable, SchemaRefused):
+        except (RegistryUnavailable, SchemaRefused, AccessDenied):
             raise
         except Exception as exc:  # a bug must not stop the worker: the record goes to the DLQ
             message = f"{type(exc).__name__}: {exc}"
@@ -629,7 +626,9 @@ class Batch:
     def _event(self, event: OnFinishEvent, partition: int, offset: int, since: float) -> None:
         pipeline = self.pipeline
         seconds = self.seconds
-        session_key = _session_key(event)
+        # The session key as the enriched record has it (an id holding PII is pseudonymised): what
+        # state, snapshots and the outputs' Kafka keys use, never the raw value.
+        session_key = pipeline.enricher.key(event)
         session = self._touch_session(session_key, partition)
         event_id = event.event_id.bytes
         if session is not None:
@@ -645,7 +644,7 @@ class Batch:
         outputs = [
             Output(
                 ENRICHED_EVENT,
-                event.key.encode(),
+                session_key.encode(),
                 pipeline.encode(ENRICHED_EVENT, ENRICHED_EVENT.to_datum(enriched)),
             )
         ]
@@ -654,8 +653,10 @@ class Batch:
         self.partitions.add(partition)
         encoded_at = perf_counter()
         seconds["encode"] += encoded_at - enriched_at
+        # Kept in the session's state with the finish reason as redacted (whether it is a truncation:
+        # it scores as the raw one does, since no truncation reason holds anything a pattern masks).
         self._apply(
-            session, session_key, enriched, event_id, event.finish_reason, event.rating, partition, offset
+            session, session_key, enriched, event_id, enriched.finish_reason, event.rating, partition, offset
         )
         seconds["state"] += perf_counter() - encoded_at
 
@@ -683,9 +684,7 @@ class Batch:
         self.partitions.add(partition)
         encoded_at = perf_counter()
         seconds["encode"] += encoded_at - looked_up
-        self._apply(
-            session, session_key, call, event_id, call.raw_finish_reason, call.rating, partition, offset
-        )
+        self._apply(session, session_key, call, event_id, call.finish_reason, call.rating, partition, offset)
         seconds["state"] += perf_counter() - encoded_at
 
     def _apply(
@@ -736,8 +735,9 @@ class Batch:
         entry[0].apply(enriched, offset)
 
     def _feedback(self, feedback: Feedback, partition: int, offset: int) -> None:
+        """A Feedback whose ids are cleaned as its call's were (`Enricher.feedback`)."""
         pipeline = self.pipeline
-        session_key = _session_key(feedback)
+        session_key = feedback.key
         session = self._touch_session(session_key, partition)
         if session is None:  # about a session not in memory: no call of it to correct
             pipeline.counts.feedback += 1

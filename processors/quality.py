@@ -46,7 +46,7 @@ from datetime import datetime
 from typing import Final
 
 from onfinish.errors import ConfigurationError
-from onfinish.schemas.models import Feedback, OnFinishEvent, Status
+from onfinish.schemas.models import EnrichedEvent, Feedback, OnFinishEvent, Status
 
 # Providers name truncation differently: OpenAI "length", Anthropic "max_tokens", Gemini "MAX_TOKENS".
 TRUNCATION_FINISH_REASONS: Final = frozenset({"length", "max_tokens"})
@@ -122,7 +122,7 @@ class Behaviour:
     rated_at: datetime | None = None
 
     @classmethod
-    def of(cls, event: OnFinishEvent) -> Behaviour:
+    def of(cls, event: OnFinishEvent | EnrichedEvent) -> Behaviour:
         return cls(
             status=event.status,
             regenerated=event.regenerated,

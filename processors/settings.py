@@ -52,6 +52,14 @@ class ProcessorSettings(OnfinishSettings):
     heartbeat_interval_s: float = Field(
         default=3.0, gt=0, description="How often a worker tells the group it lives."
     )
+    auto_register: bool = Field(
+        default=True,
+        description=(
+            "Register the output schemas when missing. Off where a schema admin registers the "
+            "contract and the workers may only read the registry: a worker then refuses to start "
+            "until the schemas are there."
+        ),
+    )
     engine: Engine = Field(
         default=Engine.native,
         description=(
@@ -75,7 +83,10 @@ class ProcessorSettings(OnfinishSettings):
     )
     pseudonym_key: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_PSEUDONYM_KEY),
-        description="Key of the keyed hash that pseudonymises user_id; set your own in production.",
+        description=(
+            "Key of the keyed hash that pseudonymises user_id and any identifier a redaction pattern "
+            "finds PII in; set your own in production."
+        ),
     )
     quality_regenerated_weight: float = Field(default=0.35, ge=0, description="Weight of 'not regenerated'.")
     quality_edited_weight: float = Field(default=0.20, ge=0, description="Weight of 'not edited'.")

@@ -11,7 +11,13 @@ from onfinish.errors import AccessDenied
 from onfinish.logs import LogSettings, configure_logging
 from onfinish.runtime import tune_gc
 from onfinish.schemas.contract import PROCESSED_RECORD_TYPES
-from onfinish.schemas.wire import RegistryUnavailable, check_registry_access
+from onfinish.schemas.wire import (
+    RegistryUnavailable,
+    SchemaRefused,
+    check_registry_access,
+    registered_id,
+    registry_client,
+)
 from onfinish.security import check_kafka_access, librdkafka_config
 from onfinish.settings import KafkaSettings, RegistrySettings
 
@@ -57,13 +63,25 @@ def check_access(kafka: KafkaSettings, registry: RegistrySettings, app_id: str) 
     check_registry_access(registry)
 
 
+def check_registered_outputs(registry: RegistrySettings, topic_prefix: str) -> None:
+    """With auto-registration off, the output schemas must be there before the first batch: a
+    contract the schema admin has not registered is SchemaRefused here, at the start, with what to
+    run, rather than a worker that ends at its first event."""
+    client = registry_client(registry, quick=True)
+    for record_type in PROCESSED_RECORD_TYPES:
+        registered_id(client, record_type, record_type.subject(record_type.topic(topic_prefix)))
+
+
 def main() -> None:
     from onfinish.processors.settings import ProcessorSettings
 
     configure_logging(LogSettings())  # until Faust's worker puts the same handler in place
+    settings = ProcessorSettings()
     try:
-        check_access(KafkaSettings(), RegistrySettings(), ProcessorSettings().app_id)
-    except AccessDenied as exc:
+        check_access(KafkaSettings(), RegistrySettings(), settings.app_id)
+        if not settings.auto_register:
+            check_registered_outputs(RegistrySettings(), KafkaSettings().topic_prefix)
+    except (AccessDenied, SchemaRefused) as exc:
         log.error("processor worker cannot start: %s", exc)
         raise SystemExit(2) from None
     except RegistryUnavailable as exc:  # away for now: the pipeline waits for it, as ever

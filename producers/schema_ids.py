@@ -11,10 +11,11 @@ import json
 import logging
 from pathlib import Path
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from onfinish.errors import OnfinishError
 from onfinish.schemas.contract import RECORD_TYPES
-from onfinish.schemas.wire import framing, registry_client, schema_id_of
+from onfinish.schemas.wire import framing, registry_client, schema_id_for, schema_id_of
 from onfinish.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -61,23 +62,26 @@ class SchemaIds:
             return prefix
         record_type = RECORD_TYPES[kind]
         subject = record_type.subject(self.topic)
-        schema = Schema(record_type.schema_str, "AVRO")
         try:
             if self._client is None:
                 # One quick attempt: the worker must get back to draining the hand-off queue into the
                 # spool, and it retries on its own back-off. The client's default retries sleep.
                 self._client = registry_client(self.registry, quick=True)
-            schema_id: int | None = (
-                self._client.register_schema(subject, schema)
-                if self.auto_register
-                else self._client.lookup_schema(subject, schema).schema_id
-            )
+            schema_id = schema_id_for(self._client, record_type, subject, auto_register=self.auto_register)
         except Exception as exc:
+            # Events wait in the spool either way: the registry away, or (auto-registration off)
+            # the schema admin has not registered the contract yet. The reason says which.
             log.warning(
-                "schema registry unavailable", extra={"subject": subject, "error": type(exc).__name__}
+                "schema id unavailable; events stay spooled",
+                # Only onfinish's own reasons are quoted: they are written to name no secret.
+                extra={
+                    "subject": subject,
+                    "error": type(exc).__name__,
+                    "reason": str(exc) if isinstance(exc, OnfinishError) else "",
+                },
             )
             return None
-        prefix = framing(int(schema_id or 0))
+        prefix = framing(schema_id)
         self._prefixes[kind] = prefix
         self._save()
         return prefix

@@ -259,6 +259,59 @@ def register(client: SchemaRegistryClient, record_type: RecordType, subject: str
         raise RegistryUnavailable(f"registering {subject}: {exc}") from exc
 
 
+def registered_id(client: SchemaRegistryClient, record_type: RecordType, subject: str) -> int:
+    """The id `record_type`'s schema already has under `subject`, found with reads only.
+
+    For principals that may only read the registry (auto-registration off, decision 0014): the
+    Confluent client's own `lookup_schema` is a POST to the subject, which registries with roles
+    (AxonOps among them) count as a write. So the subject's versions are read, newest first, and
+    the first whose schema is the contract's (same JSON, else the same Parsing Canonical Form) gives
+    the id. SchemaRefused when no version matches (the schema admin has not registered this
+    contract: `onfinish schema register`), RegistryAccessDenied on 401/403, RegistryUnavailable
+    when the registry cannot be asked.
+    """
+    from fastavro.schema import to_parsing_canonical_form
+
+    wanted = json.loads(record_type.schema_str)
+    canonical: str | None = None
+    try:
+        versions = client.get_versions(subject)
+        for version in sorted(versions, reverse=True):
+            registered = client.get_version(subject, version)
+            text, schema_id = registered.schema.schema_str, registered.schema_id
+            if text is None or schema_id is None:
+                continue
+            if json.loads(text) == wanted:
+                return int(schema_id)
+            canonical = canonical or to_parsing_canonical_form(wanted)
+            if to_parsing_canonical_form(json.loads(text)) == canonical:
+                return int(schema_id)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code in (401, 403):
+            raise RegistryAccessDenied(
+                f"reading {subject} was refused (HTTP {exc.http_status_code}): this principal needs "
+                "read rights on the registry's subjects"
+            ) from None
+        if exc.http_status_code != 404:
+            raise RegistryUnavailable(f"reading {subject}: {exc}") from exc
+    except Exception as exc:  # the client's transport errors: the registry is away
+        raise RegistryUnavailable(f"reading {subject}: {_reason(exc)}") from exc
+    raise SchemaRefused(
+        f"{subject} holds no version of this onfinish's schema and auto-registration is off: have "
+        "the schema admin run `onfinish schema register` (or turn auto-registration on)"
+    )
+
+
+def schema_id_for(
+    client: SchemaRegistryClient, record_type: RecordType, subject: str, *, auto_register: bool
+) -> int:
+    """`record_type`'s id under `subject`: registered if missing when `auto_register`, else found
+    with reads only (`registered_id`)."""
+    if auto_register:
+        return register(client, record_type, subject)
+    return registered_id(client, record_type, subject)
+
+
 @dataclass(frozen=True)
 class WriterSchema:
     """A registered schema values were written with: parsed, and the contract record it is, if any.

@@ -184,11 +184,16 @@ class Demo:
             rate=rate, duration_s=duration_s, seed=seed, profile=profile or TrafficProfile(), predraw=predraw
         )
         spool = self.stack.home / "demo-spool"
+        # On a secured stack the SDK runs as `sdk`: a read-only registry user, so it looks the
+        # contract's ids up instead of registering them (the admin step did).
+        secure = self.stack.secure
         report = run_load(
             plan,
-            ProducerSettings(topic=f"{self.kafka.topic_prefix}.raw", spool_dir=spool),
+            ProducerSettings(
+                topic=f"{self.kafka.topic_prefix}.raw", spool_dir=spool, auto_register=not secure
+            ),
             self.kafka,
-            self.registry,
+            StackSecurity(self.stack).registry_settings(self.registry, "sdk") if secure else self.registry,
             progress=progress,
             manifest=self.stack.home / "demo-manifest.json",
         )

@@ -53,9 +53,10 @@ class SchemaRegistryServer(Component):
         }
 
     def _security(self) -> dict[str, object]:
-        """TLS with the stack's server certificate, and HTTP basic auth for one user, created on the
-        registry's first start (its bootstrap admin) with the password taken from the environment
-        (the registry expands ${...} in its configuration), so the file on disk holds no secret."""
+        """TLS with the stack's server certificate, and HTTP basic auth with roles: the schema admin
+        is created on the registry's first start (its bootstrap user) with the password taken from
+        the environment (the registry expands ${...} in its configuration), so the file on disk
+        holds no secret; the read-only users are added through its admin API at `stack up`."""
         security = StackSecurity(self.settings)
         return {
             "tls": {
@@ -73,6 +74,9 @@ class SchemaRegistryServer(Component):
                     "username": REGISTRY_USER,
                     "password": "${ONFINISH_STACK_REGISTRY_PASSWORD}",
                 },
+                # Roles on: the bootstrap user is the schema admin (super_admin); the stages' users
+                # are read-only (onfinish/stack/security.py), so only the admin step registers.
+                "rbac": {"enabled": True, "default_role": "readonly"},
             },
         }
 

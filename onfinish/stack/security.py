@@ -13,6 +13,10 @@ The principals and what each may do (the ACLs `onfinish stack up --secure` creat
 - `processor`: reads onfinish.raw in its group, writes the output topics and the DLQ, and owns its
   Faust topics (changelogs, the assignor's leader topic), all named after its app id.
 - `sink`: reads the output topics and the DLQ in its groups.
+
+The registry has the same principals: `admin` is its schema admin (the bootstrap user `onfinish`,
+who registers the contract and sets FULL_TRANSITIVE), and `sdk`, `processor` and `sink` are
+read-only users, so the stages run with auto-registration off (decision 0014).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from onfinish.settings import KafkaSettings, RegistrySettings, StackSettings
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 PRINCIPALS = ("admin", "sdk", "processor", "sink")
+# The registry's read-only users: every principal but its schema admin.
+REGISTRY_READERS = ("sdk", "processor", "sink")
 REGISTRY_USER = "onfinish"
 CERTIFICATE_DAYS = 825  # the longest validity clients accept for a server certificate
 
@@ -116,7 +122,14 @@ class StackSecurity:
 
     @property
     def registry_user_info_file(self) -> Path:
+        """The schema admin's `user:password` (the registry's bootstrap user)."""
         return self.root / "secrets" / "registry.user-info"
+
+    def registry_user_info_file_of(self, principal: str) -> Path:
+        """`principal`'s `user:password` on the registry: the admin's, or a read-only user's."""
+        if principal == "admin":
+            return self.registry_user_info_file
+        return self.root / "secrets" / f"registry-{principal}.user-info"
 
     def password(self, principal: str) -> str:
         return self.password_file(principal).read_text()
@@ -137,6 +150,10 @@ class StackSecurity:
                 _write_secret(self.password_file(principal), secrets.token_urlsafe(24))
         if not self.registry_user_info_file.exists():
             _write_secret(self.registry_user_info_file, f"{REGISTRY_USER}:{secrets.token_urlsafe(24)}")
+        for principal in REGISTRY_READERS:
+            path = self.registry_user_info_file_of(principal)
+            if not path.exists():
+                _write_secret(path, f"{principal}:{secrets.token_urlsafe(24)}")
         (self.root / "README").write_text(
             "Made by `onfinish stack up --secure` for the local stack only; never commit these files.\n"
         )
@@ -241,16 +258,22 @@ class StackSecurity:
             "ONFINISH_KAFKA_SSL_CA_FILE": str(self.ca_file),
         }
 
-    def registry_environment(self) -> dict[str, str]:
-        return {
+    def registry_environment(self, principal: str = "admin") -> dict[str, str]:
+        """ONFINISH_REGISTRY_* variables of `principal`; a read-only one's also turn the stage's
+        auto-registration off (it could not register: the schema admin does)."""
+        environment = {
             "ONFINISH_REGISTRY_URL": self.settings.registry_url,
-            "ONFINISH_REGISTRY_BASIC_AUTH_USER_INFO_FILE": str(self.registry_user_info_file),
+            "ONFINISH_REGISTRY_BASIC_AUTH_USER_INFO_FILE": str(self.registry_user_info_file_of(principal)),
             "ONFINISH_REGISTRY_CA_FILE": str(self.ca_file),
         }
+        if principal in REGISTRY_READERS:
+            environment["ONFINISH_PRODUCER_AUTO_REGISTER"] = "false"
+            environment["ONFINISH_PROCESSOR_AUTO_REGISTER"] = "false"
+        return environment
 
     def environment(self, principal: str) -> dict[str, str]:
         """Every variable a process needs to run as `principal` against the secured stack."""
-        return {**self.kafka_environment(principal), **self.registry_environment()}
+        return {**self.kafka_environment(principal), **self.registry_environment(principal)}
 
     def kafka_settings(self, principal: str, base: KafkaSettings | None = None) -> KafkaSettings:
         from pydantic import SecretStr
@@ -266,13 +289,15 @@ class StackSecurity:
             }
         )
 
-    def registry_settings(self, base: RegistrySettings | None = None) -> RegistrySettings:
+    def registry_settings(
+        self, base: RegistrySettings | None = None, principal: str = "admin"
+    ) -> RegistrySettings:
         from pydantic import SecretStr
 
         return (base or RegistrySettings()).model_copy(
             update={
                 "url": self.settings.registry_url,
-                "basic_auth_user_info": SecretStr(self.registry_user_info_file.read_text()),
+                "basic_auth_user_info": SecretStr(self.registry_user_info_file_of(principal).read_text()),
                 "ca_file": self.ca_file,
             }
         )
@@ -298,6 +323,62 @@ def describe(security: StackSecurity) -> str:
     return json.dumps(
         {"ca": str(security.ca_file), "principals": list(PRINCIPALS), "registry_user": REGISTRY_USER}
     )
+
+
+def grant_registry_readers(security: StackSecurity) -> int:
+    """Create (or bring up to date) the registry's read-only users through its admin API as the
+    schema admin; returns how many. Idempotent: a user that exists gets its password from its file
+    again, so a stack home whose secrets were made anew still matches the registry's data."""
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from onfinish.errors import StackError
+
+    context = ssl.create_default_context(cafile=str(security.ca_file))
+    token = base64.b64encode(security.registry_user_info_file.read_bytes()).decode()
+    base = security.settings.registry_url
+
+    def call(method: str, path: str, body: object | None = None) -> tuple[int, object]:
+        request = urllib.request.Request(  # noqa: S310 (the stack's own https URL)
+            f"{base}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    for principal in REGISTRY_READERS:
+        user, password = security.registry_user_info_file_of(principal).read_text().split(":", 1)
+        status, _ = call(
+            "POST",
+            "/admin/users",
+            {"username": user, "password": password, "role": "readonly", "enabled": True},
+        )
+        if status == 409:  # there already: make its password and role the ones we hold
+            _, listing = call("GET", "/admin/users")
+            users = listing.get("users", []) if isinstance(listing, dict) else []
+            ids = [entry["id"] for entry in users if entry.get("username") == user]
+            status = (
+                0
+                if not ids
+                else call(
+                    "PUT",
+                    f"/admin/users/{ids[0]}",
+                    {"password": password, "role": "readonly", "enabled": True},
+                )[0]
+            )
+        if status not in (200, 201):
+            raise StackError(
+                f"creating the registry's read-only user {user} failed (HTTP {status}): check that "
+                "the registry runs with authentication on (onfinish stack up --secure)"
+            )
+    return len(REGISTRY_READERS)
 
 
 def grant_acls(admin_settings: KafkaSettings) -> int:

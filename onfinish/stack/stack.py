@@ -20,7 +20,7 @@ from onfinish.stack.component import Component, ComponentStatus, StartResult
 from onfinish.stack.kafka import KafkaBroker
 from onfinish.stack.postgres import PostgresServer
 from onfinish.stack.registry import SchemaRegistryServer
-from onfinish.stack.security import StackSecurity, grant_acls
+from onfinish.stack.security import StackSecurity, grant_acls, grant_registry_readers
 from onfinish.stack.topics import TopicResult, provision_topics
 
 # Reports one step of a long operation: (what is happening, whether it is done).
@@ -121,8 +121,9 @@ class Stack:
         progress("registering the contract (FULL_TRANSITIVE)")
         report.registrations = register(self.registry_settings, self.kafka_settings.topic_prefix)
         if self.settings.secure:
-            progress("granting each principal its ACLs")
+            progress("granting each principal its ACLs and its read-only registry user")
             report.acls = grant_acls(self.kafka_settings)
+            grant_registry_readers(self.security)
         progress("opening ClickHouse")
         report.clickhouse, report.clickhouse_version = self._check_clickhouse()
         report.seconds = time.monotonic() - began

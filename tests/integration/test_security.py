@@ -330,3 +330,20 @@ def test_zz_no_secret_reaches_a_log_file_a_page_or_a_dead_letter(pipeline: Demo,
         if secret in text
     ]
     assert not leaks, leaks
+
+
+def test_only_the_schema_admin_registers_and_the_stages_read(secured: Stack):
+    """The contract was registered by `stack up` (the admin step); every stage's registry user is
+    read-only: it finds the ids with reads and is refused a registration."""
+    from onfinish.schemas.contract import ALL_RECORD_TYPES, RECORD_TYPES
+    from onfinish.schemas.wire import SchemaRefused, register, registered_id, registry_client
+
+    security = secured.security
+    admin = registry_client(security.registry_settings())
+    for principal in ("sdk", "processor", "sink"):
+        reader = registry_client(security.registry_settings(principal=principal))
+        for record_type in ALL_RECORD_TYPES:
+            subject = record_type.subject(record_type.topic("onfinish"))
+            assert registered_id(reader, record_type, subject) == registered_id(admin, record_type, subject)
+        with pytest.raises(SchemaRefused, match="403"):
+            register(reader, RECORD_TYPES[0], "onfinish.raw-value")

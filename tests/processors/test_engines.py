@@ -14,7 +14,7 @@ import json
 import random
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -27,15 +27,15 @@ from onfinish.loadgen.traffic import TRAFFIC_START, Malformed, TrafficGenerator,
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.engines import NativeCore
-from onfinish.processors.enrichment import Enricher
+from onfinish.processors.enrichment import IDENTIFIER_FIELDS, TRACE_ID_LENGTHS, Enricher
 from onfinish.processors.pipeline import DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
-from onfinish.processors.redaction import PatternSet
+from onfinish.processors.redaction import PatternSet, percent_decoded
 from onfinish.processors.settings import ProcessorSettings
-from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, RecordType
+from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, QUALITY_UPDATE, RecordType
 from onfinish.schemas.deadletter import DeadLetter
-from onfinish.schemas.models import EnrichedEvent, OnFinishEvent
+from onfinish.schemas.models import EnrichedEvent, Feedback, OnFinishEvent
 from onfinish.schemas.wire import WriterSchema
 from tests.conftest import UNIT_PROFILE, scaled_examples
 from tests.integration.records import hostile_values, sample_event
@@ -201,9 +201,12 @@ def _records(values: Sequence[tuple[bytes, bytes | None]]) -> list[RawRecord]:
     return records
 
 
-def _loadgen(count: int, seed: int, **profile: Any) -> tuple[list[tuple[bytes, bytes | None]], int]:
+def _loadgen(
+    count: int, seed: int, transform: Callable[[Any], Any] = lambda item: item, **profile: Any
+) -> tuple[list[tuple[bytes, bytes | None]], int]:
     """`count` loadgen items as raw values (events and feedback framed with the contract's ids,
-    malformed ones as they are), some events sent twice as an SDK retry would; and the events."""
+    malformed ones as they are), some events sent twice as an SDK retry would; and the events.
+    `transform` changes each event and feedback first."""
     rng = random.Random(seed)
     values: list[tuple[bytes, bytes | None]] = []
     events = 0
@@ -211,6 +214,7 @@ def _loadgen(count: int, seed: int, **profile: Any) -> tuple[list[tuple[bytes, b
         if isinstance(item, Malformed):
             values.append((item.key, item.value))
             continue
+        item = transform(item)
         record_type = ONFINISH_EVENT if isinstance(item, OnFinishEvent) else FEEDBACK
         schema_id = 1 if record_type is ONFINISH_EVENT else 2
         value = b"\x00" + schema_id.to_bytes(4, "big") + record_type.encode(record_type.to_datum(item))
@@ -253,6 +257,132 @@ def test_pii_traffic_is_redacted_identically() -> None:
     outputs = engines.run(_records(values), batch_size=250)
     engines.assert_identical(outputs)
     assert engines.handed_back == 0
+
+
+# PII planted in identifiers and dimensions: as written, percent-encoded (once and twice), and
+# encoded outside ASCII (which the core's regex engine leaves to the reference, inside its call).
+PLANTS = (
+    "alice@example.com",
+    "alice%40example.com",
+    "anna.meyer12%2540example.com",
+    "4111%201111%201111%201111",
+    "+1 415 555 0100",
+    "%2B1%20415%20555%200100",
+    "DE89370400440532013000",
+    "user 123-45-6789",
+    "M%C3%BCller%40example.com",
+)
+# Free text and attribute values with percent-encoded PII, as URLs carry it.
+ENCODED_TEXTS = (
+    "GET https://api.example.com/v1/users?email=bob%40example.com&page=2 -> 404",
+    "redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb%3Fphone%3D%252B1%2520415%2520555%25200199",
+    "card 5500%2D0000%2D0000%2D0004 declined",
+)
+
+
+def _plant(value: str) -> str:
+    """One value in four (by its hash, so a session's and its feedback's ids change alike) gets PII."""
+    digest = zlib.crc32(value.encode())
+    return value if digest % 4 else f"{value} {PLANTS[digest // 4 % len(PLANTS)]}"
+
+
+def _planted(item: Any) -> Any:
+    if isinstance(item, Feedback):
+        return item.model_copy(
+            update={
+                "request_id": _plant(item.request_id),
+                "session_id": item.session_id and _plant(item.session_id),
+            }
+        )
+    update: dict[str, Any] = {
+        name: _plant(value)
+        for name in (*IDENTIFIER_FIELDS, *TRACE_ID_LENGTHS)
+        if (value := getattr(item, name))
+    }
+    digest = zlib.crc32(item.request_id.encode())
+    if digest % 3 == 0:
+        text = ENCODED_TEXTS[digest // 3 % len(ENCODED_TEXTS)]
+        update["error_message"] = text
+        update["attributes"] = {**item.attributes, "customer_note": text}
+    return item.model_copy(update=update)
+
+
+def test_pii_planted_in_every_identifier_and_percent_encoded_is_cleaned_identically() -> None:
+    values, events = _loadgen(3_000, seed=11, transform=_planted, malformed_share=0)
+    engines = Engines()
+    outputs = engines.run(_records(values), batch_size=250)
+    engines.assert_identical(outputs)
+    assert engines.handed_back == 0
+    native = outputs["native"]
+    assert len([o for o in native if o.record_type is ENRICHED_EVENT]) == events
+    assert [o for o in native if o.record_type is QUALITY_UPDATE], "feedback still finds its calls"
+    keys = [o.key for o in native if o.record_type is ENRICHED_EVENT and o.key]
+    assert events / 8 < sum(key.startswith(b"p_") for key in keys) < events / 2  # a quarter of sessions
+    published = b"\n".join((o.key or b"") + b"\n" + (o.value or b"") for o in native)
+    stored = json.dumps(engines.stores["native"], default=str)
+    decoded_plants = {
+        form
+        for plant in PLANTS
+        for form in (plant, percent_decoded(plant), percent_decoded(percent_decoded(plant)))
+    }
+    pii = [*decoded_plants, "bob@example.com", "+1 415 555 0199", "5500-0000-0000-0004"]
+    assert not [text for text in pii if text.encode() in published or text in stored]
+
+
+def _enriched(output: Output) -> dict[str, Any]:
+    assert output.value is not None
+    datum = fastavro.schemaless_reader(io.BytesIO(output.value[5:]), ENRICHED_EVENT.parsed)
+    assert isinstance(datum, dict)
+    return datum
+
+
+def test_pii_in_every_identifier_of_one_event_at_once_is_cleaned_identically() -> None:
+    """Hostile events whose every identifier and dimension holds PII at once (each plant in turn),
+    with percent-encoded PII in error_message and an allowed attribute: every such field leaves as
+    its "p_" pseudonym on both engines, and no plant leaves in any form."""
+    values: list[tuple[bytes, bytes | None]] = []
+    items = TrafficGenerator(TrafficProfile(pii_share=0, malformed_share=0), seed=5).items(400)
+    events = [item for item in items if isinstance(item, OnFinishEvent)]
+    planted_fields = (*IDENTIFIER_FIELDS, *TRACE_ID_LENGTHS)
+    for index, plant in enumerate(PLANTS * 3):
+        event = events[index]
+        text = ENCODED_TEXTS[index % len(ENCODED_TEXTS)]
+        update: dict[str, Any] = {name: f"{name}-{index} {plant}" for name in planted_fields}
+        update |= {"error_message": text, "attributes": {**event.attributes, "customer_note": text}}
+        event = event.model_copy(update=update)
+        value = FRAME[:1] + (1).to_bytes(4, "big") + ONFINISH_EVENT.encode(ONFINISH_EVENT.to_datum(event))
+        values.append((event.key.encode(), value))
+    engines = Engines()
+    outputs = engines.run(_records(values), batch_size=10)
+    engines.assert_identical(outputs)
+    enriched = [_enriched(o) for o in outputs["native"] if o.record_type is ENRICHED_EVENT]
+    assert len(enriched) == len(values)
+    for record in enriched:
+        assert all(record[name].startswith("p_") and len(record[name]) == 34 for name in planted_fields)
+    published = b"\n".join((o.key or b"") + b"\n" + (o.value or b"") for o in outputs["native"])
+    stored = json.dumps(engines.stores["native"], default=str)
+    pii = {
+        form
+        for plant in PLANTS
+        for form in (plant, percent_decoded(plant), percent_decoded(percent_decoded(plant)))
+    }
+    pii |= {"bob@example.com", "bob%40example.com", "+1 415 555 0199", "5500-0000-0000-0004"}
+    assert not [text for text in pii if text.encode() in published or text in stored]
+
+
+def test_clean_loadgen_identifiers_pass_as_they_are() -> None:
+    """Precision: the loadgen's ordinary ids and dimensions (UUIDs, hex trace ids, model versions,
+    regions, semver) are never pseudonymised."""
+    items = TrafficGenerator(TrafficProfile(pii_share=0, malformed_share=0), seed=9).items(5_000)
+    pseudonymised = Counter[str]()
+    for item in items:
+        if not isinstance(item, OnFinishEvent):
+            continue
+        record = ENRICHER.enrich(item, 0, 0, NOW)
+        for name in (*IDENTIFIER_FIELDS, *TRACE_ID_LENGTHS):
+            if getattr(record, name) != getattr(item, name):
+                pseudonymised[f"{name}={getattr(item, name)}"] += 1
+    assert not pseudonymised
 
 
 def test_the_fault_suites_hostile_corpus_gets_the_same_dead_letters() -> None:

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
 import fastavro
 import pytest
@@ -22,14 +23,16 @@ from onfinish.processors.enrichment import Enricher
 from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
-from onfinish.processors.redaction import PatternSet
+from onfinish.processors.redaction import PatternSet, pseudonymise_identifier
 from onfinish.processors.sessions import SessionState
 from onfinish.schemas.contract import (
+    ALERT,
     ENRICHED_EVENT,
     FEEDBACK,
     ONFINISH_EVENT,
     QUALITY_UPDATE,
     SESSION_SNAPSHOT,
+    WINDOW_SNAPSHOT,
     RecordType,
 )
 from onfinish.schemas.deadletter import DeadLetter
@@ -327,6 +330,156 @@ def test_feedback_after_its_event_updates_the_events_score_once():
     # The same feedback replayed by a worker that restored the session: no second update.
     again = _run(_pipeline(dict(sessions)), raw, range(1, 2))
     assert not [o for o in again if o.record_type is QUALITY_UPDATE]
+
+
+# PII planted in every identifier and dimension of a session's two calls and a Feedback, as written
+# and percent-encoded, and in free text percent-encoded: (field, value).
+PLANTED_IDS = {
+    "request_id": "req-1 card 4111%201111%201111%201111",
+    "session_id": "alice@example.com",
+    "trace_id": "trace-bob@example.com",
+    "span_id": "span +1 415 555 0100",
+    "service": "svc-carol%40example.com",
+    "environment": "env 123-45-6789",
+    "region": "region-192.168.1.20",
+    "deployment_id": "deploy=DE89370400440532013000",
+    "feature_id": "feature-dave%2540example.com",
+    "variant_id": "variant sk-" + "v" * 40,
+    "prompt_template_id": "tpl %2B49%20151%2012345678",
+    "provider": "provider erin@example.com",
+    "model_id": "model frank@example.com",
+    "model_version": "v grace%40example.com",
+    "prompt_hash": "hash=5500000000000004",
+    "sdk_name": "sdk heidi@example.com",
+    "sdk_version": "1.0 +1 415 555 0199",
+}
+# What must appear nowhere downstream: the planted values and the PII in them, decoded.
+PLANTED_PII = [
+    *PLANTED_IDS.values(),
+    "4111 1111 1111 1111",
+    "carol@example.com",
+    "dave@example.com",
+    "dave%40example.com",
+    "+49 151 12345678",
+    "grace@example.com",
+    "ivan@example.com",
+    "ivan%40example.com",
+    "+1 415 555 0142",
+    "%2B1%20415%20555%200142",
+    "judy@example.com",
+]
+
+
+def _pii_session() -> list[tuple[bytes, bytes]]:
+    base = next(
+        i for i in TrafficGenerator(TrafficProfile(), seed=27).items(50) if isinstance(i, OnFinishEvent)
+    )
+    first = base.model_copy(
+        update={
+            **PLANTED_IDS,
+            "status": Status.success,
+            "regenerated": False,
+            "edited": False,
+            "rating": None,
+            "ttft_ms": min(base.latency_ms, 1600.0),
+            "latency_ms": max(base.latency_ms, 1600.0),
+            "error_message": "GET https://api.example.com/v1/users?email=ivan%40example.com&page=2 -> 404",
+            "attributes": {"tenant_id": "https://shop.example.com/?phone=%2B1%20415%20555%200142"},
+            "safety_flags": ["reported-by judy%40example.com"],
+        }
+    )
+    second = first.model_copy(
+        update={
+            "event_id": uuid4(),
+            "request_id": "req-2 for alice%40example.com",
+            "finished_at": first.finished_at + timedelta(seconds=5),
+            "started_at": first.started_at + timedelta(seconds=5),
+        }
+    )
+    feedback = Feedback(
+        request_id=first.request_id,
+        session_id=first.session_id,
+        regenerated=True,
+        rating=-1,
+        at=second.finished_at + timedelta(seconds=5),
+    )
+    return [
+        (
+            item.key.encode(),
+            b"\x00" + (schema_id).to_bytes(4, "big") + record_type.encode(record_type.to_datum(item)),
+        )
+        for item, record_type, schema_id in (
+            (first, ONFINISH_EVENT, 1),
+            (second, ONFINISH_EVENT, 1),
+            (feedback, FEEDBACK, 2),
+        )
+    ]
+
+
+@ENGINES
+def test_pii_in_identifiers_is_pseudonymised_in_every_output_and_state(engine: str):
+    sessions: dict[str, Any] = {}
+    windows: dict[str, Any] = {}
+    pipeline = _pipeline(sessions, windows, engine=engine)
+    outputs = _run(pipeline, _pii_session(), batch_size=3)
+    assert not [o for o in outputs if o.record_type is None], "nothing is dead-lettered"
+    if pipeline.native is not None:
+        assert pipeline.native.handed_back == 0  # the core cleans identifiers itself
+
+    def pseudonym(field: str) -> str:
+        return pseudonymise_identifier(PLANTED_IDS[field], ENRICHER.pseudonym_key)
+
+    session_key = pseudonym("session_id")
+    enriched = [_decode(o) for o in outputs if o.record_type is ENRICHED_EVENT]
+    assert len(enriched) == 2
+    for field in PLANTED_IDS:
+        assert enriched[0][field] == pseudonym(field), field
+    assert enriched[0]["error_message"] == "GET https://api.example.com/v1/users?email=<email>&page=2 -> 404"
+    assert enriched[0]["attributes"] == {"tenant_id": "https://shop.example.com/?phone=<phone>"}
+    assert enriched[0]["safety_flags"] == ["reported-by <email>"]
+    assert enriched[1]["request_id"] == pseudonymise_identifier("req-2 for alice%40example.com", b"k")
+    # One session still: its calls, snapshot and feedback meet under the pseudonymised key.
+    assert {
+        o.key for o in outputs if o.record_type in (ENRICHED_EVENT, SESSION_SNAPSHOT, QUALITY_UPDATE)
+    } == {session_key.encode()}
+    session = [_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT][-1]
+    assert (session["session_id"], session["turns"], session["regenerations"]) == (session_key, 2, 1)
+    assert (session["service"], session["environment"]) == (pseudonym("service"), pseudonym("environment"))
+    assert session["models"] == [pseudonym("model_id")]
+    (update,) = [_decode(o) for o in outputs if o.record_type is QUALITY_UPDATE]
+    assert (update["request_id"], update["session_id"]) == (pseudonym("request_id"), session_key)
+    windows_out = [_decode(o) for o in outputs if o.record_type is WINDOW_SNAPSHOT]
+    assert windows_out and all(
+        (w["feature_id"], w["variant_id"], w["environment"], w["provider"], w["model_id"])
+        == tuple(pseudonym(f) for f in ("feature_id", "variant_id", "environment", "provider", "model_id"))
+        for w in windows_out
+    )
+    alerts = [_decode(o) for o in outputs if o.record_type is ALERT]
+    assert {(a["rule"], a["subject"]) for a in alerts} >= {("ttft_high", pseudonym("request_id"))}
+
+    published = b"\n".join((o.key or b"") + b"\n" + (o.value or b"") for o in outputs)
+    stored = json.dumps([sessions, windows], default=str)
+    for pii in PLANTED_PII:
+        assert pii.encode() not in published, pii
+        assert pii not in stored, pii
+
+
+@ENGINES
+def test_trace_context_ids_pass_as_they_are_and_other_spellings_are_identifiers(engine: str):
+    # 16 decimal digits that pass Luhn: a card to the patterns, and a valid W3C span id.
+    event = next(
+        i for i in TrafficGenerator(TrafficProfile(), seed=28).items(50) if isinstance(i, OnFinishEvent)
+    )
+    event = event.model_copy(update={"span_id": "4111111111111111", "trace_id": "4111111111111111"})
+    raw = [
+        (
+            event.key.encode(),
+            b"\x00" + (1).to_bytes(4, "big") + ONFINISH_EVENT.encode(ONFINISH_EVENT.to_datum(event)),
+        )
+    ]
+    (enriched,) = [_decode(o) for o in _run(_pipeline(engine=engine), raw) if o.record_type is ENRICHED_EVENT]
+    assert enriched["span_id"] == "4111111111111111"
+    assert enriched["trace_id"] == pseudonymise_identifier("4111111111111111", ENRICHER.pseudonym_key)
 
 
 def test_a_batch_times_each_stage_and_counts_every_record_read():

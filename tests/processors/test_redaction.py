@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import string
 from pathlib import Path
+from urllib.parse import quote
 from uuid import UUID
 
 import pytest
@@ -21,15 +22,19 @@ from onfinish.processors.redaction import (
     PatternSet,
     RedactionError,
     check_re_engine,
+    clean_identifier,
     iban_valid,
+    is_opaque_id,
     luhn_valid,
+    percent_decoded,
     pseudonymise,
+    pseudonymise_identifier,
     redact_attributes,
 )
 from onfinish.schemas.models import OnFinishEvent
 from tests.conftest import scaled_examples
 
-PATTERNS_FILE = Path(__file__).resolve().parents[2] / "processors" / "data" / "redaction_patterns.v1.toml"
+PATTERNS_FILE = Path(__file__).resolve().parents[2] / "processors" / "data" / "redaction_patterns.v2.toml"
 
 
 Patterns = PatternSet | NativePatternSet
@@ -234,9 +239,36 @@ CONTEXTS = (
 )
 
 
+# PII written percent-encoded, as URLs carry it in error messages and span attributes: (text as
+# written, the secret that must go in its decoded form, the pattern names allowed to catch it).
+PERCENT_ENCODED: list[tuple[str, str, set[str]]] = [
+    ("alice%40example.com", "alice@example.com", {"email"}),
+    ("anna.meyer12%2540example.com", "anna.meyer12@example.com", {"email"}),  # encoded twice
+    ("%61%6C%69%63%65%40example.com", "alice@example.com", {"email"}),  # every letter escaped
+    ("j.doe%2Balerts%40mail.example.org", "j.doe+alerts@mail.example.org", {"email"}),
+    ("4111%201111%201111%201111", "4111 1111 1111 1111", {"payment_card"}),
+    ("5500%2D0000%2D0000%2D0004", "5500-0000-0000-0004", {"payment_card"}),
+    ("%2B1%20415%20555%200100", "+1 415 555 0100", {"phone_international"}),
+    ("%2b49%20151%2012345678", "+49 151 12345678", {"phone_international"}),
+    ("%28415%29%20555-0100", "(415) 555-0100", {"phone_national"}),
+    ("DE89%203704%200044%200532%200130%2000", "DE89 3704 0044 0532 0130 00", {"iban"}),
+    ("123%2D45%2D6789", "123-45-6789", {"us_ssn"}),
+    ("2001%3Adb8%3A%3A8a2e%3A370%3A7334", "2001:db8::8a2e:370:7334", {"ipv6"}),
+    ("192%2E168%2E1%2E20", "192.168.1.20", {"ipv4"}),
+    ("password%3Dhunter2", "hunter2", {"secret_assignment"}),
+    ("Bearer%20abc123def456ghi", "abc123def456ghi", {"bearer_token"}),
+]
+PERCENT_CONTEXTS = (
+    *CONTEXTS,
+    "GET https://api.example.com/v1/customers?q={}&page=2 -> 404",
+    "redirect_uri=https%3A%2F%2Fapp.example.com%2Fcallback%3Fstate%3D{}",
+    "span attribute url.full=https://shop.example.com/checkout/{}/confirm",
+)
+
+
 def _all_positive_values() -> list[str]:
     values = [value for examples in POSITIVES.values() for value, _ in examples]
-    return values + [text for text, _, _, _ in LABELLED]
+    return values + [text for text, _, _, _ in LABELLED] + [text for text, _, _ in PERCENT_ENCODED]
 
 
 @pytest.mark.parametrize("kind", sorted(POSITIVES))
@@ -261,6 +293,43 @@ def test_labelled_secrets_keep_the_label_and_lose_the_value(
     assert value not in redacted, redacted
     assert label in redacted, redacted
     assert name in {found for found, _ in patterns.findings(text)}
+
+
+@pytest.mark.parametrize(("encoded", "secret", "names"), PERCENT_ENCODED)
+def test_percent_encoded_pii_is_masked_in_context(
+    patterns: Patterns, encoded: str, secret: str, names: set[str]
+) -> None:
+    for context in PERCENT_CONTEXTS:
+        text = context.format(encoded)
+        redacted = patterns.redact(text)
+        assert secret not in redacted and encoded not in redacted, (text, redacted)
+        assert secret not in percent_decoded(percent_decoded(redacted)), (text, redacted)
+        assert "<" in redacted
+        found = {name for name, _ in patterns.findings(text)}
+        assert found & names, (text, found)
+
+
+def test_a_decoded_text_is_returned_only_when_decoding_revealed_pii(patterns: Patterns) -> None:
+    # Escapes stay as written when nothing hides behind them...
+    clean = "GET https://api.example.com/search?q=hello%20world&since=2026-11-23T12%3A00%3A00Z -> 200"
+    assert patterns.redact(clean) == clean
+    # ...and when something does, the text comes back decoded down to it, masked.
+    assert (
+        patterns.redact("GET /v1/users?email=alice%40example.com&q=hello%20world -> 404")
+        == "GET /v1/users?email=<email>&q=hello world -> 404"
+    )
+    # PII as written is masked before decoding, so an escape next to it changes nothing.
+    assert patterns.redact("mail alice@example.com%2C bob") == "mail <email>%2C bob"
+    # Four decodings at most: a value encoded five times is beyond what any URL does.
+    assert patterns.redact("x alice%25252540example.com") == "x <email>"
+    assert patterns.redact("x alice%2525252540example.com") == "x alice%2525252540example.com"
+
+
+def test_escapes_that_decode_outside_ascii_are_decoded_as_utf_8(patterns: Patterns) -> None:
+    # Not the native engine's to decode: it hands such a text to the reference, from inside its call.
+    assert patterns.redact("M%C3%BCller%20mueller%40example.com") == "Müller <email>"
+    assert patterns.redact("broken %FF%40 sequence") == "broken %FF%40 sequence"
+    assert patterns.redact("nul %00 alice%40example.com") == "nul \x00 <email>"
 
 
 def test_url_password_keeps_user_and_host(patterns: Patterns) -> None:
@@ -394,6 +463,8 @@ _ERRORS = (
     "Commit {commit} merged into main on {date}",
     "Coordinates 52.{count}, 13.{count2} are outside the service area",
     "Fixed in 4.12.{patch}, 4.13.0 and 5.0.0-rc.{attempt}",
+    "Fetching {encoded_url} failed with HTTP {status} after {ms} ms",
+    "Redirected to {encoded_url} (attempt {attempt} of 3)",
 )
 _VALUES: dict[str, tuple[str, ...]] = {
     "model": (
@@ -416,6 +487,18 @@ _VALUES: dict[str, tuple[str, ...]] = {
         "https://api.anthropic.com/v1/messages?beta=true",
         "http://localhost:8081/subjects/onfinish-value/versions/1",
         "https://docs.example.com/guide#section-2.3",
+    ),
+    "encoded_url": (
+        "https://api.example.com/search?q=hello%20world&page=2",
+        "https://docs.example.com/guide%2Fsection-2.3",
+        "/v1/files/report%202026-11.pdf",
+        "https://example.com/login?next=https%3A%2F%2Fapp.example.com%2Fhome%3Ftab%3D2",
+        "s3://telemetry/logs/2026%2F11%2F23/part-00017.json",
+        "/v1/events?since=2026-11-23T12%3A00%3A00Z&until=2026-11-23T13%3A00%3A00Z",
+        "/api/items?ids=101%2C102%2C4021&fields=name%2Cprice",
+        "/v1/chat?filter=%7B%22model%22%3A%22gpt-4o%22%2C%22max_tokens%22%3A1024%7D",
+        "https://cdn.example.com/img/caf%C3%A9-menu%20v2.png",
+        "/search?q=100%25%20cotton&sort=price%2Bdesc",
     ),
     "library": ("faust-streaming", "pydantic", "confluent-kafka", "httpx"),
     "month": ("November 2026", "Oct 2026", "2026-10"),
@@ -497,23 +580,28 @@ def test_clean_corpus_is_left_alone(patterns: Patterns) -> None:
 def test_precision_over_a_labelled_mixed_set(patterns: Patterns) -> None:
     # Each labelled text knows the secret it carries (or none); a masked span is a true positive
     # when it overlaps that secret.
-    labelled: list[tuple[str, str | None]] = [(text, None) for text in CLEAN_CORPUS]
+    # A percent-encoded secret is known in both forms: a match in the decoded text overlaps the latter.
+    labelled: list[tuple[str, tuple[str, ...] | None]] = [(text, None) for text in CLEAN_CORPUS]
     rng = random.Random(5)
     for examples in POSITIVES.values():
         for value, names in examples:
             if names != {"labelled_national_id"}:
-                labelled.append((rng.choice(CONTEXTS).format(value), value))
-    labelled.extend((text, value) for text, value, _, _ in LABELLED)
+                labelled.append((rng.choice(CONTEXTS).format(value), (value,)))
+    labelled.extend((text, (value,)) for text, value, _, _ in LABELLED)
+    labelled.extend(
+        (rng.choice(PERCENT_CONTEXTS).format(encoded), (encoded, secret))
+        for encoded, secret, _ in PERCENT_ENCODED
+    )
 
     true_positives = false_positives = missed = 0
     for text, secret in labelled:
         findings = patterns.findings(text)
         for _, matched in findings:
-            if secret is not None and (secret in matched or matched in secret):
+            if secret is not None and any(form in matched or matched in form for form in secret):
                 true_positives += 1
             else:
                 false_positives += 1
-        if secret is not None and secret in patterns.redact(text):
+        if secret is not None and any(form in patterns.redact(text) for form in secret):
             missed += 1
     precision = true_positives / (true_positives + false_positives)
     positives = sum(secret is not None for _, secret in labelled)
@@ -528,8 +616,8 @@ def test_precision_over_a_labelled_mixed_set(patterns: Patterns) -> None:
 # --- The patterns file ----------------------------------------------------------------------------
 
 
-def test_packaged_patterns_load_with_version_1(patterns: Patterns) -> None:
-    assert patterns.version == 1
+def test_packaged_patterns_load_with_version_2(patterns: Patterns) -> None:
+    assert patterns.version == 2
     assert len(patterns.names) == len(set(patterns.names)) >= 20
     assert {"email", "payment_card", "iban", "ipv4", "ipv6", "bearer_token", "jwt"} <= set(patterns.names)
     assert PatternSet.load(PATTERNS_FILE).names == patterns.names
@@ -544,7 +632,7 @@ description = "e-mail"
 """
 
 
-def _file(tmp_path: Path, body: str, version: str = "1") -> Path:
+def _file(tmp_path: Path, body: str, version: str = "2") -> Path:
     path = tmp_path / "patterns.toml"
     path.write_text(f"version = {version}\n{body}", encoding="utf-8")
     return path
@@ -559,18 +647,19 @@ def test_a_minimal_file_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "version", "message"),
     [
-        (_VALID_ENTRY.replace("'[a-z]+@", "'([a-z]+@"), "1", "'email' has an invalid regex"),
-        (_VALID_ENTRY + 'validator = "crc32"\n', "1", "validator"),
-        (_VALID_ENTRY + _VALID_ENTRY, "1", "duplicate pattern name 'email'"),
-        (_VALID_ENTRY.replace('description = "e-mail"\n', ""), "1", "description: Field required"),
-        (_VALID_ENTRY, "2", "unsupported patterns format version 2"),
-        (_VALID_ENTRY.replace("'<email>'", "'\\1'"), "1", "backslash only as \\g<group name>"),
-        (_VALID_ENTRY.replace("'<email>'", "'\\g<user>'"), "1", "refers to group 'user'"),
-        (_VALID_ENTRY.replace("'[a-z]+@[a-z]+\\.[a-z]{2,}'", "'x*'"), "1", "matches the empty string"),
-        (_VALID_ENTRY + 'flags = ["VERBOSE"]\n', "1", "flags"),
-        (_VALID_ENTRY + "colour = 'red'\n", "1", "colour: Extra inputs are not permitted"),
-        ("", "1", "pattern: Field required"),
-        ("[[pattern", "1", "not valid TOML"),
+        (_VALID_ENTRY.replace("'[a-z]+@", "'([a-z]+@"), "2", "'email' has an invalid regex"),
+        (_VALID_ENTRY + 'validator = "crc32"\n', "2", "validator"),
+        (_VALID_ENTRY + _VALID_ENTRY, "2", "duplicate pattern name 'email'"),
+        (_VALID_ENTRY.replace('description = "e-mail"\n', ""), "2", "description: Field required"),
+        (_VALID_ENTRY, "3", "unsupported patterns format version 3"),
+        (_VALID_ENTRY, "1", "version 1 were written for free text only"),
+        (_VALID_ENTRY.replace("'<email>'", "'\\1'"), "2", "backslash only as \\g<group name>"),
+        (_VALID_ENTRY.replace("'<email>'", "'\\g<user>'"), "2", "refers to group 'user'"),
+        (_VALID_ENTRY.replace("'[a-z]+@[a-z]+\\.[a-z]{2,}'", "'x*'"), "2", "matches the empty string"),
+        (_VALID_ENTRY + 'flags = ["VERBOSE"]\n', "2", "flags"),
+        (_VALID_ENTRY + "colour = 'red'\n", "2", "colour: Extra inputs are not permitted"),
+        ("", "2", "pattern: Field required"),
+        ("[[pattern", "2", "not valid TOML"),
     ],
 )
 def test_invalid_files_raise_a_clear_redaction_error(
@@ -647,6 +736,83 @@ def test_pseudonyms_of_different_users_differ(user_ids: list[str]) -> None:
 def test_pseudonymise_refuses_an_empty_key() -> None:
     with pytest.raises(ValueError, match="key"):
         pseudonymise("user-1", b"")
+
+
+# --- Identifiers ------------------------------------------------------------------------------
+
+ORDINARY_IDENTIFIERS = (
+    "req-3f9a1c0d2e4b5a6978877665",
+    "sess-48213",
+    "3f2b8c1e-9d4a-4f6b-8e2c-1a7d5e9b0c34",
+    "4bf92f3577b34da6a3ce929d0e0e4736",
+    "00f067aa0ba902b7",
+    "chat-api",
+    "production",
+    "eu-west-1",
+    "chat-api-2026.11.20-3",
+    "summarise@v3",
+    "checkout-v2",
+    "gpt-4o-mini-2024-07-18",
+    "meta.llama3-1-70b-instruct-v1:0",
+    "claude-sonnet-4-20250514",
+    "onfinish-python",
+    "0.4.1",
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "tenant%2F42",
+    "chat-v2",
+    "gpt-4o-2024-08-06",
+    "us-east-1",
+    "1.2.3",
+    "2.0.0-rc.1+build.5",
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "d41d8cd98f00b204e9800998ecf8427e",
+    "01J9Z3K7Q8R2T5V6W7X8Y9Z0AB",
+)
+IDENTIFIERS_WITH_PII = (
+    "alice@example.com",
+    "alice%40example.com",
+    "sess-anna.meyer12%2540example.com",
+    "card=4111111111111111",
+    "4111 1111 1111 1111",
+    "+1-415-555-0100",
+    "%2B1%20415%20555%200100",
+    "user 123-45-6789",
+    "DE89370400440532013000",
+    "ip-192.168.1.20",
+    "feature?token=sk-" + "a" * 40,
+    "M%C3%BCller%40example.com",
+    # Glued on by "-" or "_", which the free-text patterns read as part of a word.
+    "order-4111111111111111",
+    "sess_4111 1111 1111 1111",
+    "alice.pii@example.com-3",
+    "+1 415 555 0100_7",
+    "request_id-12-4111%201111%201111%201111",
+)
+KEY = b"identifier-key"
+
+
+@pytest.mark.parametrize("identifier", ORDINARY_IDENTIFIERS)
+def test_ordinary_identifiers_pass_as_they_are(patterns: Patterns, identifier: str) -> None:
+    assert clean_identifier(identifier, patterns, KEY) == identifier
+
+
+@pytest.mark.parametrize("identifier", IDENTIFIERS_WITH_PII)
+def test_identifiers_holding_pii_are_pseudonymised_whole(patterns: Patterns, identifier: str) -> None:
+    cleaned = clean_identifier(identifier, patterns, KEY)
+    assert cleaned == pseudonymise_identifier(identifier, KEY)
+    assert cleaned.startswith("p_") and len(cleaned) == 34
+    # Deterministic (one session stays one session), idempotent, and no user's pseudonym.
+    assert clean_identifier(identifier, patterns, KEY) == cleaned
+    assert clean_identifier(cleaned, patterns, KEY) == cleaned
+    assert cleaned[2:] == pseudonymise(identifier, KEY)[2:]
+
+
+def test_identifier_pseudonyms_are_keyed() -> None:
+    assert pseudonymise_identifier("alice@example.com", b"a") != pseudonymise_identifier(
+        "alice@example.com", b"b"
+    )
+    with pytest.raises(ValueError, match="key"):
+        pseudonymise_identifier("alice@example.com", b"")
 
 
 # --- Attributes -------------------------------------------------------------------------------
@@ -758,9 +924,66 @@ def test_arbitrary_texts_are_redacted_as_the_reference_does(text: str) -> None:
     assert NATIVE.redact(text) == REFERENCE.redact(text)
 
 
+_ENCODED_FRAGMENTS = st.sampled_from(_all_positive_values() + CLEAN_CORPUS[:120]).map(
+    lambda text: quote(text, safe="/:?=&")
+)
+
+
+@settings(max_examples=scaled_examples(400), deadline=None)
+@given(st.lists(st.one_of(_ENCODED_FRAGMENTS, _FRAGMENTS), min_size=1, max_size=4), st.integers(0, 1))
+def test_percent_encoded_texts_are_redacted_as_the_reference_does(fragments: list[str], times: int) -> None:
+    # Fragments encoded up to three times (a twice-encoded example, quoted), and the whole text up
+    # to once more: within the four decodings redaction makes.
+    text = " ".join(fragments)
+    for _ in range(times):
+        text = quote(text, safe="")
+    assert NATIVE.redact(text) == REFERENCE.redact(text)
+    assert NATIVE.findings(text) == REFERENCE.findings(text)
+    once = REFERENCE.redact(text)
+    assert REFERENCE.redact(once) == once
+
+
+_ESCAPED = st.text(alphabet="%0123456789abcdefABCDEF@.+ -xyz", max_size=60)
+
+
+@settings(max_examples=scaled_examples(400), deadline=None)
+@given(st.one_of(_ESCAPED, st.text(max_size=60).map(quote)))
+def test_arbitrary_escapes_are_decoded_as_the_reference_does(text: str) -> None:
+    assert NATIVE.redact(text) == REFERENCE.redact(text)
+    assert NATIVE.findings(text) == REFERENCE.findings(text)
+
+
 def test_texts_outside_printable_ascii_are_left_to_the_reference() -> None:
     # Python's \s counts 0x1C-0x1F as white space and its \w and case folding follow Unicode's str
     # methods: those texts are redacted by the reference, from inside the native engine's call.
     for text in ("mail anna@example.com\x1cnow", "mäil anna@example.com", "Bearer\u2003abc123def456"):
         assert not NATIVE.redactor.native_text(text)
         assert NATIVE.redact(text) == REFERENCE.redact(text)
+
+
+@pytest.mark.parametrize(
+    ("identifier", "opaque"),
+    [
+        ("0b8f3c2e-1d4a-4f5b-9c6d-7e8f9a0b1c2d", True),
+        ("0B8F3C2E-1D4A-4F5B-9C6D-7E8F9A0B1C2D", True),
+        ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", True),  # SHA-256
+        ("d41d8cd98f00b204e9800998ecf8427e", True),  # MD5
+        ("da39a3ee5e6b4b0d3255bfef95601890afd80709", True),  # SHA-1
+        ("0b8f3c2e-1d4a-4f5b-9c6d-7e8f9a0b1c2", False),  # one digit short
+        ("0b8f3c2e1d4a-4f5b-9c6d-7e8f9a0b1c2d-", False),  # hyphens elsewhere
+        ("E3B0C44298FC1C149AFBF4C8996FB924", False),  # upper-case digests are not the usual spelling
+        ("4111-1111-1111-1111", False),
+        ("alice@example.com", False),
+        ("sess-4111111111111111", False),
+    ],
+)
+def test_machine_made_ids_are_recognised_by_shape_alone(identifier: str, opaque: bool) -> None:
+    assert is_opaque_id(identifier) is opaque
+
+
+def test_an_opaque_id_passes_and_pii_glued_to_an_id_does_not() -> None:
+    # The native core's own test of the same shapes is the differential test (test_engines.py).
+    key = b"k" * 32
+    uuid_id = "0b8f3c2e-1d4a-4f5b-9c6d-7e8f9a0b1c2d"
+    assert clean_identifier(uuid_id, REFERENCE, key) == uuid_id
+    assert clean_identifier(f"{uuid_id}-alice@example.com", REFERENCE, key).startswith("p_")

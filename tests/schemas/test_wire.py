@@ -146,3 +146,62 @@ def test_no_module_but_the_wire_module_frames_by_hand() -> None:
                 if _FRAMING_BY_HAND.search(line):
                     offenders.append(f"{relative}:{number}: {line.strip()}")
     assert not offenders, "frame with onfinish.schemas.wire instead:\n" + "\n".join(offenders)
+
+
+class _ReadOnlyRegistry:
+    """A registry a read-only principal sees: versions and their schemas, and no writes."""
+
+    def __init__(self, versions: dict[int, tuple[int, str]], status: int | None = None) -> None:
+        self.versions = versions  # version -> (schema id, schema text)
+        self.status = status  # an HTTP status every read fails with, if any
+        self.registered: list[str] = []
+
+    def _fail(self) -> None:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        if self.status is not None:
+            raise SchemaRegistryError(self.status, self.status * 100, "refused")
+
+    def get_versions(self, subject: str) -> list[int]:
+        self._fail()
+        if not self.versions:
+            from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+            raise SchemaRegistryError(404, 40401, "Subject not found")
+        return list(self.versions)
+
+    def get_version(self, subject: str, version: int) -> Any:
+        from confluent_kafka.schema_registry import RegisteredSchema, Schema
+
+        schema_id, text = self.versions[version]
+        return RegisteredSchema(subject, version, schema_id, None, Schema(text, "AVRO"))
+
+    def register_schema(self, subject: str, schema: Any) -> int:
+        self.registered.append(subject)
+        return 99
+
+
+def test_a_read_only_principal_finds_its_schema_id_without_writing() -> None:
+    other = json.dumps(PROBE)
+    # The registry may keep the text in another key order or spacing: the same schema all the same.
+    respelled = json.dumps(json.loads(ONFINISH_EVENT.schema_str), indent=1, sort_keys=True)
+    registry = _ReadOnlyRegistry({1: (7, respelled), 2: (8, other)})
+    found = wire.schema_id_for(registry, ONFINISH_EVENT, "s-value", auto_register=False)  # type: ignore[arg-type]
+    assert found == 7 and registry.registered == []
+    assert wire.schema_id_for(registry, ONFINISH_EVENT, "s-value", auto_register=True) == 99  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("registry", "error", "says"),
+    [
+        (_ReadOnlyRegistry({}), wire.SchemaRefused, "onfinish schema register"),
+        (_ReadOnlyRegistry({1: (8, json.dumps(PROBE))}), wire.SchemaRefused, "auto-registration is off"),
+        (_ReadOnlyRegistry({1: (8, "{}")}, status=403), wire.RegistryAccessDenied, "read rights"),
+        (_ReadOnlyRegistry({1: (8, "{}")}, status=503), wire.RegistryUnavailable, "reading s-value"),
+    ],
+)
+def test_a_schema_a_read_only_principal_cannot_find_says_what_to_do(
+    registry: _ReadOnlyRegistry, error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=re.escape(says)):
+        wire.registered_id(registry, ONFINISH_EVENT, "s-value")  # type: ignore[arg-type]

@@ -270,3 +270,13 @@ def test_stack_material_is_private_and_reused(material: StackSecurity):
         assert secret.stat().st_mode & 0o077 == 0
     assert "SASL_PASSWORD_FILE" in " ".join(material.environment("sdk"))
     assert first not in " ".join(material.environment("sdk").values())
+    for principal in ("sdk", "processor", "sink"):
+        reader = material.registry_user_info_file_of(principal)
+        assert reader.stat().st_mode & 0o077 == 0 and reader.read_text().startswith(f"{principal}:")
+        environment = material.environment(principal)
+        assert environment["ONFINISH_REGISTRY_BASIC_AUTH_USER_INFO_FILE"] == str(reader)
+        assert environment["ONFINISH_PRODUCER_AUTO_REGISTER"] == "false"
+        assert environment["ONFINISH_PROCESSOR_AUTO_REGISTER"] == "false"
+    admin = material.environment("admin")
+    assert admin["ONFINISH_REGISTRY_BASIC_AUTH_USER_INFO_FILE"] == str(material.registry_user_info_file)
+    assert "ONFINISH_PRODUCER_AUTO_REGISTER" not in admin

@@ -13,6 +13,7 @@ mod pricing;
 mod quality;
 mod redaction;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -33,10 +34,31 @@ const MAX_COUNT: i32 = 1_000_000;
 const MAX_ITEMS: usize = 64;
 // A start more than a year before the finish is possible but odd: the reference decides.
 const MAX_NATIVE_DURATION_US: i64 = 366 * 86_400 * 1_000_000;
-// Keys of the pseudonym cache (a user makes many calls), cleared when full.
+// Keys of each pseudonym cache (a user makes many calls), cleared when full.
 const PSEUDONYM_CACHE_ENTRIES: usize = 65_536;
 // Repeating texts kept as Python strings (a few hundred dimensions; session keys come and go).
 const INTERNED_STRINGS: usize = 16_384;
+// The contract's strings a producer chooses, as processors/enrichment.py's IDENTIFIER_FIELDS: a
+// value a pattern finds PII in is pseudonymised whole.
+const IDENTIFIER_FIELDS: [&str; 15] = [
+    "request_id",
+    "session_id",
+    "service",
+    "environment",
+    "region",
+    "deployment_id",
+    "feature_id",
+    "variant_id",
+    "prompt_template_id",
+    "provider",
+    "model_id",
+    "model_version",
+    "prompt_hash",
+    "sdk_name",
+    "sdk_version",
+];
+// W3C trace context ids pass as they are in lowercase hex of these lengths (TRACE_ID_LENGTHS).
+const TRACE_ID_LENGTHS: [(&str, usize); 2] = [("trace_id", 32), ("span_id", 16)];
 
 fn error(message: impl Into<String>) -> PyErr {
     PyValueError::new_err(message.into())
@@ -59,6 +81,20 @@ fn canonical_uuid(text: &str) -> bool {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
         })
+}
+
+/// redaction.py's is_opaque_id: a UUID in its 8-4-4-4-12 form (either case) or a lowercase hex
+/// digest of 32, 40 or 64 digits; such ids skip the pattern passes.
+fn opaque_id(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    match bytes.len() {
+        36 => bytes.iter().enumerate().all(|(i, &b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        }),
+        32 | 40 | 64 => bytes.iter().all(|&b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        _ => false,
+    }
 }
 
 fn text<'a>(value: &Val<'a>) -> Option<&'a str> {
@@ -170,6 +206,8 @@ indices!(FeedbackFields {
 /// Where a field of the enriched record comes from.
 enum Source {
     Event(usize),
+    /// An identifier of the event, pseudonymised when a pattern finds PII in it.
+    Identifier(usize),
     UserId,
     FreeText(usize),
     SafetyFlags,
@@ -200,6 +238,15 @@ fn enriched_sources(enriched: &avro::Record, event: &avro::Record) -> PyResult<V
     for field in &enriched.fields {
         let (expected, source) = match field.name.as_str() {
             "user_id" => (Some(optional(Type::String)), Source::UserId),
+            name if IDENTIFIER_FIELDS.contains(&name) || TRACE_ID_LENGTHS.iter().any(|(n, _)| *n == name) => {
+                let index = self::field(event, name)?;
+                if event.fields[index].ty != field.ty
+                    || !(field.ty == Type::String || field.ty == optional(Type::String))
+                {
+                    return Err(error(format!("the identifier {name} is not a string of the event")));
+                }
+                (None, Source::Identifier(index))
+            }
             "error_message" | "error_code" | "error_type" | "finish_reason" => {
                 (Some(optional(Type::String)), Source::FreeText(self::field(event, &field.name)?))
             }
@@ -265,6 +312,9 @@ struct Engine {
     allow_list: Vec<String>,
     pseudonym_key: Vec<u8>,
     pseudonyms: HashMap<String, String>,
+    identifier_pseudonyms: HashMap<String, String>,
+    /// (event field index, W3C length for a trace context id) of every identifier field.
+    identifiers: Vec<(usize, Option<usize>)>,
     strings: HashMap<String, Py<PyString>>,
     max_future_us: i64,
     max_past_us: i64,
@@ -311,8 +361,9 @@ struct Call {
     feature_id: Option<Py<PyString>>,
     #[pyo3(get)]
     variant_id: Option<Py<PyString>>,
+    /// As redacted: what the session keeps to score the call again when feedback comes.
     #[pyo3(get)]
-    raw_finish_reason: Option<Py<PyString>>,
+    finish_reason: Option<Py<PyString>>,
     #[pyo3(get)]
     status: Py<PyAny>,
     #[pyo3(get)]
@@ -428,15 +479,27 @@ impl Engine {
     }
 
     fn pseudonym(&mut self, user_id: &str) -> String {
-        if let Some(pseudonym) = self.pseudonyms.get(user_id) {
-            return pseudonym.clone();
+        cached_pseudonym(&mut self.pseudonyms, user_id, &self.pseudonym_key, "u_")
+    }
+
+    /// `clean_identifier`: the identifier as it is, or its "p_" pseudonym when a pattern finds PII
+    /// in it (percent-decoded included).
+    /// Checked as written, then with "-" and "_" read as spaces (redaction.py's _ID_SEPARATORS:
+    /// the patterns do not match PII glued to a word by them, as it is in an id).
+    fn identifier<'a>(&mut self, py: Python<'_>, text: &'a str) -> PyResult<Cow<'a, str>> {
+        if opaque_id(text) {
+            return Ok(Cow::Borrowed(text));
         }
-        let pseudonym = redaction::pseudonym(user_id, &self.pseudonym_key);
-        if self.pseudonyms.len() >= PSEUDONYM_CACHE_ENTRIES {
-            self.pseudonyms.clear();
+        let mut found = matches!(self.redact(py, text)?, Redacted::Changed(_));
+        if !found && text.contains(['-', '_']) {
+            let spaced = text.replace(['-', '_'], " ");
+            found = matches!(self.redact(py, &spaced)?, Redacted::Changed(_));
         }
-        self.pseudonyms.insert(user_id.to_string(), pseudonym.clone());
-        pseudonym
+        Ok(if found {
+            Cow::Owned(cached_pseudonym(&mut self.identifier_pseudonyms, text, &self.pseudonym_key, "p_"))
+        } else {
+            Cow::Borrowed(text)
+        })
     }
 
     /// Whether a finish lies well inside the decoder's bounds; near them the reference decides,
@@ -604,6 +667,29 @@ impl Engine {
             }
         }
         let pseudonym = user_id.map(|user_id| self.pseudonym(user_id));
+        // Identifiers a pattern finds PII in, pseudonymised: (event field index, pseudonym); none
+        // for nearly every event.
+        let mut cleaned: Vec<(usize, String)> = Vec::new();
+        for slot in 0..self.identifiers.len() {
+            let (index, trace_length) = self.identifiers[slot];
+            let Val::Str(text) = v(index) else { continue };
+            if text.is_empty() || trace_length.is_some_and(|length| trace_context_id(text, length)) {
+                continue;
+            }
+            if let Cow::Owned(pseudonym) = self.identifier(py, text)? {
+                cleaned.push((index, pseudonym));
+            }
+        }
+        let fields = &self.event;
+        let request_id = cleaned_text(&cleaned, fields.request_id, request_id);
+        let session_id = session_id.map(|text| cleaned_text(&cleaned, fields.session_id, text));
+        let service = cleaned_text(&cleaned, fields.service, service);
+        let environment = cleaned_text(&cleaned, fields.environment, environment);
+        let provider_cleaned = cleaned_text(&cleaned, fields.provider, provider);
+        let model_id_cleaned = cleaned_text(&cleaned, fields.model_id, model_id);
+        let feature_id = feature_id.map(|text| cleaned_text(&cleaned, fields.feature_id, text));
+        let variant_id = variant_id.map(|text| cleaned_text(&cleaned, fields.variant_id, text));
+        let finish_reason_index = fields.finish_reason;
         let enriched = Instant::now();
         batch.enrich += (enriched - decoded).as_secs_f64();
 
@@ -624,6 +710,19 @@ impl Engine {
                         return Ok(None);
                     }
                 }
+                Source::Identifier(index) => match cleaned.iter().find(|(i, _)| i == index) {
+                    Some((_, pseudonym)) => {
+                        if *ty != Type::String {
+                            out.push(2);
+                        }
+                        avro::write_string(&mut out, pseudonym);
+                    }
+                    None => {
+                        if avro::write(&mut out, ty, &values[*index]).is_none() {
+                            return Ok(None);
+                        }
+                    }
+                },
                 Source::UserId => optional_string(&mut out, pseudonym.as_deref()),
                 Source::FreeText(index) => {
                     let redacted = free_texts.iter().find(|(i, _)| i == index).and_then(|(_, r)| r.as_ref());
@@ -672,11 +771,15 @@ impl Engine {
             user_id: pseudonym.as_deref().map(|text| self.interned(py, text)),
             service: self.interned(py, service),
             environment: self.interned(py, environment),
-            provider: self.interned(py, provider),
-            model_id: self.interned(py, model_id),
+            provider: self.interned(py, provider_cleaned),
+            model_id: self.interned(py, model_id_cleaned),
             feature_id: feature_id.map(|text| self.interned(py, text)),
             variant_id: variant_id.map(|text| self.interned(py, text)),
-            raw_finish_reason: finish_reason.map(|text| self.interned(py, text)),
+            finish_reason: free_texts
+                .iter()
+                .find(|(i, _)| *i == finish_reason_index)
+                .and_then(|(_, redacted)| redacted.as_ref())
+                .map(|redacted| self.interned(py, redacted.as_str())),
             status: self.status_members[status as usize].clone_ref(py),
             routing_strategy: self.routing_members[routing as usize].clone_ref(py),
             started_at: utc(started_at)?.into_pyobject(py)?.into_any().unbind(),
@@ -718,9 +821,10 @@ impl Engine {
         Ok(Some(object))
     }
 
-    /// A Feedback record as the tuple engines.py makes a Feedback of.
+    /// A Feedback record as the tuple engines.py makes a Feedback of, its ids cleaned as an event's
+    /// (Enricher.feedback).
     fn feedback(
-        &self,
+        &mut self,
         py: Python<'_>,
         values: &[Val<'_>],
         batch: &mut Batch<'_>,
@@ -744,6 +848,11 @@ impl Engine {
             fields
         else {
             return Ok(None);
+        };
+        let request_id = self.identifier(py, request_id)?;
+        let session_id = match session_id {
+            Some(text) => Some(self.identifier(py, text)?),
+            None => None,
         };
         let tuple = (feedback_id, request_id, session_id, regenerated, edited, rating, utc(at)?, schema_version, sdk_name, sdk_version)
             .into_pyobject(py)?
@@ -881,6 +990,13 @@ impl Core {
             allow_list: item(config, "allow_list")?,
             pseudonym_key: item(config, "pseudonym_key")?,
             pseudonyms: HashMap::new(),
+            identifier_pseudonyms: HashMap::new(),
+            identifiers: IDENTIFIER_FIELDS
+                .iter()
+                .map(|name| (*name, None))
+                .chain(TRACE_ID_LENGTHS.iter().map(|(name, length)| (*name, Some(*length))))
+                .map(|(name, length)| Ok((field(&event_reader, name)?, length)))
+                .collect::<PyResult<_>>()?,
             strings: HashMap::new(),
             max_future_us: item(config, "max_future_us")?,
             max_past_us: item(config, "max_past_us")?,
@@ -960,6 +1076,30 @@ impl Core {
     }
 }
 
+/// A pseudonym from `cache`, made (and the cache cleared when full) on a miss.
+fn cached_pseudonym(cache: &mut HashMap<String, String>, value: &str, key: &[u8], prefix: &str) -> String {
+    if let Some(pseudonym) = cache.get(value) {
+        return pseudonym.clone();
+    }
+    let pseudonym = redaction::pseudonym(value, key, prefix);
+    if cache.len() >= PSEUDONYM_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(value.to_string(), pseudonym.clone());
+    pseudonym
+}
+
+/// The text of an event's field as the enriched record has it: its pseudonym when `cleaned` holds
+/// one for that field, else `text` as decoded.
+fn cleaned_text<'a>(cleaned: &'a [(usize, String)], index: usize, text: &'a str) -> &'a str {
+    cleaned.iter().find(|(i, _)| *i == index).map_or(text, |(_, pseudonym)| pseudonym.as_str())
+}
+
+/// `is_trace_context_id`: `length` lowercase hex digits.
+fn trace_context_id(text: &str, length: usize) -> bool {
+    text.len() == length && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Confluent framing: magic byte 0, then the schema id in 4 bytes, big-endian. None for a value
 /// the reference refuses (empty, oversized, not framed): it says why.
 fn unframe(value: &[u8], max_value_bytes: usize) -> Option<u32> {
@@ -1016,7 +1156,7 @@ fn pseudonymise(user_id: &str, key: &[u8]) -> PyResult<String> {
     if key.is_empty() {
         return Err(error("the pseudonymisation key must not be empty"));
     }
-    Ok(redaction::pseudonym(user_id, key))
+    Ok(redaction::pseudonym(user_id, key, "u_"))
 }
 
 #[pymodule]

@@ -6,7 +6,9 @@
 //! properties) and on the ASCII separators 0x1C-0x1F, which Python counts as whitespace: a text
 //! with any such character is not redacted here but handed back (`None`), and the caller asks the
 //! Python reference. So are texts on which fancy-regex gives up (its backtracking limit) and any
-//! empty match, where the two engines' iteration rules differ.
+//! empty match, where the two engines' iteration rules differ. Percent escapes are decoded here
+//! only when they decode to ASCII (as `urllib.parse.unquote` does then, byte for byte); a text
+//! with any other escape is the reference's too.
 
 use std::collections::HashMap;
 
@@ -15,6 +17,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 const MAX_ROUNDS: usize = 4;
+// Percent-decoding rounds, as redaction.py's _MAX_DECODES.
+const MAX_DECODES: usize = 4;
 const CACHED_TEXT_CHARS: usize = 256;
 const CACHE_ENTRIES: usize = 4096;
 
@@ -133,14 +137,7 @@ impl Patterns {
         if !native_text(text) {
             return None;
         }
-        let mut current = text.to_string();
-        let mut redacted = self.apply(&current, None)?;
-        let mut rounds = 1;
-        while redacted != current && rounds < MAX_ROUNDS {
-            current = redacted;
-            redacted = self.apply(&current, None)?;
-            rounds += 1;
-        }
+        let redacted = self.decoded(text, None)?;
         // Python counts characters; these texts are ASCII, so bytes are characters.
         if text.len() <= CACHED_TEXT_CHARS {
             if self.cache.len() >= CACHE_ENTRIES {
@@ -157,8 +154,53 @@ impl Patterns {
             return None;
         }
         let mut found = Vec::new();
-        self.apply(text, Some(&mut found))?;
+        self.decoded(text, Some(&mut found))?;
         Some(found)
+    }
+
+    /// PatternSet._decoded: the text as written masked, then each percent-decoding of what is
+    /// left; the text decoded down to the deepest level that revealed PII, masked, or else the text
+    /// as written, masked. `text` is native (native_text).
+    fn decoded(&self, text: &str, mut found: Option<&mut Vec<(String, String)>>) -> Option<String> {
+        if let Some(found) = found.as_deref_mut() {
+            self.apply(text, Some(found))?;
+        }
+        let first = self.fixpoint(text)?;
+        if !has_escape(&first) {
+            return Some(first);
+        }
+        let mut revealed: Option<String> = None;
+        let mut masked = first.clone();
+        for _ in 0..MAX_DECODES {
+            if !has_escape(&masked) {
+                break;
+            }
+            let decoded = percent_decoded(&masked)?;
+            if !native_text(&decoded) {
+                return None;
+            }
+            if let Some(found) = found.as_deref_mut() {
+                self.apply(&decoded, Some(found))?;
+            }
+            masked = self.fixpoint(&decoded)?;
+            if masked != decoded {
+                revealed = Some(masked.clone());
+            }
+        }
+        Some(revealed.unwrap_or(first))
+    }
+
+    /// Rounds of the patterns until nothing changes (at most four), as PatternSet._fixpoint.
+    fn fixpoint(&self, text: &str) -> Option<String> {
+        let mut current = text.to_string();
+        let mut redacted = self.apply(&current, None)?;
+        let mut rounds = 1;
+        while redacted != current && rounds < MAX_ROUNDS {
+            current = redacted;
+            redacted = self.apply(&current, None)?;
+            rounds += 1;
+        }
+        Some(redacted)
     }
 
     fn admits(&self, gate: usize, text: &str, lowered: &mut Option<String>) -> bool {
@@ -247,12 +289,45 @@ fn substitute(pattern: &Pattern, text: &str, mut found: Option<&mut Vec<(String,
     Some(out)
 }
 
-/// `pseudonymise`: "u_" and the first 32 hex digits of HMAC-SHA256(key, user id).
-pub fn pseudonym(user_id: &str, key: &[u8]) -> String {
+/// Whether a text holds a percent escape: "%" and two hex digits.
+fn has_escape(text: &str) -> bool {
+    text.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+}
+
+/// `urllib.parse.unquote` of an ASCII text whose escapes all decode to ASCII: each "%" and two hex
+/// digits becomes that byte, any other "%" stays. None when an escape decodes to 0x80 or above
+/// (UTF-8 and its replacement of invalid sequences are the reference's).
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte == b'%' && index + 2 < bytes.len() {
+            let (high, low) = (bytes[index + 1], bytes[index + 2]);
+            if let (Some(high), Some(low)) = ((high as char).to_digit(16), (low as char).to_digit(16)) {
+                let decoded = (high * 16 + low) as u8;
+                if decoded >= 0x80 {
+                    return None;
+                }
+                out.push(decoded);
+                index += 3;
+                continue;
+            }
+        }
+        out.push(byte);
+        index += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `pseudonymise` ("u_") and `pseudonymise_identifier` ("p_"): the prefix and the first 32 hex
+/// digits of HMAC-SHA256(key, value).
+pub fn pseudonym(value: &str, key: &[u8], prefix: &str) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(user_id.as_bytes());
+    mac.update(value.as_bytes());
     let digest = mac.finalize().into_bytes();
-    format!("u_{}", &hex::encode(digest)[..32])
+    format!("{prefix}{}", &hex::encode(digest)[..32])
 }
 
 #[cfg(test)]
@@ -271,8 +346,17 @@ mod tests {
 
     #[test]
     fn pseudonyms_are_keyed_hashes() {
-        let pseudonym = pseudonym("user-1", b"k");
+        let pseudonym = pseudonym("user-1", b"k", "u_");
         assert!(pseudonym.starts_with("u_"));
         assert_eq!(pseudonym.len(), 34);
+    }
+
+    #[test]
+    fn percent_decoding_is_unquote_for_ascii() {
+        assert_eq!(percent_decoded("alice%40example.com").as_deref(), Some("alice@example.com"));
+        assert_eq!(percent_decoded("%%41%4").as_deref(), Some("%A%4"));
+        assert_eq!(percent_decoded("100%zz %2b1").as_deref(), Some("100%zz +1"));
+        assert_eq!(percent_decoded("caf%C3%A9"), None);
+        assert!(has_escape("a%2Fb") && !has_escape("50% off") && !has_escape("%4"));
     }
 }
