@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import alerting, collect, foundation, pipeline, processors, sdk, security, sinks
+from bench import alerting, collect, foundation, pipeline, processors, sdk, security, sinks, soak
 from bench.report import markdown_table, update_readme, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,7 @@ def main() -> None:
             ("sdk", sdk.run),
             ("collect", collect.run),
             ("processors", processors.run),
+            ("soak", soak.run),
             ("alerting", alerting.run),
             ("sinks", sinks.run),
             ("security", security.run),

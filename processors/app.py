@@ -44,7 +44,7 @@ from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.faust_overrides import OverriddenApp
+from onfinish.processors.faust_overrides import OverriddenApp, forget_restored, restored_partition
 from onfinish.processors.pipeline import STAGES, Batch, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.redaction import PatternSet
@@ -159,7 +159,12 @@ class ChangelogStore:
     def delete(self, key: str, partition: int) -> None:
         self.table.data.pop(key, None)
         self.partitions.pop(key, None)
+        forget_restored(self.table, key)
         self.writes.append(Record(self.topic, codecs.dumps("json", key), None, partition))
+
+    def partition_of(self, key: str) -> int | None:
+        partition = self.partitions.get(key)
+        return partition if partition is not None else restored_partition(self.table, key)
 
     def keys(self) -> list[str]:
         return list(self.table.data.keys())
@@ -250,6 +255,7 @@ def build_app(
         session_store,
         window_store,
         allowed_lateness=timedelta(seconds=settings.allowed_lateness_s),
+        session_gap=timedelta(seconds=settings.session_gap_s),
         clock=lambda: datetime.now(UTC),
         native=NativeCore(decoder, enricher, schemas.prefix) if settings.engine is Engine.native else None,
     )

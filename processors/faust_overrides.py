@@ -140,6 +140,25 @@ def acked_uncommitted(consumer: Any) -> dict[Any, int]:
     return {tp: min(acked) for tp, acked in consumer._acked.items() if acked}
 
 
+def restored_partition(table: Any, key: Any) -> int | None:
+    """The changelog partition a table key was restored from; None if it was not restored.
+
+    Assumes: Faust's memory store (`memory://`) keeps the partition of every key it restores in
+    `_key_partition` (key -> partition), and drops a key's entry only when a restore meets its
+    tombstone or the partition is no longer assigned.
+    """
+    partitions = getattr(table.data, "_key_partition", None)
+    return None if partitions is None else partitions.get(key)
+
+
+def forget_restored(table: Any, key: Any) -> None:
+    """Drop a restored key's partition (`restored_partition`) once the key is deleted: the store
+    keeps it otherwise, for every key restored, until the partition is given away."""
+    partitions = getattr(table.data, "_key_partition", None)
+    if partitions is not None:
+        partitions.pop(key, None)
+
+
 def _by_partition_name(offsets: Mapping[Any, Any]) -> dict[str, Any]:
     return {f"{tp.topic}[{tp.partition}]": offset for tp, offset in offsets.items()}
 

@@ -24,13 +24,21 @@ Exactly-once in effect, without Kafka transactions:
   the session state, which remembers the first offset of each event_id, and are dropped;
 - snapshots are full state with a deterministic identity, so re-emitting one replaces it;
 - the worker acks a batch only once all its outputs and state writes are delivered.
+
+Memory is bounded by time, not by traffic (docs/decisions/0016): a session closes once its
+partition's event time passes its last call by the gap plus the allowed lateness (a last snapshot,
+`closed`), and leaves memory and its changelog (a tombstone) one retention later, as a closed
+window does. The partition's session floor, persisted before the tombstones in the same changelog
+partition, keeps a re-delivered event of a session that left from opening it again: an event older
+than the floor, of a session not in memory, joins no session (it is late, as for its window).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,11 +52,17 @@ from onfinish.processors.alerts import (
 )
 from onfinish.processors.calls import EnrichedCall
 from onfinish.processors.decoding import Decoder
-from onfinish.processors.engines import NativeCore, Result, behaviour_of, feedback_of
+from onfinish.processors.engines import NativeCore, Result, feedback_of
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.quality import Behaviour, merge_feedback, score_behaviour
-from onfinish.processors.sessions import SessionState
-from onfinish.processors.windows import Watermark, WindowKey, WindowState, window_start
+from onfinish.processors.quality import merge_feedback, score_behaviour
+from onfinish.processors.sessions import (
+    DEFAULT_GAP,
+    SessionState,
+    event_key,
+    stored_last_at,
+    stored_partition,
+)
+from onfinish.processors.windows import WINDOW, Watermark, WindowKey, WindowState, window_start
 from onfinish.schemas.contract import (
     ALERT,
     ENRICHED_EVENT,
@@ -58,11 +72,13 @@ from onfinish.schemas.contract import (
     RecordType,
 )
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
-from onfinish.schemas.models import Alert, Feedback, OnFinishEvent
+from onfinish.schemas.models import MAX_ID_CHARS, Alert, Feedback, OnFinishEvent
 from onfinish.schemas.wire import Refused, RegistryUnavailable, SchemaRefused
 
 if TYPE_CHECKING:
     from onfinish_native import Call
+
+log = logging.getLogger(__name__)
 
 Datum = dict[str, Any]
 Encode = Callable[[RecordType, Datum], bytes]
@@ -89,16 +105,25 @@ class StateStore(Protocol):
 
     def keys(self) -> Iterable[str]: ...
 
+    def partition_of(self, key: str) -> int | None:
+        """The partition of a key written here or restored; None if it is not known."""
+
 
 class DictStore:
     """A StateStore over dicts (tests, benchmarks): `data` as a table holds it, `changelog` as
     Kafka would keep it (the persisted forms, what a restore starts from)."""
 
     def __init__(
-        self, data: dict[str, Any] | None = None, *, changelog: dict[str, Any] | None = None
+        self,
+        data: dict[str, Any] | None = None,
+        *,
+        changelog: dict[str, Any] | None = None,
+        partitions: dict[str, int] | None = None,
     ) -> None:
         self.data: dict[str, Any] = {} if data is None else data
         self.changelog = changelog
+        # The partitions of the keys in `data` as restored (Faust's store knows each restored key's).
+        self.partitions: dict[str, int] = {} if partitions is None else partitions
 
     def get(self, key: str) -> Any:
         return self.data.get(key)
@@ -113,11 +138,15 @@ class DictStore:
 
     def delete(self, key: str, partition: int) -> None:
         self.data.pop(key, None)
+        self.partitions.pop(key, None)
         if self.changelog is not None:
             self.changelog.pop(key, None)
 
     def keys(self) -> Iterable[str]:
         return list(self.data)
+
+    def partition_of(self, key: str) -> int | None:
+        return self.partitions.get(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +188,16 @@ class Counts:
 # (state written once per touched key, session and window snapshots, rules).
 STAGES = ("decode", "enrich", "encode", "state", "finish")
 
+# Sessions closed or evicted per batch, at most (whole minutes of a partition's, so a little more):
+# each costs up to three records (its last snapshot, its state, its tombstone). At 1,000 events/s
+# a minute's sessions closed at once were 13,700 (in loadgen traffic, about 190 new sessions a
+# second): one batch of 27,000 more records, a second's stall and 120 MiB more resident memory in
+# the soak (bench/soak.py). Spread this way they take a few batches; an upgrade, that restores
+# every session the first version kept, closes them over many.
+SWEEP_SESSIONS = 2_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 
 class Pipeline:
     def __init__(
@@ -173,6 +212,7 @@ class Pipeline:
         allowed_lateness: timedelta,
         clock: Callable[[], datetime],
         native: NativeCore | None = None,
+        session_gap: timedelta = DEFAULT_GAP,
     ) -> None:
         self.decoder = decoder
         self.enricher = enricher
@@ -189,6 +229,20 @@ class Pipeline:
         self.retention = max(allowed_lateness, timedelta(minutes=1))
         self.counts = Counts()
         self._window_rules = bool(rules.of_kind("window"))
+        # What window and session rules read of a state before a batch changes it.
+        self._window_figures = tuple(
+            {"events", "errors"} | {r.metric for r in rules.of_kind("window") if r.metric != "error_rate"}
+        )
+        self._session_figures = tuple({r.metric for r in rules.of_kind("session")})
+        # Sessions over time: partition -> minute of the last call -> session keys, for closing
+        # sessions without a look at the others; the boundary each partition was swept up to; and
+        # its floor (`session_floor`). Partitions whose restored sessions are not indexed yet wait
+        # in `_unindexed`.
+        self.session_gap = session_gap
+        self.session_index: dict[int, dict[datetime, set[str]]] = {}
+        self.session_swept: dict[int, datetime] = {}
+        self.session_floors: dict[int, datetime | None] = {}
+        self._unindexed: set[int] = set()
         # The per-event engine (processors/engines.py): None runs the Python reference per record.
         self.native = native
 
@@ -213,6 +267,10 @@ class Pipeline:
         for partition in partitions:
             self.watermarks.pop(partition, None)
             self.close_checked.pop(partition, None)
+            self.session_index.pop(partition, None)
+            self.session_swept.pop(partition, None)
+            self.session_floors.pop(partition, None)
+            self._unindexed.discard(partition)
         self.dirty_windows = {k for k in self.dirty_windows if not k.startswith(prefixes)}
         self.closed_windows = {k for k in self.closed_windows if not k.startswith(prefixes)}
 
@@ -229,6 +287,7 @@ class Pipeline:
             # ...and it sends the snapshots of every window it restored once more: the predecessor
             # may have died before its last snapshots left its producer.
             self.dirty_windows |= self._partition_windows(partition)
+            self._unindexed.add(partition)  # its restored sessions join the index at the batch's end
         return watermark
 
     def _partition_windows(self, partition: int) -> set[str]:
@@ -308,14 +367,23 @@ class Pipeline:
 
     # --- state ---------------------------------------------------------------------------------
 
-    def session(self, session_key: str) -> _Session:
+    def session(self, session_key: str) -> SessionState | None:
+        """The session in memory, made live from its changelog form if a restore brought it; None
+        if there is none (never seen, or gone: closed and evicted)."""
         stored = self.sessions.get(session_key)
-        if stored is None:
-            return _Session()
-        if isinstance(stored, _Session):
+        if stored is None or isinstance(stored, SessionState):
             return stored
-        live = _Session.from_state(stored)
+        if not isinstance(stored, list | dict):
+            return None  # not a session: a partition's floor
+        live = SessionState.from_state(stored)
         self.sessions.remember(session_key, live)
+        # Restored: into the index (again: it may be there already), by the partition it names
+        # or, in the first format, the one the store restored it from.
+        partition = stored_partition(stored)
+        if partition is None:
+            partition = self.sessions.partition_of(session_key)
+        if partition is not None:
+            self._index_session(partition, session_key, live.last_at)
         return live
 
     def window_state(self, table_key: str) -> WindowState | None:
@@ -325,6 +393,113 @@ class Pipeline:
         live = WindowState.from_state(stored)
         self.windows.remember(table_key, live)
         return live
+
+    # --- sessions over time --------------------------------------------------------------------
+
+    def session_floor(self, partition: int) -> datetime | None:
+        """The partition's session floor: every session whose last call finished before it has left
+        memory and the changelog, so an event before it, of a session not in memory, is late (it
+        may be a re-delivery of one of theirs). None until the partition's first eviction."""
+        if partition not in self.session_floors:
+            stored = self.sessions.get(_floor_key(partition))
+            floor = None
+            if isinstance(stored, datetime):
+                floor = stored
+            elif isinstance(stored, int):
+                floor = _EPOCH + stored * _MICROSECOND
+            self.session_floors[partition] = floor
+        return self.session_floors[partition]
+
+    def _session_boundary(self, partition: int) -> datetime | None:
+        """Sessions whose last call finished in a minute before this one are over: the partition's
+        event time is more than the gap plus the allowed lateness past them."""
+        moment = self.watermarks[partition].max_event_time
+        return None if moment is None else window_start(moment - self.allowed_lateness - self.session_gap)
+
+    def _index_session(self, partition: int, key: str, last_at: datetime | None) -> None:
+        minute = _EPOCH if last_at is None else window_start(last_at)
+        self.session_index.setdefault(partition, {}).setdefault(minute, set()).add(key)
+
+    def _move_session(
+        self, partition: int, key: str, before: datetime | None, after: datetime | None
+    ) -> None:
+        """Keep the index in step with a session's last call (it may move to a later minute)."""
+        if before is not None and (after is None or window_start(after) != window_start(before)):
+            bucket = self.session_index.get(partition, {}).get(window_start(before))
+            if bucket is not None:
+                bucket.discard(key)
+        self._index_session(partition, key, after)
+
+    def _index_restored(self) -> None:
+        """Index the sessions a restore brought for the partitions this worker just took (they are
+        made live only when used: most never are again)."""
+        partitions, self._unindexed = self._unindexed, set()
+        for key in self.sessions.keys():  # noqa: SIM118 - a StateStore, not a dict
+            stored = self.sessions.get(key)
+            if not isinstance(stored, list | dict):
+                continue  # live (indexed when written), or a floor
+            partition = stored_partition(stored)
+            if partition is None:  # the first format did not say: the store knows
+                partition = self.sessions.partition_of(key)
+                if partition is None:
+                    log.warning(
+                        "a restored session of an unknown partition stays", extra={"key_chars": len(key)}
+                    )
+                    continue
+            if partition in partitions:
+                self._index_session(partition, key, stored_last_at(stored))
+
+    def _sweep(self, partition: int, budget: int) -> Sweep | None:
+        """The sessions of `partition` to close and to evict, once its boundary entered a new minute.
+
+        A session over (in a minute before the boundary) gets its last snapshot, `closed`; one over
+        for a retention more (as long as a window is kept after it closed) leaves memory and the
+        changelog. Sessions are closed or evicted while `budget` lasts (whole minutes of them):
+        the rest wait for the next batch. Sessions already closed that stay cost none of it.
+        """
+        boundary = self._session_boundary(partition)
+        if boundary is None or self.session_swept.get(partition) == boundary:
+            return None
+        index = self.session_index.get(partition, {})
+        evict_before = boundary - self.retention
+        sweep = Sweep(partition, boundary)
+        handled = 0
+        for minute in sorted(m for m in index if m < boundary):
+            if handled >= budget:
+                sweep.complete = False
+                break
+            evicted = minute < evict_before
+            for key in list(index[minute]):
+                session = self.session(key)
+                if session is None:
+                    continue
+                if not session.closed:
+                    sweep.closing.append((key, session))
+                    handled += 1
+                if evicted:
+                    sweep.evicted.append(key)
+                    handled += 1
+            if evicted:
+                sweep.minutes.append(minute)
+                sweep.floor = minute + WINDOW
+        sweep.handled = handled
+        return sweep
+
+    def _evict(self, sweep: Sweep) -> None:
+        """Write what a sweep decided (its closed sessions were written by the batch): the
+        partition's new floor first, then the tombstones (one changelog partition keeps order)."""
+        partition = sweep.partition
+        if sweep.floor is not None:
+            floor = max(sweep.floor, self.session_floor(partition) or sweep.floor)
+            self.session_floors[partition] = floor
+            self.sessions.put(_floor_key(partition), floor, (floor - _EPOCH) // _MICROSECOND, partition)
+        for key in sweep.evicted:
+            self.sessions.delete(key, partition)
+        index = self.session_index.get(partition, {})
+        for minute in sweep.minutes:
+            index.pop(minute, None)
+        if sweep.complete:
+            self.session_swept[partition] = sweep.boundary
 
     # --- outputs -------------------------------------------------------------------------------
 
@@ -351,11 +526,13 @@ class Batch:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.outputs: list[Output] = []
-        # session key -> (session, raw partition, its snapshot datum and version before the batch)
-        self.sessions: dict[str, tuple[_Session, int, Datum | None, int]] = {}
+        # session key -> what the batch found of it: its state, raw partition, its figures, version
+        # and last call before the batch
+        self.sessions: dict[str, _Touched] = {}
         # window table key -> (state, window key, raw partition, its figures before the batch)
         self.windows: dict[str, tuple[WindowState, WindowKey, int, Datum | None]] = {}
         self.partitions: set[int] = set()
+        self.last_offsets: dict[int, int] = {}  # the highest offset read, per raw partition
         self.now = pipeline.clock()
         self.records = 0
         self.seconds = dict.fromkeys(STAGES, 0.0)  # time spent in each of STAGES
@@ -377,6 +554,7 @@ class Batch:
             self.seconds["decode"] += perf_counter() - started
         self.records += 1
         self.pipeline.counts.records_in += 1
+        self.last_offsets[record.partition] = record.offset
 
     def _apply_pending(self) -> None:
         """The native engine's records: one call for all, then each applied to state in offset
@@ -427,13 +605,23 @@ class Batch:
             message = f"{type(exc).__name__}: {exc}"
             self.outputs.append(pipeline.dead_letter(Stage.enrich, Reason.processing_error, message, record))
 
-    def _touch_session(self, session_key: str, partition: int) -> _Session:
+    def _touch_session(self, session_key: str, partition: int) -> SessionState | None:
+        """The session in memory (None if there is none), noted as touched by this batch."""
         entry = self.sessions.get(session_key)
-        if entry is None:
-            session = self.pipeline.session(session_key)
-            before = session.state.datum(session_key, partition, self.now) if session.state.turns else None
-            entry = self.sessions[session_key] = (session, partition, before, session.state.version)
-        return entry[0]
+        if entry is not None:
+            return entry.session
+        session = self.pipeline.session(session_key)
+        if session is None:
+            return None
+        figures = self.pipeline._session_figures
+        before = session.figures(figures) if figures and session.turns else None
+        self.sessions[session_key] = _Touched(session, partition, before, session.version, session.last_at)
+        return session
+
+    def _open_session(self, session_key: str, partition: int) -> SessionState:
+        session = SessionState()
+        self.sessions[session_key] = _Touched(session, partition, None, session.version, None)
+        return session
 
     def _event(self, event: OnFinishEvent, partition: int, offset: int, since: float) -> None:
         pipeline = self.pipeline
@@ -442,12 +630,13 @@ class Batch:
         # state, snapshots and the outputs' Kafka keys use, never the raw value.
         session_key = pipeline.enricher.key(event)
         session = self._touch_session(session_key, partition)
-        event_id = str(event.event_id)
-        first_offset = session.event_offsets.get(event_id)
-        if first_offset is not None and first_offset != offset:
-            pipeline.counts.duplicates += 1
-            seconds["enrich"] += perf_counter() - since
-            return
+        event_id = event.event_id.bytes
+        if session is not None:
+            first_offset = session.first_offset(event_id)
+            if first_offset is not None and first_offset != offset:
+                pipeline.counts.duplicates += 1
+                seconds["enrich"] += perf_counter() - since
+                return
         enriched = pipeline.enricher.enrich(event, partition, offset, self.now)
         enriched_at = perf_counter()
         seconds["enrich"] += enriched_at - since
@@ -464,9 +653,11 @@ class Batch:
         self.partitions.add(partition)
         encoded_at = perf_counter()
         seconds["encode"] += encoded_at - enriched_at
-        # Kept in the session's state (and its changelog) with the finish reason as redacted; it scores
-        # as the raw one does, since no truncation reason holds anything a pattern masks.
-        self._apply(session, enriched, event_id, Behaviour.of(enriched), partition, offset)
+        # Kept in the session's state with the finish reason as redacted (whether it is a truncation:
+        # it scores as the raw one does, since no truncation reason holds anything a pattern masks).
+        self._apply(
+            session, session_key, enriched, event_id, enriched.finish_reason, event.rating, partition, offset
+        )
         seconds["state"] += perf_counter() - encoded_at
 
     def _call(self, call: Call, partition: int, offset: int) -> None:
@@ -476,38 +667,47 @@ class Batch:
         # Stages as `_event` counts them: the session's lookup and deduplication with enrichment,
         # the outputs (event alerts included) with encoding.
         started = perf_counter()
-        session = self._touch_session(call.key, partition)
-        first_offset = session.event_offsets.get(call.event_id)
-        if first_offset is not None and first_offset != offset:
-            pipeline.counts.duplicates += 1
-            seconds["enrich"] += perf_counter() - started
-            return
+        session_key = call.key
+        session = self._touch_session(session_key, partition)
+        event_id = event_key(call.event_id)
+        if session is not None:
+            first_offset = session.first_offset(event_id)
+            if first_offset is not None and first_offset != offset:
+                pipeline.counts.duplicates += 1
+                seconds["enrich"] += perf_counter() - started
+                return
         looked_up = perf_counter()
         seconds["enrich"] += looked_up - started
-        outputs = [Output(ENRICHED_EVENT, call.key.encode(), call.value)]
+        outputs = [Output(ENRICHED_EVENT, session_key.encode(), call.value)]
         outputs += [pipeline.alert_output(alert) for alert in event_alerts(pipeline.rules, call)]
         self.outputs += outputs
         self.partitions.add(partition)
         encoded_at = perf_counter()
         seconds["encode"] += encoded_at - looked_up
-        self._apply(session, call, call.event_id, behaviour_of(call), partition, offset)
+        self._apply(session, session_key, call, event_id, call.finish_reason, call.rating, partition, offset)
         seconds["state"] += perf_counter() - encoded_at
 
     def _apply(
         self,
-        session: _Session,
+        session: SessionState | None,
+        session_key: str,
         call: EnrichedCall,
-        event_id: str,
-        behaviour: Behaviour,
+        event_id: bytes,
+        finish_reason: str | None,
+        rating: int | None,
         partition: int,
         offset: int,
     ) -> None:
         """An enriched call into its session, its window and the partition's watermark."""
         pipeline = self.pipeline
-        if session.state.apply_event(call, offset):
-            session.event_offsets[event_id] = offset
-            session.behaviours[call.request_id] = behaviour
-        else:
+        if session is None:
+            floor = pipeline.session_floor(partition)
+            if floor is None or call.finished_at >= floor:
+                session = self._open_session(session_key, partition)
+        # else: a session that left, or one over before it began: late (counted with its window)
+        if session is not None and not session.apply_event(
+            call, offset, event_id=event_id, finish_reason=finish_reason, rating=rating
+        ):
             pipeline.counts.replayed += 1
 
         watermark = pipeline.watermark(partition)
@@ -523,13 +723,14 @@ class Batch:
         table_key = f"{partition}|{key.as_text()}"
         entry = self.windows.get(table_key)
         if entry is None:
-            state = self.pipeline.window_state(table_key)
+            pipeline = self.pipeline
+            state = pipeline.window_state(table_key)
             if state is None:
                 state = WindowState()
-                self.pipeline.windows.remember(table_key, state)
+                pipeline.windows.remember(table_key, state)
                 before = None
             else:
-                before = state.figures() if self.pipeline._window_rules else None
+                before = state.figures(pipeline._window_figures) if pipeline._window_rules else None
             entry = self.windows[table_key] = (state, key, partition, before)
         entry[0].apply(enriched, offset)
 
@@ -538,14 +739,17 @@ class Batch:
         pipeline = self.pipeline
         session_key = feedback.key
         session = self._touch_session(session_key, partition)
-        if offset <= session.state.version:
+        if session is None:  # about a session not in memory: no call of it to correct
+            pipeline.counts.feedback += 1
+            return
+        if offset <= session.version:
             pipeline.counts.feedback += 1
             pipeline.counts.replayed += 1
             return
-        behaviour = session.behaviours.get(feedback.request_id)
-        quality = None
-        if behaviour is not None:
-            behaviour = merge_feedback(behaviour, feedback)
+        index = session.call_index(feedback.request_id)
+        quality = behaviour = None
+        if index is not None and (call := session.call(index)).scorable:
+            behaviour = merge_feedback(call.behaviour(), feedback)
             quality = score_behaviour(behaviour, pipeline.enricher.weights)
             # The event was stored with the score it had then: this update replaces it downstream.
             update = {
@@ -563,102 +767,141 @@ class Batch:
                 Output(QUALITY_UPDATE, session_key.encode(), pipeline.encode(QUALITY_UPDATE, update))
             )
         pipeline.counts.feedback += 1
-        session.state.apply_feedback(
+        session.apply_feedback(
             feedback.request_id,
             regenerated=feedback.regenerated,
             edited=feedback.edited,
             quality=quality,
             offset=offset,
+            behaviour=behaviour,
         )
-        if behaviour is not None:
-            session.behaviours[feedback.request_id] = behaviour
 
     def finish(self) -> list[Output]:
-        """The batch's outputs, once every state it touched is written."""
+        """The batch's outputs, once every state it touched is written.
+
+        In order: the sessions the batch touched join the index at their last call; the sweep of
+        each partition finds the sessions to close and to evict; every output is encoded (session
+        snapshots, the last ones `closed`, alerts, the final snapshots of closed windows); then the
+        states are written, the floors, and the tombstones of what left.
+        """
         self._apply_pending()
         started = perf_counter()
         pipeline = self.pipeline
         rules = pipeline.rules
         outputs = list(self.outputs)
-        writes: list[tuple[str, _Session, int]] = []
-        for session_key, (session, partition, before, version) in self.sessions.items():
-            if session.state.version == version:
+        if pipeline._unindexed:
+            pipeline._index_restored()
+        for session_key, touched in self.sessions.items():
+            if touched.session.version != touched.version:
+                pipeline._move_session(
+                    touched.partition, session_key, touched.last_at, touched.session.last_at
+                )
+        sweeps: list[Sweep] = []
+        budget = SWEEP_SESSIONS  # for the batch, across its partitions
+        for partition in sorted(self.partitions):
+            sweep = pipeline._sweep(partition, budget)
+            if sweep is not None:
+                sweeps.append(sweep)
+                budget = max(budget - sweep.handled, 0)
+        closing: dict[str, tuple[SessionState, int]] = {}
+        for sweep in sweeps:
+            for session_key, session in sweep.closing:
+                closing[session_key] = (session, sweep.partition)
+
+        writes: list[tuple[str, SessionState, int]] = []
+        for session_key, touched in self.sessions.items():
+            session, partition = touched.session, touched.partition
+            if session.version == touched.version:
                 continue  # nothing changed (every record a replay or a duplicate)
             writes.append((session_key, session, partition))
-            if session.state.turns == 0:
-                continue  # feedback about a call this worker has not seen (yet): nothing to show
-            after = session.state.datum(session_key, partition, self.now)
+            if session.turns == 0 or session_key in closing:
+                continue  # nothing to show (feedback only), or its last snapshot is below
+            after = session.datum(session_key, partition, self.now)
             outputs.append(
                 Output(SESSION_SNAPSHOT, session_key.encode(), pipeline.encode(SESSION_SNAPSHOT, after))
             )
-            outputs += [pipeline.alert_output(alert) for alert in session_alerts(rules, before, after)]
+            outputs += [
+                pipeline.alert_output(alert) for alert in session_alerts(rules, touched.before, after)
+            ]
+        # The last snapshot of a session that closes: its version is the partition's offset this
+        # batch reached (the session reflects every record of the partition up to it), so that it
+        # replaces the snapshots before it downstream.
+        for session_key, (session, partition) in closing.items():
+            if session.turns == 0:
+                continue
+            version = max(session.version, self.last_offsets.get(partition, session.version))
+            after = session.datum(session_key, partition, self.now, closed=True)
+            after["version"] = max(version, 0)
+            outputs.append(
+                Output(SESSION_SNAPSHOT, session_key.encode(), pipeline.encode(SESSION_SNAPSHOT, after))
+            )
+            changed = self.sessions.get(session_key)
+            if changed is not None and changed.session.version != changed.version:
+                outputs += [
+                    pipeline.alert_output(alert) for alert in session_alerts(rules, changed.before, after)
+                ]
         if pipeline._window_rules:
+            names = pipeline._window_figures
             for state, key, partition, before in self.windows.values():
-                if state.events and window_breached(rules, before, state.figures()):
+                if state.events and window_breached(rules, before, state.figures(names)):
                     after = state.summary(key, partition)
                     outputs += [pipeline.alert_output(alert) for alert in window_alerts(rules, before, after)]
-        closing = [(p, pipeline._closing(p, self.now)) for p in sorted(self.partitions)]
-        for _, (closed_outputs, _, _) in closing:
+        closing_windows = [(p, pipeline._closing(p, self.now)) for p in sorted(self.partitions)]
+        for _, (closed_outputs, _, _) in closing_windows:
             outputs += closed_outputs
         # Every output is encoded: from here on nothing waits for the registry.
+        written = {session_key for session_key, _, _ in writes}
+        for session_key, (session, partition) in closing.items():
+            session.closed = True
+            session.version = max(session.version, self.last_offsets.get(partition, session.version))
+            if session_key not in written:
+                writes.append((session_key, session, partition))
+        sessions = pipeline.sessions
         for session_key, session, partition in writes:
-            pipeline.sessions.put(session_key, session, session.to_state(), partition)
+            sessions.put(session_key, session, session.to_state(partition), partition)
+        for sweep in sweeps:
+            pipeline._evict(sweep)
         for table_key, (state, _, partition, _) in self.windows.items():
             if state.version >= 0:
                 pipeline.windows.put(table_key, state, state.to_state(), partition)
                 pipeline.dirty_windows.add(table_key)
-        for partition, (_, closed, expired) in closing:
+        for partition, (_, closed, expired) in closing_windows:
             pipeline._close(partition, closed, expired)
         self.seconds["finish"] += perf_counter() - started
         return outputs
+
+
+@dataclass(slots=True)
+class _Touched:
+    """A session a batch touched, and what it was before the batch."""
+
+    session: SessionState
+    partition: int
+    before: Datum | None  # the figures session rules read
+    version: int
+    last_at: datetime | None
+
+
+@dataclass
+class Sweep:
+    """What a partition's sweep found (`Pipeline._sweep`): sessions to close, sessions to evict
+    and the index minutes they leave, and the floor once they left."""
+
+    partition: int
+    boundary: datetime
+    closing: list[tuple[str, SessionState]] = field(default_factory=list)
+    evicted: list[str] = field(default_factory=list)
+    minutes: list[datetime] = field(default_factory=list)
+    floor: datetime | None = None
+    complete: bool = True
+    handled: int = 0  # sessions closed or evicted
 
 
 def _watermark_key(partition: int) -> str:
     return f"{partition}|watermark"
 
 
-@dataclass
-class _Session:
-    """A session's state plus what deduplication and re-scoring need of its calls."""
-
-    state: SessionState = field(default_factory=SessionState)
-    event_offsets: dict[str, int] = field(default_factory=dict)  # event_id -> offset first seen
-    behaviours: dict[str, Behaviour] = field(default_factory=dict)  # request_id -> quality inputs
-    # The persisted form of each behaviour, kept with the (immutable) behaviour it was made of: a
-    # session is written at every batch that touches it, and its older calls have not changed.
-    _persisted: dict[str, tuple[Behaviour, dict[str, Any]]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
-
-    def to_state(self) -> dict[str, Any]:
-        persisted = self._persisted
-        behaviours = {}
-        for rid, behaviour in self.behaviours.items():
-            entry = persisted.get(rid)
-            if entry is None or entry[0] is not behaviour:
-                entry = persisted[rid] = (behaviour, _behaviour_state(behaviour))
-            behaviours[rid] = entry[1]
-        return {"session": self.state.to_state(), "events": self.event_offsets, "behaviours": behaviours}
-
-    @classmethod
-    def from_state(cls, stored: Mapping[str, Any]) -> _Session:
-        return cls(
-            state=SessionState.from_state(stored["session"]),
-            event_offsets=dict(stored["events"]),
-            behaviours={rid: _behaviour_from_state(b) for rid, b in stored["behaviours"].items()},
-        )
-
-
-def _behaviour_state(behaviour: Behaviour) -> dict[str, Any]:
-    return {
-        name: (value.isoformat() if isinstance(value, datetime) else getattr(value, "value", value))
-        for name, value in behaviour.__dict__.items()
-    }
-
-
-def _behaviour_from_state(stored: dict[str, Any]) -> Behaviour:
-    fields = dict(stored)
-    for name, value in stored.items():
-        if isinstance(value, str) and name.endswith("_at"):
-            fields[name] = datetime.fromisoformat(value)
-    return Behaviour(**fields)
+def _floor_key(partition: int) -> str:
+    """The sessions table's key of a partition's floor: longer than any session key can be (the
+    contract's identifiers have at most MAX_ID_CHARS characters), so no session can take it."""
+    return f"{partition}|session floor|".ljust(MAX_ID_CHARS + 1, "~")

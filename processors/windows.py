@@ -14,6 +14,7 @@ lateness) are not aggregated; the worker counts them (they still reach the event
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -165,9 +166,12 @@ class WindowState:
             "emitted_at": emitted_at,
         }
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """The window's numbers as in its snapshot, without identity or bucket arrays: what window
-        rules measure (the pipeline reads them twice per window and batch, so no hashing here)."""
+        rules measure (the pipeline reads them twice per window and batch, so no hashing here);
+        only `names` of them when given (the rules' metrics, and events and errors)."""
+        if names is not None:
+            return {name: self._figure(name) for name in names}
         figures = {name: getattr(self, name) for name in _SCALARS}
         for name in ("latency", "ttft"):
             histogram: Histogram = getattr(self, name)
@@ -178,6 +182,24 @@ class WindowState:
         figures["version"] = max(self.version, 0)
         figures["cost_usd"] = round(self.cost_usd, 9)
         return figures
+
+    def _figure(self, name: str) -> Any:
+        if name == "version":
+            return max(self.version, 0)
+        if name == "cost_usd":
+            return round(self.cost_usd, 9)
+        if name in _SCALARS:
+            return getattr(self, name)
+        histogram, _, measure = name.partition("_")
+        if histogram in ("latency", "ttft"):
+            figures: Histogram = getattr(self, histogram)
+            return {
+                "count": figures.count,
+                "sum_ms": figures.sum,
+                "min_ms": figures.min,
+                "max_ms": figures.max,
+            }.get(measure)
+        return None
 
     def summary(self, key: WindowKey, partition: int) -> dict[str, Any]:
         """What an alert on this window names: its figures, the snapshot's identity and dimensions."""

@@ -24,6 +24,7 @@ from onfinish.processors.pipeline import STAGES, DictStore, Output, Pipeline, Ra
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet, pseudonymise_identifier
+from onfinish.processors.sessions import SessionState
 from onfinish.schemas.contract import (
     ALERT,
     ENRICHED_EVENT,
@@ -321,8 +322,11 @@ def test_feedback_after_its_event_updates_the_events_score_once():
     session = [_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT][-1]
     assert session["quality_mean"] == update["quality_score"] and session["regenerations"] == 1
     # The changelog holds the behaviour as the feedback changed it (a restored worker scores from it).
-    persisted = sessions[event.session_id or event.request_id]["behaviours"][event.request_id]
-    assert (persisted["regenerated"], persisted["rating"]) == (True, -1)
+    restored = SessionState.from_state(json.loads(json.dumps(sessions[event.session_id or event.request_id])))
+    index = restored.call_index(event.request_id)
+    assert index is not None
+    persisted = restored.call(index)
+    assert (persisted.regenerated, persisted.rating) == (True, -1)
     # The same feedback replayed by a worker that restored the session: no second update.
     again = _run(_pipeline(dict(sessions)), raw, range(1, 2))
     assert not [o for o in again if o.record_type is QUALITY_UPDATE]
@@ -494,3 +498,57 @@ def test_a_batch_times_each_stage_and_counts_every_record_read():
     assert all(seconds > 0 for seconds in batch.seconds.values()), batch.seconds
     # The stages share the batch's time: they never add up to more than the batch took.
     assert sum(batch.seconds.values()) <= took
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_session_over_closes_then_leaves_memory_and_its_changelog_and_stays_gone(engine: str):
+    first, *others = [
+        i for i in TrafficGenerator(TrafficProfile(), seed=31).items(400) if isinstance(i, OnFinishEvent)
+    ]
+    old = first.model_copy(
+        update={"session_id": "s-old", "finished_at": NOW - timedelta(hours=1, minutes=30)}
+    )
+    old = old.model_copy(update={"started_at": old.finished_at - timedelta(seconds=2)})
+    # Later traffic of other sessions moves the partition's event time 33 minutes on, then 40:
+    # past the gap (30 min) and the lateness (2 min), then past the retention (2 min) too.
+    later = [
+        event.model_copy(
+            update={
+                "session_id": f"s-{minutes}",
+                "started_at": old.finished_at + timedelta(minutes=minutes),
+                "finished_at": old.finished_at + timedelta(minutes=minutes, seconds=1),
+            }
+        )
+        for minutes, event in zip((33, 40), others, strict=False)
+    ]
+
+    def raw(event: OnFinishEvent) -> tuple[bytes, bytes]:
+        return event.key.encode(), b"\x00" + (1).to_bytes(4, "big") + ONFINISH_EVENT.encode(
+            ONFINISH_EVENT.to_datum(event)
+        )
+
+    sessions: dict[str, Any] = {}
+    pipeline = _pipeline(sessions, engine=engine)
+    records = [raw(old), raw(later[0])]
+    outputs = _run(pipeline, records)
+    snapshots = [_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT]
+    closing = [s for s in snapshots if s["session_id"] == "s-old" and s["closed"]]
+    assert len(closing) == 1 and closing[0]["version"] == 1, "its last snapshot: closed, as of the batch"
+    assert SessionState.from_state(sessions["s-old"]).closed, "closed, still kept for the retention"
+
+    records.append(raw(later[1]))
+    _run(pipeline, records, range(2, 3))
+    assert "s-old" not in sessions and pipeline.session("s-old") is None, "gone from changelog and memory"
+    assert "s-40" in sessions
+
+    # A re-delivery of the old session's event (a new offset) opens nothing again, here or in a
+    # worker restored from the changelog.
+    records.append(raw(old))
+    late_before = pipeline.counts.late
+    again = _run(pipeline, records, range(3, 4))
+    assert not [o for o in again if o.record_type is SESSION_SNAPSHOT and _decode(o)["session_id"] == "s-old"]
+    assert "s-old" not in sessions and pipeline.counts.late == late_before + 1
+    restored = _pipeline(sessions, engine=engine)
+    again = _run(restored, records, range(3, 4))
+    assert "s-old" not in sessions
+    assert not [o for o in again if o.record_type is SESSION_SNAPSHOT and _decode(o)["session_id"] == "s-old"]

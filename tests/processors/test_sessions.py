@@ -52,5 +52,5 @@ def test_the_gap_ends_a_session_and_the_state_survives_its_changelog_form():
     state.apply_event(_enriched(0, session_id="s1", user_id="u_abc"), 0)
     assert not state.is_over(T0 + timedelta(minutes=29))
     assert state.is_over(T0 + timedelta(minutes=31))
-    restored = SessionState.from_state(json.loads(json.dumps(state.to_state())))
+    restored = SessionState.from_state(json.loads(json.dumps(state.to_state(0))))
     assert restored.snapshot("s1", 0, T0) == state.snapshot("s1", 0, T0)
