@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.processors import _fill
+from bench.processors import _fill, start_worker
 from bench.report import Figure, markdown_table, rate_until
 from onfinish.demo.local_pipeline import Demo
 from onfinish.processors.settings import ProcessorSettings
@@ -61,13 +61,7 @@ def _processor_rate(prefix: str, app_id: str, count: int) -> float:
         "ONFINISH_PROCESSOR_WEB_PORT": str(PORTS["processor"]),
     }
     with tempfile.TemporaryFile() as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "onfinish.processors.worker", "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = start_worker(env, log)
         try:
             rate = rate_until(PORTS["processor"], "onfinish_processor_processed_total", count)
             if rate is None:

@@ -25,6 +25,7 @@ import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -55,6 +56,17 @@ PIPELINE_RECORDS = int(os.environ.get("ONFINISH_BENCH_PIPELINE_RECORDS", "30000"
 SESSIONS = 100_000
 WEB_PORT = 16266
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_worker(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    """A processor worker in its own process, as production runs it, its output into `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "onfinish.processors.worker", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _fill(stack: Stack, prefix: str) -> int:
@@ -132,13 +144,7 @@ def _worker(stack: Stack, prefix: str, count: int, engine: Engine) -> tuple[floa
         "ONFINISH_PROCESSOR_WEB_PORT": str(WEB_PORT),
     }
     with tempfile.TemporaryFile() as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "onfinish.processors.worker", "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = start_worker(env, log)
         try:
             rate = rate_until(WEB_PORT, "onfinish_processor_processed_total", count)
             if rate is None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.processors import start_worker
 from bench.report import Figure, metric
 from onfinish.loadgen.load import LoadPlan, LoadReport, run_load
 from onfinish.producers import ProducerSettings
@@ -87,13 +87,7 @@ def run(stack: Stack) -> list[Figure]:
         Path(log_path).open("wb") if log_path else tempfile.TemporaryFile() as log,
         tempfile.TemporaryDirectory() as spool,
     ):
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "onfinish.processors.worker", "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = start_worker(env, log)
         try:
             _until_up(WEB_PORT)
             reports: list[LoadReport] = []
