@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -382,3 +382,35 @@ ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
     ClickHouseSettings,
     StackSettings,
 )
+
+
+Document = TypeVar("Document", bound=BaseModel)
+
+
+def load_toml_document(
+    model: type[Document], what: str, package: str, resource: tuple[str, ...], path: Path | None = None
+) -> Document:
+    """Read and validate one of onfinish's versioned TOML files (rules, conditions, budgets): the
+    file at `path`, or without one the copy packaged in `package`. Any failure is one
+    ConfigurationError that names the file and, for an invalid one, each problem's place."""
+    import tomllib
+    from importlib.resources import files
+
+    source = str(path) if path is not None else f"packaged {'/'.join(resource)}"
+    try:
+        if path is None:
+            text = files(package).joinpath(*resource).read_text(encoding="utf-8")
+        else:
+            text = path.read_text(encoding="utf-8")
+        return model.model_validate(tomllib.loads(text))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigurationError(f"{what} {source} cannot be read: {error}") from error
+    except ValidationError as error:
+        raise ConfigurationError(f"{what} {source} are invalid: {validation_problems(error)}") from error
+
+
+def validation_problems(error: ValidationError) -> str:
+    """Pydantic's findings as one line a person can act on: where, then what (never the input)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
+    )

@@ -28,20 +28,18 @@ Everything here is pure: the minutes come from the edge (onfinish/alerting/evalu
 from __future__ import annotations
 
 import string
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from importlib.resources import files
 from itertools import compress
 from math import isfinite
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from onfinish.errors import ConfigurationError
 from onfinish.schemas.histogram_grid import DEFAULT_GRID, BucketGrid, quantile_from_counts
+from onfinish.settings import load_toml_document
 
 RULES_RESOURCE: Final = ("data", "alert_conditions.v1.toml")
 
@@ -183,24 +181,7 @@ class ConditionBook(BaseModel):
 
 def load_conditions(path: Path | None = None) -> ConditionBook:
     """Read and validate a conditions file; without a path, the conditions shipped with onfinish."""
-    source = str(path) if path is not None else f"packaged {'/'.join(RULES_RESOURCE)}"
-    try:
-        if path is None:
-            text = files("onfinish.alerting").joinpath(*RULES_RESOURCE).read_text(encoding="utf-8")
-        else:
-            text = path.read_text(encoding="utf-8")
-        return ConditionBook.model_validate(tomllib.loads(text))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ConfigurationError(f"alert conditions {source} cannot be read: {error}") from error
-    except ValidationError as error:
-        raise ConfigurationError(f"alert conditions {source} are invalid: {problems(error)}") from error
-
-
-def problems(error: ValidationError) -> str:
-    """Pydantic's findings as one line a person can act on: where, then what."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
-    )
+    return load_toml_document(ConditionBook, "alert conditions", "onfinish.alerting", RULES_RESOURCE, path)
 
 
 # --- what is measured ------------------------------------------------------------------------------

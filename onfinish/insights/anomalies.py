@@ -54,18 +54,16 @@ from __future__ import annotations
 
 import hashlib
 import string
-import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.resources import files
 from math import isfinite
 from pathlib import Path
 from statistics import NormalDist
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from onfinish.errors import ConfigurationError
+from onfinish.settings import load_toml_document
 
 RULES_RESOURCE: Final = ("data", "anomaly_rules.v1.toml")
 
@@ -146,23 +144,7 @@ class AnomalyRuleBook(BaseModel):
 
 def load_anomaly_rules(path: Path | None = None) -> AnomalyRuleBook:
     """Read and validate an anomaly rule file; without a path, the rules shipped with onfinish."""
-    source = str(path) if path is not None else f"packaged {'/'.join(RULES_RESOURCE)}"
-    try:
-        if path is None:
-            text = files("onfinish.insights").joinpath(*RULES_RESOURCE).read_text(encoding="utf-8")
-        else:
-            text = path.read_text(encoding="utf-8")
-        return AnomalyRuleBook.model_validate(tomllib.loads(text))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ConfigurationError(f"anomaly rules {source} cannot be read: {error}") from error
-    except ValidationError as error:
-        raise ConfigurationError(f"anomaly rules {source} are invalid: {_problems(error)}") from error
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()
-    )
+    return load_toml_document(AnomalyRuleBook, "anomaly rules", "onfinish.insights", RULES_RESOURCE, path)
 
 
 @dataclass(frozen=True)

@@ -33,18 +33,16 @@ Alerts (:func:`evaluate`), at most one of each kind per budget, subject and peri
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib.resources import files
 from math import isfinite
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from onfinish.errors import ConfigurationError
+from onfinish.settings import load_toml_document
 
 BUDGETS_RESOURCE: Final = ("data", "budgets.v1.toml")
 
@@ -103,21 +101,7 @@ class BudgetBook(BaseModel):
 
 def load_budgets(path: Path | None = None) -> BudgetBook:
     """Read and validate a budget file; without a path, the example budgets shipped with onfinish."""
-    source = str(path) if path is not None else f"packaged {'/'.join(BUDGETS_RESOURCE)}"
-    try:
-        if path is None:
-            text = files("onfinish.insights").joinpath(*BUDGETS_RESOURCE).read_text(encoding="utf-8")
-        else:
-            text = path.read_text(encoding="utf-8")
-        return BudgetBook.model_validate(tomllib.loads(text))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ConfigurationError(f"budgets {source} cannot be read: {error}") from error
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        raise ConfigurationError(f"budgets {source} are invalid: {problems}") from error
+    return load_toml_document(BudgetBook, "budgets", "onfinish.insights", BUDGETS_RESOURCE, path)
 
 
 def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime]:
