@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onfinish.loadgen.traffic import TrafficGenerator, TrafficProfile
+from onfinish.processors import redaction
 from onfinish.processors.engines import NativePatternSet
 from onfinish.processors.redaction import (
     PatternSet,
@@ -736,6 +737,19 @@ def test_pseudonyms_of_different_users_differ(user_ids: list[str]) -> None:
 def test_pseudonymise_refuses_an_empty_key() -> None:
     with pytest.raises(ValueError, match="key"):
         pseudonymise("user-1", b"")
+
+
+def test_the_pseudonym_cache_is_bounded_and_a_clear_changes_no_pseudonym() -> None:
+    key = b"cache-test-key"
+    first = pseudonymise("user-0", key)
+    for n in range(1, redaction.PSEUDONYM_CACHE_ENTRIES + 10):
+        pseudonymise(f"user-{n}", key)
+    cached = redaction._PSEUDONYMS[(key, redaction.PSEUDONYM_PREFIX)]
+    assert len(cached) <= redaction.PSEUDONYM_CACHE_ENTRIES
+    assert "user-0" not in cached, "cleared when full"
+    assert pseudonymise("user-0", key) == first
+    # Users and identifiers under one key keep apart: the same text, two prefixes.
+    assert pseudonymise_identifier("user-0", key) != first
 
 
 # --- Identifiers ------------------------------------------------------------------------------
