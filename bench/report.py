@@ -9,7 +9,7 @@ import re
 import sysconfig
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 README_START = "<!-- BENCH:START -->"
@@ -26,6 +26,10 @@ class Figure:
     baseline_name: str
     baseline: float
     higher_is_better: bool = True
+    section: str = ""  # the `python -m bench` section that measured it
+
+    def of(self, section: str) -> Figure:
+        return replace(self, section=section)
 
     @property
     def ratio(self) -> float:
@@ -44,26 +48,84 @@ def machine() -> dict[str, object]:
     }
 
 
-def write_json(figures: list[Figure], path: Path) -> None:
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_json(
+    figures: list[Figure],
+    path: Path,
+    *,
+    measured_at: str | None = None,
+    remeasured: dict[str, str] | None = None,
+) -> None:
+    """The figures as JSON; `measured_at` is the whole run's time, `remeasured` the time of each
+    section measured again since (by `python -m bench SECTION`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    document: dict[str, object] = {
+        "measured_at": measured_at or now(),
         "machine": machine(),
         "figures": [{**asdict(f), "ratio": round(f.ratio, 4)} for f in figures],
     }
+    if remeasured:
+        document["remeasured"] = dict(sorted(remeasured.items()))
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Results:
+    """What a results file holds."""
+
+    figures: list[Figure]
+    measured_at: str
+    remeasured: dict[str, str]
+
+
+def read_json(path: Path) -> Results:
+    document = json.loads(path.read_text())
+    known = {f.name for f in fields(Figure)}
+    return Results(
+        [Figure(**{k: v for k, v in item.items() if k in known}) for item in document["figures"]],
+        str(document["measured_at"]),
+        dict(document.get("remeasured", {})),
+    )
+
+
+def merge(previous: list[Figure], fresh: list[Figure]) -> list[Figure]:
+    """`previous` with the sections `fresh` measured again replaced by it, in the same places (a
+    section new to `previous` goes last). A figure of a file written before figures named their
+    section belongs to the fresh section of the same name's figure."""
+    by_name = {f.name: f.section for f in fresh}
+    sections = {f.section for f in fresh}
+    merged: list[Figure] = []
+    placed: set[str] = set()
+    for figure in previous:
+        section = figure.section or by_name.get(figure.name, "")
+        if section not in sections:
+            merged.append(figure)
+        elif section not in placed:
+            merged += [f for f in fresh if f.section == section]
+            placed.add(section)
+    for section in sorted(sections - placed, key=[f.section for f in fresh].index):
+        merged += [f for f in fresh if f.section == section]
+    return merged
 
 
 def _format(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
-def markdown_table(figures: list[Figure]) -> str:
+def markdown_table(figures: list[Figure], remeasured: dict[str, str] | None = None) -> str:
     where = machine()
     build = "with" if where["python_pgo"] else "without"
     lines = [
         f"Measured on {where['cpus']} CPUs, CPython {where['python']} "
         f"built {build} profile-guided optimisation.",
+    ]
+    if remeasured:
+        again = ", ".join(f"{section} ({at})" for section, at in sorted(remeasured.items()))
+        lines.append(f"Measured again since the whole run: {again}.")
+    lines += [
         "",
         "| figure | value | baseline (same run) | baseline value | ratio |",
         "| --- | ---: | --- | ---: | ---: |",
@@ -76,9 +138,9 @@ def markdown_table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(figures: list[Figure], readme: Path) -> None:
+def update_readme(figures: list[Figure], readme: Path, remeasured: dict[str, str] | None = None) -> None:
     text = readme.read_text()
-    block = f"{README_START}\n{markdown_table(figures)}\n{README_END}"
+    block = f"{README_START}\n{markdown_table(figures, remeasured)}\n{README_END}"
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(f"{readme} has no {README_START} ... {README_END} block for the benchmark table")

@@ -237,9 +237,11 @@ class Pipeline:
         # Sessions over time: partition -> minute of the last call -> session keys, for closing
         # sessions without a look at the others; the boundary each partition was swept up to; and
         # its floor (`session_floor`). Partitions whose restored sessions are not indexed yet wait
-        # in `_unindexed`.
+        # in `_unindexed`. The keys are lists, not sets (9 bytes a session rather than 52, of a
+        # live session's 1 KB budget): a session whose last call moves to a later minute is
+        # appended there and left stale in the earlier list, which the sweep skips.
         self.session_gap = session_gap
-        self.session_index: dict[int, dict[datetime, set[str]]] = {}
+        self.session_index: dict[int, dict[datetime, list[str]]] = {}
         self.session_swept: dict[int, datetime] = {}
         self.session_floors: dict[int, datetime | None] = {}
         self._unindexed: set[int] = set()
@@ -418,17 +420,15 @@ class Pipeline:
 
     def _index_session(self, partition: int, key: str, last_at: datetime | None) -> None:
         minute = _EPOCH if last_at is None else window_start(last_at)
-        self.session_index.setdefault(partition, {}).setdefault(minute, set()).add(key)
+        self.session_index.setdefault(partition, {}).setdefault(minute, []).append(key)
 
     def _move_session(
         self, partition: int, key: str, before: datetime | None, after: datetime | None
     ) -> None:
-        """Keep the index in step with a session's last call (it may move to a later minute)."""
-        if before is not None and (after is None or window_start(after) != window_start(before)):
-            bucket = self.session_index.get(partition, {}).get(window_start(before))
-            if bucket is not None:
-                bucket.discard(key)
-        self._index_session(partition, key, after)
+        """Keep the index in step with a session's last call: indexed again when it moves to a
+        later minute (the earlier entry goes stale), as it is when new."""
+        if before is None or after is None or window_start(after) != window_start(before):
+            self._index_session(partition, key, after)
 
     def _index_restored(self) -> None:
         """Index the sessions a restore brought for the partitions this worker just took (they are
@@ -469,10 +469,13 @@ class Pipeline:
                 sweep.complete = False
                 break
             evicted = minute < evict_before
-            for key in list(index[minute]):
+            # dict.fromkeys: a key indexed twice in a minute (restored again) counts once.
+            for key in dict.fromkeys(index[minute]):
                 session = self.session(key)
                 if session is None:
                     continue
+                if (_EPOCH if session.last_at is None else window_start(session.last_at)) != minute:
+                    continue  # stale: the session moved on, and is indexed at its later minute
                 if not session.closed:
                     sweep.closing.append((key, session))
                     handled += 1

@@ -552,3 +552,48 @@ def test_a_session_over_closes_then_leaves_memory_and_its_changelog_and_stays_go
     again = _run(restored, records, range(3, 4))
     assert "s-old" not in sessions
     assert not [o for o in again if o.record_type is SESSION_SNAPSHOT and _decode(o)["session_id"] == "s-old"]
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_session_that_moved_on_is_closed_by_its_last_call_not_its_first(engine: str):
+    first, second, *others = [
+        i for i in TrafficGenerator(TrafficProfile(), seed=32).items(400) if isinstance(i, OnFinishEvent)
+    ]
+    start = NOW - timedelta(hours=2)
+
+    def at(event: OnFinishEvent, session: str, minutes: int) -> tuple[bytes, bytes]:
+        moved = event.model_copy(
+            update={
+                "session_id": session,
+                "started_at": start + timedelta(minutes=minutes),
+                "finished_at": start + timedelta(minutes=minutes, seconds=1),
+            }
+        )
+        return moved.key.encode(), b"\x00" + (1).to_bytes(4, "big") + ONFINISH_EVENT.encode(
+            ONFINISH_EVENT.to_datum(moved)
+        )
+
+    # s-moving calls at minute 0 and minute 20 (its index entry for minute 0 goes stale); other
+    # traffic then passes minute 0 by the gap (30 min) and lateness (2 min), but not minute 20.
+    records = [at(first, "s-moving", 0), at(second, "s-moving", 20), at(others[0], "s-other", 33)]
+    sessions: dict[str, Any] = {}
+    pipeline = _pipeline(sessions, engine=engine)
+    outputs = _run(pipeline, records)
+    closed = [
+        s
+        for s in (_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT)
+        if s["session_id"] == "s-moving" and s["closed"]
+    ]
+    assert not closed, "its last call was 13 minutes ago: not over"
+    session = pipeline.session("s-moving")
+    assert session is not None and not session.closed and session.turns == 2
+
+    # Past its last call by gap and lateness: closed once, with both calls.
+    records.append(at(others[1], "s-later", 53))
+    outputs = _run(pipeline, records, range(3, 4))
+    closed = [
+        s
+        for s in (_decode(o) for o in outputs if o.record_type is SESSION_SNAPSHOT)
+        if s["session_id"] == "s-moving" and s["closed"]
+    ]
+    assert len(closed) == 1 and closed[0]["turns"] == 2

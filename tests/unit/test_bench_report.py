@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import README_END, README_START, Figure, markdown_table, update_readme, write_json
+from bench.__main__ import arguments
+from bench.report import (
+    README_END,
+    README_START,
+    Figure,
+    markdown_table,
+    merge,
+    read_json,
+    update_readme,
+    write_json,
+)
 
 FIGURES = [Figure("worker", 2_500.0, "events/s", "raw loop", 10_000.0)]
 
@@ -35,3 +45,46 @@ def test_a_readme_without_the_block_is_refused(tmp_path: Path):
     readme.write_text("no block\n")
     with pytest.raises(SystemExit, match="BENCH:START"):
         update_readme(FIGURES, readme)
+
+
+def test_sections_measured_again_replace_their_figures_in_place_and_keep_the_rest(tmp_path: Path):
+    previous = [
+        Figure("stack up", 3.0, "s", "cold", 4.0, section="foundation"),
+        Figure("worker", 2_500.0, "events/s", "raw loop", 10_000.0, section="processors"),
+        Figure("state", 1_131.0, "bytes", "record", 503.0, section="processors"),
+        Figure("sink", 140_000.0, "rows/s", "insert", 86_000.0, section="sinks"),
+    ]
+    write_json(previous, tmp_path / "latest.json", measured_at="2026-12-04T00:00:00Z")
+    stored = read_json(tmp_path / "latest.json")
+    assert stored.figures == previous and stored.measured_at == "2026-12-04T00:00:00Z"
+
+    fresh = [Figure("worker", 2_600.0, "events/s", "raw loop", 10_400.0, section="processors")]
+    merged = merge(stored.figures, fresh)
+    assert [(f.name, f.value) for f in merged] == [
+        ("stack up", 3.0),
+        ("worker", 2_600.0),
+        ("sink", 140_000.0),
+    ]
+    # A section the file did not have goes last.
+    assert merge(previous, [Figure("new", 1.0, "x", "y", 2.0, section="collect")])[-1].name == "new"
+
+    write_json(
+        merged, tmp_path / "latest.json", measured_at=stored.measured_at, remeasured={"processors": "T"}
+    )
+    assert read_json(tmp_path / "latest.json").remeasured == {"processors": "T"}
+    assert "Measured again since the whole run: processors (T)." in markdown_table(
+        merged, {"processors": "T"}
+    )
+
+
+def test_a_file_written_before_figures_named_their_section_is_merged_by_name():
+    old = [Figure("worker", 2_500.0, "events/s", "raw loop", 10_000.0), Figure("sink", 1.0, "x", "y", 2.0)]
+    fresh = [Figure("worker", 2_600.0, "events/s", "raw loop", 10_400.0, section="processors")]
+    assert [(f.name, f.value) for f in merge(old, fresh)] == [("worker", 2_600.0), ("sink", 1.0)]
+
+
+def test_the_command_line_names_its_sections_and_refuses_others():
+    assert arguments([]).sections == []
+    assert arguments(["processors", "end to end"]).sections == ["processors", "end to end"]
+    with pytest.raises(SystemExit):
+        arguments(["processor"])
