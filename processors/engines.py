@@ -33,7 +33,7 @@ from uuid import UUID
 
 from onfinish.errors import ConfigurationError
 from onfinish.processors.decoding import MAX_VALUE_BYTES, Decoder
-from onfinish.processors.enrichment import Enricher
+from onfinish.processors.enrichment import IDENTIFIER_FIELDS, TRACE_ID_LENGTHS, Enricher
 from onfinish.processors.quality import Behaviour
 from onfinish.processors.redaction import PatternSet
 from onfinish.schemas.contract import ENRICHED_EVENT, FEEDBACK, ONFINISH_EVENT, RecordType
@@ -141,6 +141,9 @@ class NativeCore:
                 **_patterns_config(enricher.patterns),
                 "allow_list": sorted(enricher.attribute_allow_list),
                 "pseudonym_key": enricher.pseudonym_key,
+                # One list of identifiers for both engines (the core checks each is a string).
+                "identifier_fields": list(IDENTIFIER_FIELDS),
+                "trace_id_lengths": list(TRACE_ID_LENGTHS.items()),
                 "max_future_us": decoder.bounds.max_future // _MICROSECOND,
                 "max_past_us": decoder.bounds.max_past // _MICROSECOND,
                 "margin_us": _BOUNDS_MARGIN // _MICROSECOND,

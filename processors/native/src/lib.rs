@@ -38,27 +38,6 @@ const MAX_NATIVE_DURATION_US: i64 = 366 * 86_400 * 1_000_000;
 const PSEUDONYM_CACHE_ENTRIES: usize = 65_536;
 // Repeating texts kept as Python strings (a few hundred dimensions; session keys come and go).
 const INTERNED_STRINGS: usize = 16_384;
-// The contract's strings a producer chooses, as processors/enrichment.py's IDENTIFIER_FIELDS: a
-// value a pattern finds PII in is pseudonymised whole.
-const IDENTIFIER_FIELDS: [&str; 15] = [
-    "request_id",
-    "session_id",
-    "service",
-    "environment",
-    "region",
-    "deployment_id",
-    "feature_id",
-    "variant_id",
-    "prompt_template_id",
-    "provider",
-    "model_id",
-    "model_version",
-    "prompt_hash",
-    "sdk_name",
-    "sdk_version",
-];
-// W3C trace context ids pass as they are in lowercase hex of these lengths (TRACE_ID_LENGTHS).
-const TRACE_ID_LENGTHS: [(&str, usize); 2] = [("trace_id", 32), ("span_id", 16)];
 
 fn error(message: impl Into<String>) -> PyErr {
     PyValueError::new_err(message.into())
@@ -233,12 +212,18 @@ fn optional(ty: Type) -> Type {
 }
 
 /// How each field of the enriched schema is filled, checked against the types this core writes.
-fn enriched_sources(enriched: &avro::Record, event: &avro::Record) -> PyResult<Vec<(Type, Source)>> {
+/// `identifiers` names the event's identifiers (processors/enrichment.py's IDENTIFIER_FIELDS and
+/// TRACE_ID_LENGTHS, given by the Python side so that one list decides for both engines).
+fn enriched_sources(
+    enriched: &avro::Record,
+    event: &avro::Record,
+    identifiers: &[(String, Option<usize>)],
+) -> PyResult<Vec<(Type, Source)>> {
     let mut sources = Vec::new();
     for field in &enriched.fields {
         let (expected, source) = match field.name.as_str() {
             "user_id" => (Some(optional(Type::String)), Source::UserId),
-            name if IDENTIFIER_FIELDS.contains(&name) || TRACE_ID_LENGTHS.iter().any(|(n, _)| *n == name) => {
+            name if identifiers.iter().any(|(n, _)| n == name) => {
                 let index = self::field(event, name)?;
                 if event.fields[index].ty != field.ty
                     || !(field.ty == Type::String || field.ty == optional(Type::String))
@@ -949,10 +934,17 @@ impl Core {
         let prices: Vec<PriceRow> = item(config, "prices")?;
         let metadata: Vec<(String, String, String, i32)> = item(config, "metadata")?;
         let weights: (f64, f64, f64, f64, f64, f64, f64, f64) = item(config, "weights")?;
+        // The contract's strings a producer chooses (a value a pattern finds PII in is pseudonymised
+        // whole), then the W3C trace context ids with the lowercase-hex length they pass as.
+        let identifiers: Vec<(String, Option<usize>)> = item::<Vec<String>>(config, "identifier_fields")?
+            .into_iter()
+            .map(|name| (name, None))
+            .chain(item::<Vec<(String, usize)>>(config, "trace_id_lengths")?.into_iter().map(|(n, l)| (n, Some(l))))
+            .collect();
         let engine = Engine {
             event: EventFields::of(&event_reader)?,
             feedback: FeedbackFields::of(&feedback_reader)?,
-            enriched: enriched_sources(&enriched, &event_reader)?,
+            enriched: enriched_sources(&enriched, &event_reader, &identifiers)?,
             success: symbol_index(statuses, "success")?,
             cache: symbol_index(routes, "cache")?,
             status_members: members(config, "status_members", statuses.len())?,
@@ -991,11 +983,9 @@ impl Core {
             pseudonym_key: item(config, "pseudonym_key")?,
             pseudonyms: HashMap::new(),
             identifier_pseudonyms: HashMap::new(),
-            identifiers: IDENTIFIER_FIELDS
+            identifiers: identifiers
                 .iter()
-                .map(|name| (*name, None))
-                .chain(TRACE_ID_LENGTHS.iter().map(|(name, length)| (*name, Some(*length))))
-                .map(|(name, length)| Ok((field(&event_reader, name)?, length)))
+                .map(|(name, length)| Ok((field(&event_reader, name)?, *length)))
                 .collect::<PyResult<_>>()?,
             strings: HashMap::new(),
             max_future_us: item(config, "max_future_us")?,
