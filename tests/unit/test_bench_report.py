@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
 from bench.__main__ import arguments
 from bench.report import (
     README_END,
@@ -88,3 +89,43 @@ def test_the_command_line_names_its_sections_and_refuses_others():
     assert arguments(["processors", "end to end"]).sections == ["processors", "end to end"]
     with pytest.raises(SystemExit):
         arguments(["processor"])
+
+
+def test_rate_until_reads_the_counter_rarely_while_the_worker_runs(monkeypatch: pytest.MonkeyPatch):
+    # A worker that starts counting at t = 2 s at 1,000 per second, on a virtual clock.
+    clock = [0.0]
+    readings: list[float] = []
+
+    def fake_metric(port: int, name: str) -> float:
+        value = max(0.0, (clock[0] - 2.0) * 1_000)
+        readings.append(clock[0])
+        return value
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(report, "metric", fake_metric)
+    monkeypatch.setattr("bench.report.time.sleep", sleep)
+    monkeypatch.setattr("bench.report.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("bench.report.time.monotonic", lambda: clock[0])
+    rate = report.rate_until(0, "rows", 60_000, poll_s=0.02)
+    assert rate is not None and rate == pytest.approx(1_000, rel=0.01)
+    counting = [t for t in readings if t > 2.0]
+    # 58 s of counting: every 20 ms would be 2,900 readings; a scrape costs the worker CPU.
+    assert len(counting) < 120, len(counting)
+
+
+def test_rate_until_catches_the_last_step_of_a_counter_that_moves_in_steps(monkeypatch: pytest.MonkeyPatch):
+    # A sink: 100,000 rows stored at once every 1.6 s from t = 3 s, read on a virtual clock.
+    clock = [0.0]
+    monkeypatch.setattr(
+        report,
+        "metric",
+        lambda port, name: 100_000.0 * max(0, int((clock[0] - 3.0) // 1.6) + 1) * (clock[0] >= 3.0),
+    )
+    monkeypatch.setattr("bench.report.time.sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    monkeypatch.setattr("bench.report.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("bench.report.time.monotonic", lambda: clock[0])
+    rate = report.rate_until(0, "rows", 400_000, poll_s=0.02)
+    # 300,000 rows between the first step (3.0 s) and the fourth (7.8 s): 62,500 rows/s.
+    assert rate == pytest.approx(62_500, rel=0.02)
