@@ -600,7 +600,14 @@ class Emitter:
         return False
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Flush, stop the worker and release the spool (what is still undelivered stays in it)."""
+        """Flush, stop the worker and release the spool (what is still undelivered stays in it).
+
+        A hand-off after `close` starts a worker again, as the first hand-off does: the fast
+        hand-off would append to a queue no worker drains. Events handed off while the worker
+        stopped are taken by the next hand-off's worker, or by the next `close` (at exit too).
+        """
+        if self._worker is None and self._queue and self._pid == os.getpid():
+            self._start()
         delivered = self.flush(timeout)
         worker = self._worker
         if worker is not None and self._pid == os.getpid():
@@ -608,6 +615,7 @@ class Emitter:
             worker.join(timeout)
             worker.close()
             self._worker = None
+            self.on_finish = self._checked
         return delivered
 
 

@@ -285,3 +285,18 @@ def test_close_flushes_stops_the_worker_and_releases_the_spool(kafka: FakeKafka,
     assert len(kafka.values()) == 5 and emitter.stats()["produced"] == 5
     assert spool_folders(tmp_path) == [], "an emptied spool is removed"
     assert emitter.close(), "closing twice is harmless"
+
+
+def test_a_hand_off_after_close_is_delivered_not_left_in_a_queue(kafka: FakeKafka, tmp_path: Path):
+    emitter = make_emitter(tmp_path)
+    emitter.on_finish(event(0))
+    assert emitter.close()
+    emitter.on_finish(event(1))  # a service that closed too early, or an atexit race
+    assert emitter._worker is not None, "the hand-off started a worker again"
+    assert emitter.close()
+    assert len(kafka.values()) == 2
+
+    # Handed off to the queue with no worker (as in the moment the worker stopped): close takes it.
+    emitter._queue.append(event(2))
+    assert emitter.close()
+    assert len(kafka.values()) == 3
