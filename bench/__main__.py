@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{RESULTS} is missing: run every section first (`make bench`)")
         previous = read_json(RESULTS)
         figures = merge(previous.figures, figures)
+        remeasured = {**previous.remeasured, **dict.fromkeys(chosen, measured_at)}
         measured_at = previous.measured_at
-        remeasured = {**previous.remeasured, **dict.fromkeys(chosen, now())}
     print(markdown_table(figures, remeasured))
     write_json(figures, RESULTS, measured_at=measured_at, remeasured=remeasured)
     update_readme(figures, ROOT / "README.md", remeasured)

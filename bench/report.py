@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 README_START = "<!-- BENCH:START -->"
-SLOW_POLL_S = 1.0  # rate_until's longest wait between two readings of a worker's counter
 README_END = "<!-- BENCH:END -->"
+SLOW_POLL_S = 1.0  # rate_until's longest wait between two readings of a worker's counter
 
 
 @dataclass(frozen=True)
