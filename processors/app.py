@@ -1,6 +1,7 @@
 """The Faust application: wires processors/pipeline.py to topics and tables, and nothing more.
 
-One agent reads `onfinish.raw` in batches and hands them to the pipeline. Each batch's outputs and
+A task takes `onfinish.raw`'s records in batches, as the consumer fetched them (no Faust stream
+event per record), and hands them to the pipeline. Each batch's outputs and
 state changes (to the tables' changelogs, in the partition of the raw record they belong to, which
 is what a worker taking that partition over restores) leave as one group through confluent-kafka's
 producer (processors/delivery.py), and the batch's records are acked only once the whole group is
@@ -10,8 +11,8 @@ sends the snapshots of windows that changed. /health and /metrics are onfinish's
 (onfinish/health.py); Faust's web server is off.
 
 Records are produced with confluent-kafka rather than Faust's producer, for speed (docs/decisions/0007).
-Where the app goes around Faust's own behaviour (the consumer that hands each fetched record to the
-stream directly, aiokafka's fetch wait, the commit at stop), it does so through
+Where the app goes around Faust's own behaviour (the consumer that hands the raw records to the batches
+directly, aiokafka's fetch wait, the commit at stop), it does so through
 processors/faust_overrides.py, the one module that touches Faust's private surface.
 
 Run it with `onfinish process` (which starts `--workers N` of these), or `faust -A
@@ -93,7 +94,7 @@ class _App(OverriddenApp):
             )
             watchdog.daemon = True
             watchdog.start()
-        # Faust stops the consumer: the agent finishes the batch it had buffered, the deliver task
+        # Faust stops the consumer: the task finishes the batch it had taken, the deliver task
         # acks each batch once its outputs are in Kafka, and Faust commits when all are acked.
         await super().on_stop()
         pipeline = getattr(self, "onfinish_pipeline", None)
@@ -218,7 +219,6 @@ def build_app(
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
         web_enabled=False,  # /health and /metrics: onfinish's own server (onfinish/health.py), below
-        stream_buffer_maxsize=max(8192, 2 * settings.batch_size),
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
@@ -297,22 +297,21 @@ def build_app(
                 log.warning("schema registry unavailable; retrying", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(1.0)
 
-    @app.agent(raw)
-    async def process(stream: Any) -> None:  # faust's stub of Stream lacks take_events
-        # A stream that never acks by itself: take_events turns the stream's acks off while it runs
-        # and back on when it closes, after which its drainer would ack whatever still reaches the
-        # stream, unprocessed. Acks come from take_events, for the batches it yielded, and from
-        # delivery (below); anything else stays uncommitted for the next owner.
-        records_stream = stream.noack()
-        async for events in records_stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            # take_events acks the batch when this body ends, however it ends (a stop cancels it
-            # mid-batch too). A reference of our own, taken first, keeps the offsets uncommitted
-            # until the batch's outputs are delivered; a batch given up is never acked.
-            messages = [event.message for event in events]
-            for message in messages:
-                message.incref()
+    batches = app.batches(raw, maxsize=max(8192, 2 * settings.batch_size))
+
+    @app.task
+    async def process() -> None:
+        """Take the raw records a batch at a time and process them (decision 0007, issue 21).
+
+        A record is acked once every output of its batch is in Kafka (delivery, below), and in no
+        other way: a batch given up is never acked and stays uncommitted for the next owner. The
+        task runs until Faust cancels the app's tasks, after the stop has waited for every record
+        handed out to be acked, so a batch taken before the stop is finished and delivered.
+        """
+        while True:
+            messages = await batches.take(settings.batch_size, settings.batch_within_s)
             try:
-                await process_batch(events)
+                await process_batch(messages)
             except Exception as exc:  # a bug, or a refusal by the registry: not the records' fault
                 # Its records can never be acked now, so this worker could commit nothing more (the
                 # batch is a gap at the head of its partitions) while carrying on without them.
@@ -320,13 +319,12 @@ def build_app(
                 log.exception("a batch could not be processed; the worker ends and its records wait")
                 _leave(sender, f"a batch failed: {type(exc).__name__}: {str(exc)[:200]}", code=1)
 
-    async def process_batch(events: list[Any]) -> None:
+    async def process_batch(messages: list[Any]) -> None:
         started = time.perf_counter()
         batch: Batch = pipeline.batch()
         passed_over: set[Any] = set()  # partitions with records skipped for a hole, in this batch
         processed: list[Any] = []  # the messages acked once the batch's outputs are delivered
-        for event in events:
-            message = event.message
+        for message in messages:
             verdict = continuity.check(message.tp, message.offset)
             if verdict is not Verdict.process:
                 if verdict is Verdict.rewind:
@@ -345,7 +343,10 @@ def build_app(
                 continue
             processed.append(message)
             record = RawRecord(message.key, message.value, message.topic, message.partition, message.offset)
-            await until_registry(lambda: batch.add(record))  # noqa: B023 - awaited at once
+            try:
+                batch.add(record)
+            except RegistryUnavailable:  # it changed nothing: added again once the registry answers
+                await until_registry(lambda: batch.add(record))  # noqa: B023 - awaited at once
         for tp in passed_over:
             # Seek again after every batch that still skips: a fetch in flight when the first seek
             # was made delivers records past the hole, after which Faust drops the hole's records as
@@ -365,7 +366,7 @@ def build_app(
         """Serve delivery reports: they ack the batches whose outputs are all in Kafka.
 
         Also while the worker stops (Faust cancels app tasks last): the stop waits until every
-        record handed out is acked, and the agent still finishes the batch it had buffered, whose
+        record handed out is acked, and the process task still finishes the batch it had taken, whose
         acks come from here. Ending at `should_stop` left that wait to the stop timeout, so every
         stop mid-stream ended as a crash, without a commit and without leaving the group.
         """

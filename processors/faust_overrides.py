@@ -13,9 +13,11 @@ No other module of onfinish touches a private attribute of these libraries.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
@@ -43,7 +45,26 @@ class DirectDeliveryConsumer(aiokafka_driver.Consumer):
 
     Assumes also: `Consumer._new_consumer_thread` builds the thread that owns aiokafka's consumer,
     so the fetch wait can be set there (`FetchWaitConsumerThread`).
+
+    And it hands the records of a topic taken in batches (`RecordBatches`) to that, instead of to
+    Faust's conductor. Assumes: Faust's consumer keeps its delivery callback (the conductor's
+    `on_message`) in `self.callback`, set in `__init__`, and `_drain_messages` reads it when the
+    fetcher starts.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        routes: dict[str, RecordBatches] = getattr(self.app, "onfinish_batches", {})
+        to_conductor: Callable[[Any], Awaitable[Any]] = self.callback
+
+        async def deliver(message: Any) -> None:
+            batches = routes.get(message.topic)
+            if batches is None:
+                await to_conductor(message)
+            else:
+                await batches.put(message)
+
+        self.callback = deliver
 
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -83,11 +104,100 @@ class FetchWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         return consumer
 
 
+class RecordBatches:
+    """The records of one topic, a batch at a time, without a stream event per record.
+
+    Faust hands every fetched record to its conductor, which wraps it in an event and queues it for
+    a stream; the stream takes it off the queue, calls its sensors and sets the current event, and
+    `take_events` buffers it again: about a third of a worker's time went there (py-spy, issue 21).
+    Here the consumer appends each record to a list (`DirectDeliveryConsumer`), and `take` returns
+    the records as they are. What Faust's path does that matters is kept:
+
+    - a record is tracked as handed out (`track_message`) and holds one reference, which the one
+      who took it releases with `message.ack(consumer)` once done: Faust commits nothing before,
+      and a stop waits for it (decision 0007);
+    - records fetched in a generation of the group that has ended, or while flow is suspended (a
+      rebalance, a stop), are not taken, as Faust's stream skips them; the next owner reads them;
+    - Faust clears the buffer when it clears the streams' (`flow_control.clear()`, at a rebalance
+      and at a stop): those records were not handed out and are read again from the last commit;
+    - the consumer waits while `maxsize` records are buffered (Faust's full stream queue does too).
+
+    Assumes: `app.flow_control.manage_queue` takes any object with `clear()` and calls it from
+    `flow_control.clear()`; a `ConsumerMessage` carries `generation_id`, compared with
+    `app.consumer_generation_id`, and `tracked`.
+    """
+
+    def __init__(self, app: faust.App, maxsize: int) -> None:
+        self.app = app
+        self.maxsize = maxsize
+        self._messages: list[Any] = []
+        self._wanted = 1  # how many buffered records wake `take`
+        self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+        app.flow_control.manage_queue(self)  # type: ignore[arg-type]  # it needs clear() alone
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    async def put(self, message: Any) -> None:
+        """Buffer a fetched record (the consumer's delivery, for this topic)."""
+        while len(self._messages) >= self.maxsize:
+            self._drained.clear()
+            await self._drained.wait()
+        app = self.app
+        if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+            return  # never acked: the partition's next owner, or this worker again, reads it
+        message.incref()
+        message.tracked = True
+        app.consumer.track_message(message)
+        self._messages.append(message)
+        if len(self._messages) >= self._wanted:
+            self._ready.set()
+
+    async def take(self, max_: int, within: float) -> list[Any]:
+        """Up to `max_` records, once there are `max_` or `within` seconds after the first came."""
+        if not self._messages:
+            self._wanted = 1
+            self._ready.clear()
+            await self._ready.wait()
+        if len(self._messages) < max_:
+            self._wanted = max_
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):  # then what came within the wait
+                await asyncio.wait_for(self._ready.wait(), within)
+        taken = self._messages[:max_]
+        del self._messages[:max_]
+        self._drained.set()
+        return taken
+
+    def clear(self) -> None:
+        """Drop what is buffered (Faust's `flow_control.clear()`): never handed out, never acked."""
+        self._messages.clear()
+        self._drained.set()
+
+
 class OverriddenApp(faust.App):
     """A Faust app with onfinish's consumer, its data directory made whole, and the stop's commit
     completed. The processors' app (processors/app.py) derives from it."""
 
     onfinish_fetch_max_wait_ms: int | None = None  # None: Faust's own
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.onfinish_batches: dict[str, RecordBatches] = {}  # topic -> its batches
+
+    def batches(self, topic: faust.TopicT, maxsize: int) -> RecordBatches:
+        """Subscribe to `topic`, whose records are then taken a batch at a time from the returned
+        `RecordBatches` rather than through a stream. Needs `use_direct_delivery()`.
+
+        Assumes: the conductor subscribes to and acks (`acks_enabled_for`) the topics added to it
+        with `app.topics.add`, as an agent's iterated topic is added.
+        """
+        batches = RecordBatches(self, maxsize)
+        for name in topic.topics:
+            self.onfinish_batches[name] = batches
+        self.topics.add(topic)
+        return batches
 
     def use_direct_delivery(self) -> None:
         """Make this app's consumer a `DirectDeliveryConsumer`.
