@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -132,6 +133,7 @@ class RecordBatches:
         self.maxsize = maxsize
         self._messages: list[Any] = []
         self._wanted = 1  # how many buffered records wake `take`
+        self._oldest_at = 0.0  # when the oldest buffered record came (time.monotonic)
         self._ready = asyncio.Event()
         self._drained = asyncio.Event()
         app.flow_control.manage_queue(self)  # type: ignore[arg-type]  # it needs clear() alone
@@ -150,21 +152,25 @@ class RecordBatches:
         message.incref()
         message.tracked = True
         app.consumer.track_message(message)
+        if not self._messages:
+            self._oldest_at = time.monotonic()  # records left after a take are older still
         self._messages.append(message)
         if len(self._messages) >= self._wanted:
             self._ready.set()
 
     async def take(self, max_: int, within: float) -> list[Any]:
-        """Up to `max_` records, once there are `max_` or `within` seconds after the first came."""
+        """Up to `max_` records: once `max_` are buffered, or once the oldest buffered record has
+        waited `within` seconds (a batch taken while the last was processed may go at once)."""
         if not self._messages:
             self._wanted = 1
             self._ready.clear()
             await self._ready.wait()
-        if len(self._messages) < max_:
+        left = self._oldest_at + within - time.monotonic()
+        if len(self._messages) < max_ and left > 0:
             self._wanted = max_
             self._ready.clear()
             with contextlib.suppress(TimeoutError):  # then what came within the wait
-                await asyncio.wait_for(self._ready.wait(), within)
+                await asyncio.wait_for(self._ready.wait(), left)
         taken = self._messages[:max_]
         del self._messages[:max_]
         self._drained.set()

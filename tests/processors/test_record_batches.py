@@ -180,3 +180,18 @@ def test_nothing_put_is_lost_or_taken_twice_however_the_taking_interleaves(maxsi
         return seen
 
     assert _run(scenario()) == list(range(200))
+
+
+def test_records_that_waited_the_batch_window_while_the_last_batch_was_processed_go_at_once():
+    async def scenario() -> list[int]:
+        app = FakeApp()
+        batches = RecordBatches(app, maxsize=100)  # type: ignore[arg-type]
+        await batches.put(_message(0))
+        await batches.put(_message(1))
+        await asyncio.sleep(0.06)  # the last batch's processing: both have waited the window
+        taking = asyncio.create_task(batches.take(10, within=0.05))
+        await asyncio.sleep(0)  # the take runs: nothing left to wait for
+        await batches.put(_message(2))  # too late for it; waiting the window anew would take it
+        return [m.offset for m in await asyncio.wait_for(taking, 1)]
+
+    assert _run(scenario()) == [0, 1]
