@@ -878,7 +878,7 @@ fn patterns(config: &Bound<'_, PyDict>) -> PyResult<Patterns> {
                 other => return Err(error(format!("pattern {name}: flag {other} is not read natively"))),
             });
         }
-        let regex = fancy_regex::RegexBuilder::new(&format!("{inline}{regex}"))
+        let compiled_regex = fancy_regex::RegexBuilder::new(&format!("{inline}{regex}"))
             .build()
             .map_err(|e| error(format!("pattern {name} does not compile natively: {e}")))?;
         let replacement = if parts.iter().all(|(is_group, _)| !is_group) {
@@ -893,7 +893,9 @@ fn patterns(config: &Bound<'_, PyDict>) -> PyResult<Patterns> {
         if gate.is_some_and(|g| g >= gates.len()) {
             return Err(error(format!("pattern {name} names a gate that is not there")));
         }
-        compiled.push(Pattern { name, regex, replacement, validator, validated_group, gate });
+        // Sizes as the regex crate's defaults; a prefilter that will not build is simply absent.
+        let prefilter = redaction::superset(&regex).and_then(|superset| regex::Regex::new(&format!("{inline}{superset}")).ok());
+        compiled.push(Pattern { name, regex: compiled_regex, replacement, validator, validated_group, gate, prefilter });
     }
     Ok(Patterns::new(
         version,
@@ -1131,6 +1133,11 @@ impl Redactor {
             Some(found) => Ok(found),
             None => self.python_findings.call1(py, (text,))?.extract(py),
         }
+    }
+
+    /// The names of the patterns that have a prefilter (redaction.rs's `superset`).
+    fn prefiltered(&self) -> Vec<String> {
+        self.patterns.patterns.iter().filter(|p| p.prefilter.is_some()).map(|p| p.name.clone()).collect()
     }
 
     /// Whether a text is redacted natively (printable ASCII and the usual white space).

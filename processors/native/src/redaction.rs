@@ -9,6 +9,12 @@
 //! empty match, where the two engines' iteration rules differ. Percent escapes are decoded here
 //! only when they decode to ASCII (as `urllib.parse.unquote` does then, byte for byte); a text
 //! with any other escape is the reference's too.
+//!
+//! Each pattern also gets a prefilter (`superset`): the same regex without its look-arounds,
+//! possessive quantifiers and back-references, which the regex crate runs as a DFA in one pass.
+//! It matches every text the pattern matches and more, so a text it does not match cannot hold a
+//! match of the pattern, and fancy-regex's backtracking VM (most of the core's redaction time on
+//! clean text: the digit-gated patterns open with look-behinds) is skipped for it.
 
 use std::collections::HashMap;
 
@@ -104,6 +110,8 @@ pub struct Pattern {
     /// The group a validator checks: "value" when the regex has one, else the whole match.
     pub validated_group: Option<String>,
     pub gate: Option<usize>,
+    /// A regex that matches wherever `regex` could (see `superset`); None: always run `regex`.
+    pub prefilter: Option<regex::Regex>,
 }
 
 pub struct Gate {
@@ -227,6 +235,9 @@ impl Patterns {
                     continue;
                 }
             }
+            if pattern.prefilter.as_ref().is_some_and(|prefilter| !prefilter.is_match(&text)) {
+                continue;
+            }
             let redacted = substitute(pattern, &text, found.as_deref_mut())?;
             if redacted != text {
                 text = redacted;
@@ -289,6 +300,133 @@ fn substitute(pattern: &Pattern, text: &str, mut found: Option<&mut Vec<(String,
     Some(out)
 }
 
+/// The prefilter of a pattern written in Python's `re` syntax: a regex for the regex crate that
+/// matches every text the pattern matches. Look-arounds go (they only constrain a match),
+/// possessive quantifiers and atomic groups become ordinary ones (possessive matching only fails
+/// more often), named groups become plain groups, a back-reference matches anything. None when the
+/// pattern holds something this reading does not know for sure (a character class with a nested
+/// "[" or the regex crate's set operators, which Python reads as literals; an unbalanced group),
+/// and the caller then compiles no prefilter for it: the regex crate refuses the rest (`\Z`, ...).
+pub fn superset(pattern: &str) -> Option<String> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::with_capacity(pattern.len());
+    let mut index = 0;
+    // Whether the last thing written was a quantifier, after which "+" marks it possessive.
+    let mut quantified = false;
+    while index < chars.len() {
+        let c = chars[index];
+        match c {
+            '\\' => {
+                let next = *chars.get(index + 1)?;
+                out.push(c);
+                out.push(next);
+                index += 2;
+                quantified = false;
+            }
+            '[' => {
+                let end = class_end(&chars, index)?;
+                out.extend(&chars[index..end]);
+                index = end;
+                quantified = false;
+            }
+            '(' => {
+                let rest: String = chars[index..chars.len().min(index + 4)].iter().collect();
+                if rest.starts_with("(?=") || rest.starts_with("(?!") || rest.starts_with("(?<=") || rest.starts_with("(?<!") {
+                    index = group_end(&chars, index)?;
+                } else if rest.starts_with("(?P=") {
+                    index = group_end(&chars, index)?;
+                    out.push_str("(?s:.*)");
+                } else if rest.starts_with("(?P<") || rest.starts_with("(?>") {
+                    let open = if rest.starts_with("(?>") { index + 3 } else { chars[index..].iter().position(|&c| c == '>')? + index + 1 };
+                    out.push_str("(?:");
+                    index = open;
+                } else if rest.starts_with("(?") {
+                    out.push_str("(?"); // a group's flags or "(?:", never a quantifier
+                    index += 2;
+                } else {
+                    out.push(c);
+                    index += 1;
+                }
+                quantified = false;
+            }
+            // Python's "$" also matches before a text's last newline, the regex crate's does not.
+            '$' => return None,
+            '*' | '?' | '}' => {
+                out.push(c);
+                index += 1;
+                if quantified && c == '?' {
+                    quantified = false; // a lazy mark: "??" or "+?" ends the quantifier
+                    continue;
+                }
+                quantified = true;
+                if chars.get(index) == Some(&'+') {
+                    index += 1;
+                }
+            }
+            '+' => {
+                out.push(c);
+                index += 1;
+                quantified = true;
+                if chars.get(index) == Some(&'+') {
+                    index += 1;
+                }
+            }
+            _ => {
+                out.push(c);
+                index += 1;
+                quantified = false;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The index after the "]" that closes the character class opening at `start`.
+fn class_end(chars: &[char], start: usize) -> Option<usize> {
+    let mut index = start + 1;
+    if chars.get(index) == Some(&'^') {
+        index += 1;
+    }
+    if chars.get(index) == Some(&']') {
+        index += 1; // a "]" first in a class is a literal
+    }
+    while index < chars.len() {
+        match chars[index] {
+            '\\' => index += 2,
+            ']' => return Some(index + 1),
+            '[' => return None,
+            c @ ('&' | '-' | '~') if chars.get(index + 1) == Some(&c) => return None,
+            _ => index += 1,
+        }
+    }
+    None
+}
+
+/// The index after the ")" that closes the group opening at `start`.
+fn group_end(chars: &[char], start: usize) -> Option<usize> {
+    let mut depth = 0;
+    let mut index = start;
+    while index < chars.len() {
+        match chars[index] {
+            '\\' => index += 1,
+            '[' => {
+                index = class_end(chars, index)?;
+                continue;
+            }
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(index + 1);
+                }
+            }
+            _ => {}
+        }
+        index += 1;
+    }
+    None
+}
+
 /// Whether a text holds a percent escape: "%" and two hex digits.
 fn has_escape(text: &str) -> bool {
     text.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
@@ -349,6 +487,38 @@ mod tests {
         let pseudonym = pseudonym("user-1", b"k", "u_");
         assert!(pseudonym.starts_with("u_"));
         assert_eq!(pseudonym.len(), 34);
+    }
+
+    #[test]
+    fn a_prefilter_drops_what_only_constrains_a_match() {
+        assert_eq!(superset(r"(?<![\w-])sk-[A-Za-z0-9_-]{20,}+").as_deref(), Some(r"sk-[A-Za-z0-9_-]{20,}"));
+        assert_eq!(superset(r"(?P<label>\bkey\s++)(?=[a-z]{8})[a-z]++=*+").as_deref(), Some(r"(?:\bkey\s+)[a-z]+=*"));
+        assert_eq!(superset(r"[0-9](?<![\w.][0-9])(?P<sep>[ .-])[0-9]{3}(?P=sep)").as_deref(), Some(r"[0-9](?:[ .-])[0-9]{3}(?s:.*)"));
+        assert_eq!(superset(r"a+?b??(?:c)?+(?i)d").as_deref(), Some(r"a+?b??(?:c)?(?i)d"));
+        assert_eq!(superset(r"[)(](?!x[)])y").as_deref(), Some(r"[)(]y"));
+        assert_eq!(superset(r"(?>ab+)c").as_deref(), Some(r"(?:ab+)c"));
+    }
+
+    #[test]
+    fn a_prefilter_is_refused_where_the_engines_read_differently() {
+        assert_eq!(superset(r"done$"), None);
+        assert_eq!(superset(r"[a[]x"), None);
+        assert_eq!(superset(r"[a&&b]"), None);
+        assert_eq!(superset(r"(?=unclosed"), None);
+        assert_eq!(superset(r"trailing\"), None);
+    }
+
+    #[test]
+    fn a_prefilter_matches_wherever_its_pattern_does() {
+        let pattern = r"[0-8](?<![\w.-][0-8])[0-9]{2}(?<!000|666)-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![\w-]|\.[0-9])";
+        let full = fancy_regex::Regex::new(pattern).unwrap();
+        let prefilter = regex::Regex::new(&superset(pattern).unwrap()).unwrap();
+        for text in ["ssn 123-45-6789.", "x123-45-6789", "000-12-3456", "123-45-678", "no digits", "v1.2.3"] {
+            if full.is_match(text).unwrap() {
+                assert!(prefilter.is_match(text), "{text}");
+            }
+        }
+        assert!(!prefilter.is_match("retry after 20s, v1.2.3"));
     }
 
     #[test]
