@@ -195,6 +195,7 @@ STAGES = ("decode", "enrich", "encode", "state", "finish")
 # the soak (bench/soak.py). Spread this way they take a few batches; an upgrade, that restores
 # every session the first version kept, closes them over many.
 SWEEP_SESSIONS = 2_000
+WINDOW_KEYS_KEPT = 4_096  # Pipeline.window_key's cache, cleared when full
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -234,6 +235,10 @@ class Pipeline:
             {"events", "errors"} | {r.metric for r in rules.of_kind("window") if r.metric != "error_rate"}
         )
         self._session_figures = tuple({r.metric for r in rules.of_kind("session")})
+        # A call's window and its table key's text, by the call's minute and dimensions: building
+        # them (a frozen dataclass, a minute's arithmetic, an isoformat) was a quarter of a call's
+        # state work, for the few hundred windows that are open at a time.
+        self._window_keys: dict[tuple[Any, ...], tuple[WindowKey, str]] = {}
         # Sessions over time: partition -> minute of the last call -> session keys, for closing
         # sessions without a look at the others; the boundary each partition was swept up to; and
         # its floor (`session_floor`). Partitions whose restored sessions are not indexed yet wait
@@ -387,6 +392,29 @@ class Pipeline:
         if partition is not None:
             self._index_session(partition, session_key, live.last_at)
         return live
+
+    def window_key(self, call: EnrichedCall) -> tuple[WindowKey, str]:
+        """The call's WindowKey and its text (`WindowKey.as_text`)."""
+        finished_at = call.finished_at
+        if finished_at.tzinfo is not UTC:  # an offset may hold seconds: its minute is not UTC's
+            key = WindowKey.of(call)
+            return key, key.as_text()
+        dimensions = (
+            finished_at.replace(second=0, microsecond=0),
+            call.provider,
+            call.model_id,
+            call.feature_id,
+            call.variant_id,
+            call.environment,
+            call.status,
+        )
+        found = self._window_keys.get(dimensions)
+        if found is None:
+            if len(self._window_keys) >= WINDOW_KEYS_KEPT:
+                self._window_keys.clear()
+            key = WindowKey.of(call)
+            found = self._window_keys[dimensions] = (key, key.as_text())
+        return found
 
     def window_state(self, table_key: str) -> WindowState | None:
         stored = self.windows.get(table_key)
@@ -714,16 +742,16 @@ class Batch:
             pipeline.counts.replayed += 1
 
         watermark = pipeline.watermark(partition)
-        window_key = WindowKey.of(call)
+        window_key, window_text = pipeline.window_key(call)
         if watermark.is_closed(window_key.window_start):
             pipeline.counts.late += 1  # still in the events table; its closed window is not reopened
         else:
-            self._window(window_key, call, partition, offset)
+            self._window(window_key, window_text, call, partition, offset)
         watermark.observe(call.finished_at)
         pipeline.counts.processed += 1
 
-    def _window(self, key: WindowKey, enriched: EnrichedCall, partition: int, offset: int) -> None:
-        table_key = f"{partition}|{key.as_text()}"
+    def _window(self, key: WindowKey, text: str, enriched: EnrichedCall, partition: int, offset: int) -> None:
+        table_key = f"{partition}|{text}"
         entry = self.windows.get(table_key)
         if entry is None:
             pipeline = self.pipeline

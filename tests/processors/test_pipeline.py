@@ -8,8 +8,9 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, cast
 from uuid import uuid4
 
 import fastavro
@@ -17,6 +18,7 @@ import pytest
 
 from onfinish.loadgen.traffic import TRAFFIC_START, Malformed, TrafficGenerator, TrafficProfile
 from onfinish.processors.alerts import RuleBook
+from onfinish.processors.calls import EnrichedCall
 from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
@@ -25,6 +27,7 @@ from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.quality import QualityWeights
 from onfinish.processors.redaction import PatternSet, pseudonymise_identifier
 from onfinish.processors.sessions import SessionState
+from onfinish.processors.windows import WindowKey
 from onfinish.schemas.contract import (
     ALERT,
     ENRICHED_EVENT,
@@ -597,3 +600,35 @@ def test_a_session_that_moved_on_is_closed_by_its_last_call_not_its_first(engine
         if s["session_id"] == "s-moving" and s["closed"]
     ]
     assert len(closed) == 1 and closed[0]["turns"] == 2
+
+
+@dataclass
+class _Dimensions:
+    """What a window key reads of a call."""
+
+    finished_at: datetime
+    status: Status
+    provider: str = "openai"
+    model_id: str = "gpt-4o"
+    feature_id: str | None = None
+    variant_id: str | None = "b"
+    environment: str = "production"
+
+
+def test_a_calls_window_key_is_the_one_its_fields_make_whatever_its_time_zone():
+    pipeline = _pipeline()
+    base = datetime(2026, 11, 23, 12, 0, 59, 999_999, tzinfo=UTC)
+    moments = [base, base + timedelta(microseconds=1), base + timedelta(seconds=61)]
+    # The same instants with other offsets, one of them holding seconds (its local minute is not
+    # the UTC minute): each lands in its UTC minute's window, under the same key text.
+    moments += [m.astimezone(timezone(timedelta(hours=5, minutes=30))) for m in moments[:3]]
+    moments += [m.astimezone(timezone(timedelta(seconds=30))) for m in moments[:3]]
+    texts = set()
+    for _ in range(2):  # built, then from the cache
+        for moment in moments:
+            for status in (Status.success, Status.error):
+                call = cast(EnrichedCall, _Dimensions(moment, status))
+                key, text = pipeline.window_key(call)
+                assert key == WindowKey.of(call) and text == WindowKey.of(call).as_text()
+                texts.add(text)
+    assert len(texts) == 3 * 2  # three minutes, two statuses
