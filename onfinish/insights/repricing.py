@@ -36,7 +36,7 @@ from uuid import UUID
 
 from onfinish.errors import ConfigurationError
 from onfinish.processors.pricing import PriceCatalog, compute_cost
-from onfinish.processors.windows import window_start
+from onfinish.processors.windows import WindowKey, window_start
 from onfinish.query.client import Querier, records, timestamp
 from onfinish.query.sql import sql_timestamp
 from onfinish.schemas.models import CostCorrection, WindowCostCorrection
@@ -153,7 +153,7 @@ def reprice(
     """Price `calls` with `catalog`; the corrections to store, and the totals before and after."""
     version = int(repriced_at.timestamp() * 1_000_000)
     result = Repricing(catalog.source, repriced_at, start, end)
-    window_deltas: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    window_deltas: dict[WindowKey, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for call in calls:
         cost = compute_cost(catalog, call)
         new_cost = cost.total_usd_float
@@ -177,7 +177,9 @@ def reprice(
             )
         )
         result.sources[cost.source] = result.sources.get(cost.source, 0) + 1
-        key = (
+        # The window the processors counted this call in: the same key, so the correction lands on
+        # the windows_1m row it corrects.
+        key = WindowKey(
             window_start(call.finished_at),
             call.provider,
             call.model_id,
@@ -194,20 +196,17 @@ def reprice(
             totals.ingested_usd += call.ingested_cost_usd
             totals.current_usd += call.current_cost_usd
             totals.repriced_usd += new_cost
-    for (minute, provider, model_id, feature_id, variant_id, environment, status), (
-        delta_usd,
-        count,
-    ) in sorted(window_deltas.items()):
+    for window, (delta_usd, count) in sorted(window_deltas.items()):
         result.windows.append(
             WindowCostCorrection(
-                window_start=minute,
-                window_end=minute + MINUTE,
-                provider=provider,
-                model_id=model_id,
-                feature_id=feature_id,
-                variant_id=variant_id,
-                environment=environment,
-                status=status,
+                window_start=window.window_start,
+                window_end=window.window_start + MINUTE,
+                provider=window.provider,
+                model_id=window.model_id,
+                feature_id=window.feature_id,
+                variant_id=window.variant_id,
+                environment=window.environment,
+                status=window.status,
                 cost_delta_usd=delta_usd,
                 repriced_events=int(count),
                 cost_source=catalog.source,
