@@ -10,7 +10,7 @@ NATIVE_SOURCES := $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.
 NODE_DIR   := tests/collect/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-integration test-faults bench lint format clean
+.PHONY: install stack-install stack-up stack-down stack-status demo test test-unit test-native test-integration test-faults bench lint format clean
 
 # The -W filter hides one note, not a warning: setuptools reports every editable install of a
 # package-dir layout as "Editable installation" through the warnings channel (its InformationOnly
@@ -48,9 +48,15 @@ stack-status: $(STAMP)
 demo: install
 	$(BIN)/onfinish demo
 
-## test: unit tests, then integration tests against the real local stack (started and stopped by pytest)
-test: install
+## test: the native core's Rust tests, then unit and integration tests against the real local stack
+## (started and stopped by pytest)
+test: install test-native
 	$(BIN)/pytest
+
+## test-native: the Rust unit tests of processors/native (its regex rewriting, below what Python sees);
+## cargo links them against the virtualenv's Python
+test-native: $(STAMP)
+	cd $(NATIVE) && PYO3_PYTHON=$(abspath $(BIN)/python) cargo test --quiet
 
 ## test-unit: every test that needs no running stack or browser, over all of tests/, in seconds
 ## (property tests try a tenth of their examples here: tests/conftest.py; make test tries them all)
