@@ -37,6 +37,7 @@ from faust.serializers import codecs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from onfinish.errors import describe_exception
 from onfinish.health import HealthServer
 from onfinish.processors.alerts import RuleBook
 from onfinish.processors.continuity import Continuity, Verdict
@@ -317,7 +318,7 @@ def build_app(
                 # batch is a gap at the head of its partitions) while carrying on without them.
                 # Ending it is what is safe: the next owner processes them from the last commit.
                 log.exception("a batch could not be processed; the worker ends and its records wait")
-                _leave(sender, f"a batch failed: {type(exc).__name__}: {str(exc)[:200]}", code=1)
+                _leave(sender, f"a batch failed: {describe_exception(exc)}", code=1)
 
     async def process_batch(messages: list[Any]) -> None:
         started = time.perf_counter()

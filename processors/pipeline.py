@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
-from onfinish.errors import AccessDenied
+from onfinish.errors import AccessDenied, describe_exception
 from onfinish.processors.alerts import (
     RuleBook,
     event_alerts,
@@ -602,12 +602,18 @@ class Batch:
             record, result = self.pending[self.applied], self.results[self.applied]
             if result is None:
                 self._add(record)
-            elif isinstance(result, tuple):
-                started = perf_counter()
-                self._feedback(feedback_of(result), record.partition, record.offset)
-                self.seconds["state"] += perf_counter() - started
             else:
-                self._call(result, record.partition, record.offset)
+                try:
+                    if isinstance(result, tuple):
+                        started = perf_counter()
+                        self._feedback(feedback_of(result), record.partition, record.offset)
+                        self.seconds["state"] += perf_counter() - started
+                    else:
+                        self._call(result, record.partition, record.offset)
+                except (RegistryUnavailable, SchemaRefused, AccessDenied):
+                    raise
+                except Exception as exc:  # as in `_add`: a bug must not stop the worker
+                    self._processing_error(exc, record)
             self.applied += 1
         self.pending, self.results, self.applied = [], None, 0
 
@@ -633,8 +639,13 @@ class Batch:
         except (RegistryUnavailable, SchemaRefused, AccessDenied):
             raise
         except Exception as exc:  # a bug must not stop the worker: the record goes to the DLQ
-            message = f"{type(exc).__name__}: {exc}"
-            self.outputs.append(pipeline.dead_letter(Stage.enrich, Reason.processing_error, message, record))
+            self._processing_error(exc, record)
+
+    def _processing_error(self, exc: Exception, record: RawRecord) -> None:
+        """The record to the DLQ as a processing_error; the message gives the exception's type and
+        place, not its text, which may quote the record (unredacted: it failed before redaction)."""
+        message = describe_exception(exc)
+        self.outputs.append(self.pipeline.dead_letter(Stage.enrich, Reason.processing_error, message, record))
 
     def _touch_session(self, session_key: str, partition: int) -> SessionState | None:
         """The session in memory (None if there is none), noted as touched by this batch."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from onfinish.errors import describe_exception
 from onfinish.schemas.contract import RECORD_TYPES, RecordType
 from onfinish.schemas.models import Feedback, OnFinishEvent, _Record
 from onfinish.schemas.wire import describe_validation_error
@@ -64,7 +65,7 @@ class Encoder:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # A model changed after validation (models do not re-validate on assignment).
             raise RejectedEvent(
-                f"{type(record).__name__} cannot be encoded: {type(exc).__name__}: {exc}"
+                f"{type(record).__name__} cannot be encoded: {describe_exception(exc)}"
             ) from None
         key = record.key  # type: ignore[attr-defined]
         return kind, key.encode(), value

@@ -40,7 +40,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.serde import SchemaId
 from pydantic import ValidationError
 
-from onfinish.errors import AccessDenied, OnfinishError
+from onfinish.errors import AccessDenied, OnfinishError, describe_exception
 from onfinish.schemas.contract import RECORD_TYPES_BY_NAME, RecordType
 from onfinish.schemas.deadletter import Reason
 from onfinish.settings import RegistrySettings
@@ -130,7 +130,7 @@ def read_body(value: bytes, writer: Any, reader: Any | None, schema_id: int) -> 
     except (EOFError, StopIteration, IndexError) as exc:
         raise Refused(Reason.truncated, f"the body ends early ({type(exc).__name__})") from None
     except Exception as exc:  # fastavro raises assorted errors on garbage; all mean "not decodable"
-        raise Refused(Reason.undecodable, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise Refused(Reason.undecodable, describe_exception(exc)) from None
     if body.tell() != len(value):
         raise Refused(
             Reason.undecodable, f"{len(value) - body.tell()} bytes left after the record (schema {schema_id})"

@@ -23,6 +23,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from onfinish.errors import describe_exception
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.wire import Refused, WriterSchema, framing_of, read_body, schema_id_of
 from onfinish.sinks.tables import TABLES, TableSpec, dlq_row
@@ -225,7 +226,7 @@ class BatchBuilder:
         except Refused as refused:
             return refused.reason, refused.message
         except Exception as exc:  # row building raises assorted errors on data it cannot store
-            return Reason.undecodable, f"{type(exc).__name__}: {str(exc)[:200]}"
+            return Reason.undecodable, describe_exception(exc)
         insert.rows.append(row)
         insert.cover(record)
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,12 +115,26 @@ def _parse(body: bytes, kind: str, message: Message) -> None:
             json_format.ParseDict(document, message, ignore_unknown_fields=True)
     except OtlpError:
         raise
-    except (DecodeError, json_format.ParseError, ValueError, RecursionError, binascii.Error) as exc:
-        # Only the parser's verdict, which names positions and fields, never the body's content.
+    except json_format.ParseError as exc:
+        raise OtlpError(f"the body is not an OTLP JSON message: {_parse_error_place(exc)}") from None
+    except (DecodeError, ValueError, RecursionError, binascii.Error) as exc:
+        # These verdicts name positions and types (the JSON decoder's line and column, protobuf's
+        # message type), never the body's content.
         raise OtlpError(
             f"the body is not an OTLP {'protobuf' if kind == PROTOBUF else 'JSON'} message: "
             f"{type(exc).__name__}: {str(exc)[:200]}"
         ) from None
+
+
+_PARSE_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+
+
+def _parse_error_place(exc: json_format.ParseError) -> str:
+    """Where json_format refused the document, without its last words, which quote the value
+    (`Couldn't parse integer: alice@example.com`): the sender reads this, and its exporter logs it."""
+    path = _PARSE_FIELD.findall(str(exc))
+    where = ".".join(path) if path else "a field"
+    return f"{where} holds a value of the wrong type or shape for OTLP"
 
 
 def _value(value: AnyValue) -> Any:

@@ -25,7 +25,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, Error
 from pydantic import SecretStr
 
-from onfinish.errors import ConfigurationError
+from onfinish.errors import ConfigurationError, describe_exception
 from onfinish.query import dashboard
 from onfinish.query.guard import ReadOnlyRefused, check_read_only
 from onfinish.query.results import JsonValue, QueryResult, json_safe, render_csv, render_json
@@ -291,7 +291,7 @@ class QueryServer:
         except (dashboard.InvalidDashboardRequest, ConfigurationError) as exc:
             return _error_response(HTTPStatus.BAD_REQUEST, str(exc))
         except Exception as exc:
-            log.error("readout failed", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            log.error("readout failed", extra={"error": describe_exception(exc)})
             return _error_response(
                 HTTPStatus.INTERNAL_SERVER_ERROR, f"the readout failed ({type(exc).__name__})"
             )

@@ -278,3 +278,23 @@ def test_health_and_unknown_paths(receiver):
     assert health["status"] == "ok"
     connection.request("POST", "/v1/metrics", b"", {"Content-Type": "application/x-protobuf"})
     assert connection.getresponse().status == 404
+
+
+@pytest.mark.parametrize(
+    ("span", "place"),
+    [
+        ({"startTimeUnixNano": "alice@example.com"}, "spans.startTimeUnixNano"),
+        ({"attributes": [{"key": "k", "value": {"intValue": "alice@example.com"}}]}, "intValue"),
+        ({"attributes": [{"key": "k", "value": {"doubleValue": "alice@example.com"}}]}, "attributes.value"),
+        ({"name": {"nested": "alice@example.com"}}, "spans.name"),
+    ],
+)
+def test_a_json_body_refused_names_the_field_but_never_echoes_its_value(receiver, span, place):
+    # The sender's exporter logs the error message it gets back, so it must not quote the body.
+    document = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    status, _, answer = post(receiver, json.dumps(document).encode(), "application/json")
+    assert status == 400
+    message = json.loads(answer)["message"]
+    assert "alice" not in message
+    assert place in message and "wrong type" in message
+    assert alive(receiver)

@@ -632,3 +632,27 @@ def test_a_calls_window_key_is_the_one_its_fields_make_whatever_its_time_zone():
                 assert key == WindowKey.of(call) and text == WindowKey.of(call).as_text()
                 texts.add(text)
     assert len(texts) == 3 * 2  # three minutes, two statuses
+
+
+@ENGINES
+def test_a_bug_on_one_record_dead_letters_it_without_quoting_it_and_the_rest_go_on(engine, monkeypatch):
+    raw, items = _raw(23, 300, malformed_share=0.0)
+    pipeline = _pipeline(engine=engine)
+    original = Pipeline.window_key
+    calls = 0
+
+    def window_key(self: Pipeline, call: EnrichedCall) -> tuple[WindowKey, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 10:  # a bug whose exception quotes the data it met, as KeyError does
+            raise KeyError("alice@example.com")
+        return original(self, call)
+
+    monkeypatch.setattr(Pipeline, "window_key", window_key)
+    outputs = _run(pipeline, raw, batch_size=50)
+    letters = [DeadLetter.from_headers(o.key, o.value, o.headers) for o in outputs if o.record_type is None]
+    assert [letter.reason.value for letter in letters] == ["processing_error"]
+    assert "KeyError in window_key" in letters[0].message
+    assert "alice" not in letters[0].message
+    events = sum(isinstance(i, OnFinishEvent) for i in items)
+    assert calls == events and pipeline.counts.processed == events - 1
