@@ -9,6 +9,7 @@ caller asks for a retry instead of answering success. Nothing here does I/O but 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ from typing import Any, Protocol
 from onfinish.collect.feedback import FeedbackEvent, FeedbackReader
 from onfinish.collect.mapping import Ignored, Rejected, SpanData, SpanMapper
 from onfinish.collect.otlp import PartialSuccess
+from onfinish.errors import describe_exception
 from onfinish.producers.emitter import DurableBatch
+
+log = logging.getLogger(__name__)
 
 
 class Spooler(Protocol):
@@ -70,7 +74,10 @@ class Ingest:
         mapper, reader = self.mapper, self.feedback
         now = datetime.now(UTC)
         for span in spans:
-            mapped = mapper.map(span)
+            try:
+                mapped = mapper.map(span)
+            except Exception as exc:  # a bug must cost one span, not the request or the worker
+                mapped = self._bug(exc)
             if isinstance(mapped, Ignored):
                 outcome.ignored[mapped.reason] += 1
             elif isinstance(mapped, Rejected):
@@ -120,12 +127,23 @@ class Ingest:
         kinds: list[str],
         outcome: Outcome,
     ) -> None:
-        read = self.feedback.read(event, now)
+        try:
+            read = self.feedback.read(event, now)
+        except Exception as exc:  # as in `spans`: one record, not the request
+            read = self._bug(exc)
         if isinstance(read, Rejected):
             outcome.reject(read)
         else:
             records.append(read)
             kinds.append("feedback")
+
+    @staticmethod
+    def _bug(exc: Exception) -> Rejected:
+        """A span the mapping failed on: rejected as processing_error, logged by type and place
+        (the exception's text may quote the span's data)."""
+        message = describe_exception(exc)
+        log.error("a span could not be mapped (a bug)", extra={"error": message})
+        return Rejected("processing_error", message)
 
     def _spool(self, records: list[dict[str, Any]], kinds: list[str], outcome: Outcome) -> None:
         if not records:

@@ -209,6 +209,7 @@ REJECT_REASONS = (
     "invalid_attribute",
     "contract_violation",
     "spool_full",
+    "processing_error",  # a bug in the mapping: the span is refused alone, and logged
 )
 
 

@@ -152,7 +152,9 @@ class TopicWorker:
                 if outcome.rejected:
                     letter = DeadLetter(
                         stage=Stage.collect,
-                        reason=Reason.contract_violation,
+                        reason=Reason.processing_error
+                        if "processing_error" in outcome.rejected
+                        else Reason.contract_violation,
                         message=outcome.partial_success().message,
                         key=record.key(),
                         value=record.value(),
