@@ -53,7 +53,17 @@ class Encoder:
         raise RejectedEvent(f"not an onfinish record: {type(item).__name__}")
 
     def encode(self, item: Any) -> tuple[int, bytes, bytes]:
-        """(kind, key, Avro body) of one handed-off item, or RejectedEvent."""
+        """(kind, key, Avro body) of one handed-off item, or RejectedEvent, whatever the item does."""
+        try:
+            return self._encode(item)
+        except RejectedEvent:
+            raise
+        except Exception as exc:  # a bug, or an item that misbehaves: it must not end the SDK's worker
+            raise RejectedEvent(
+                f"{type(item).__name__} cannot be encoded: {describe_exception(exc)}"
+            ) from None
+
+    def _encode(self, item: Any) -> tuple[int, bytes, bytes]:
         record = self.validate(item)
         kind = self._kinds[type(record)]
         record_type = RECORD_TYPES[kind]

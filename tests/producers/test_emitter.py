@@ -192,6 +192,26 @@ def test_invalid_records_are_rejected_with_their_reason_and_never_produced(kafka
     assert emitter.close()
 
 
+class _Misbehaving(dict):  # type: ignore[type-arg]
+    """An item that raises where no record would, quoting data as a KeyError does."""
+
+    def __contains__(self, key: object) -> bool:
+        raise KeyError("alice@example.com")
+
+
+def test_an_item_that_raises_is_rejected_and_the_worker_goes_on(kafka: FakeKafka, tmp_path: Path):
+    emitter = make_emitter(tmp_path)
+    good = event(1)
+    emitter.on_finish(_Misbehaving())
+    emitter.on_finish(good)
+    assert emitter.flush(10), "the worker thread is alive and produced the next event"
+    assert kafka.values() == [PREFIXES[0] + body(good)]
+    (entry,) = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert entry["reason"].startswith("_Misbehaving cannot be encoded: KeyError in __contains__")
+    assert "alice" not in entry["reason"]
+    assert emitter.close()
+
+
 def test_records_wait_in_the_spool_while_the_registry_is_away_and_go_out_in_order(
     kafka: FakeKafka, tmp_path: Path
 ):
