@@ -89,6 +89,24 @@ class OnfinishSettings(BaseSettings):
         return (init_settings, env_settings, files, dotenv_settings, file_secret_settings)
 
 
+DEVELOPMENT_DLQ_SEAL_KEY = "onfinish-local-development-dead-letter-key"
+
+
+class DeadLetterSettings(OnfinishSettings):
+    """How dead letters are sealed: every stage that dead-letters, and `onfinish dlq replay`."""
+
+    model_config = SettingsConfigDict(env_prefix="ONFINISH_DLQ_", extra="ignore")
+
+    seal_key: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_DLQ_SEAL_KEY),
+        description=(
+            "Secret under which dead letters' key and value bytes are sealed (AES-GCM): they are "
+            "records as they came, before redaction. Processors, sinks, onfinish collect and "
+            "`onfinish dlq replay` need the same one; set your own in production."
+        ),
+    )
+
+
 class KafkaSettings(OnfinishSettings):
     """How every stage reaches Kafka (address, TLS, SASL), and the shape of the topics it provisions."""
 
@@ -381,6 +399,7 @@ ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
     RegistrySettings,
     ClickHouseSettings,
     StackSettings,
+    DeadLetterSettings,
 )
 
 

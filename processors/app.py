@@ -57,6 +57,7 @@ from onfinish.schemas.contract import (
     PROCESSED_RECORD_TYPES,
     RecordType,
 )
+from onfinish.schemas.sealing import Seal
 from onfinish.schemas.wire import (
     RegistryUnavailable,
     WriterSchemas,
@@ -259,6 +260,7 @@ def build_app(
         session_gap=timedelta(seconds=settings.session_gap_s),
         clock=lambda: datetime.now(UTC),
         native=NativeCore(decoder, enricher, schemas.prefix) if settings.engine is Engine.native else None,
+        seal=Seal.configured(),
     )
     sender = GroupSender(
         lambda: confluent_kafka.Producer(

@@ -73,6 +73,7 @@ from onfinish.schemas.contract import (
 )
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.models import MAX_ID_CHARS, Alert, Feedback, OnFinishEvent
+from onfinish.schemas.sealing import Seal
 from onfinish.schemas.wire import Refused, RegistryUnavailable, SchemaRefused
 
 if TYPE_CHECKING:
@@ -214,8 +215,11 @@ class Pipeline:
         clock: Callable[[], datetime],
         native: NativeCore | None = None,
         session_gap: timedelta = DEFAULT_GAP,
+        seal: Seal | None = None,
     ) -> None:
         self.decoder = decoder
+        # Dead letters leave sealed: they are records as they came, before redaction (decision 0017).
+        self.seal = seal or Seal.configured()
         self.enricher = enricher
         self.rules = rules
         self.encode = encode
@@ -539,10 +543,9 @@ class Pipeline:
 
     def dead_letter(self, stage: Stage, reason: Reason, message: str, record: RawRecord) -> Output:
         self.counts.dead_lettered[reason.value] = self.counts.dead_lettered.get(reason.value, 0) + 1
-        letter = DeadLetter(
-            stage, reason, message, record.key, record.value, record.topic, record.partition, record.offset
-        )
-        return Output(None, record.key, record.value, letter.headers())
+        key, value = self.seal.seal(record.key), self.seal.seal(record.value)
+        letter = DeadLetter(stage, reason, message, key, value, record.topic, record.partition, record.offset)
+        return Output(None, key, value, letter.headers())
 
 
 class Batch:

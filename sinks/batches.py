@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from onfinish.errors import describe_exception
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.sealing import Seal
 from onfinish.schemas.wire import Refused, WriterSchema, framing_of, read_body, schema_id_of
 from onfinish.sinks.tables import TABLES, TableSpec, dlq_row
 
@@ -143,8 +144,10 @@ class BatchBuilder:
         *,
         avro_tables: frozenset[str] = frozenset({"events"}),
         clock: Callable[[], datetime],
+        seal: Seal | None = None,
     ) -> None:
         self.lookup = lookup
+        self.seal = seal or Seal.configured()  # the sink's own dead letters, sealed as every stage's
         self.topic_tables = topic_tables
         self.dlq_topic = dlq_topic
         self.avro_tables = avro_tables
@@ -184,8 +187,8 @@ class BatchBuilder:
                     Stage.sink,
                     reason,
                     message,
-                    record.key,
-                    record.value,
+                    self.seal.seal(record.key),
+                    self.seal.seal(record.value),
                     record.topic,
                     record.partition,
                     record.offset,

@@ -41,6 +41,7 @@ from onfinish.errors import AccessDenied
 from onfinish.health import HealthServer
 from onfinish.retry import Backoff, Stopped, retry_until_stopped
 from onfinish.runtime import tune_gc
+from onfinish.schemas.sealing import Seal
 from onfinish.schemas.wire import (
     RegistryUnavailable,
     WriterSchemas,
@@ -138,6 +139,7 @@ class FamilySink:
             tables,
             f"{prefix}.dlq",
             clock=lambda: datetime.now(UTC),
+            seal=Seal.configured(),
         )
         # ClickHouse fetches writer schemas itself: the registry's credentials go in this URL.
         self.registry_url = clickhouse_registry_url(registry)

@@ -36,6 +36,7 @@ from onfinish.health import HealthServer
 from onfinish.producers.emitter import Emitter
 from onfinish.schemas.contract import MAX_RECORD_BYTES
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.sealing import Seal
 from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings
 
@@ -53,21 +54,26 @@ class Message(Protocol):
     def value(self) -> bytes | None: ...
 
 
-def read_record(message: Message) -> tuple[list[SpanData], DeadLetter | None]:
+def dead_letter(message: Message, reason: Reason, text: str, seal: Seal) -> DeadLetter:
+    """The record as a dead letter, its bytes sealed: OTLP carries prompts and user ids (decision 0017)."""
+    return DeadLetter(
+        stage=Stage.collect,
+        reason=reason,
+        message=text,
+        key=seal.seal(message.key()),
+        value=seal.seal(message.value()),
+        source_topic=message.topic() or "",
+        source_partition=message.partition() or 0,
+        source_offset=message.offset() or 0,
+    )
+
+
+def read_record(message: Message, seal: Seal) -> tuple[list[SpanData], DeadLetter | None]:
     """The spans of one Collector record, or the dead letter that says why there are none."""
     value = message.value()
 
     def letter(reason: Reason, text: str) -> DeadLetter:
-        return DeadLetter(
-            stage=Stage.collect,
-            reason=reason,
-            message=text,
-            key=message.key(),
-            value=value,
-            source_topic=message.topic() or "",
-            source_partition=message.partition() or 0,
-            source_offset=message.offset() or 0,
-        )
+        return dead_letter(message, reason, text, seal)
 
     if not value:
         return [], letter(Reason.empty, "the record has no value")
@@ -89,8 +95,10 @@ class TopicWorker:
         metrics: CollectMetrics,
         consumer: Any | None = None,
         dead_letters: Any | None = None,
+        seal: Seal | None = None,
     ) -> None:
         self.settings = settings
+        self.seal = seal or Seal.configured()
         self.emitter = emitter
         self.ingest = ingest
         self.metrics = metrics
@@ -141,7 +149,7 @@ class TopicWorker:
         total = Outcome()
         letters = 0
         for record in records:
-            spans, letter = read_record(record)
+            spans, letter = read_record(record, self.seal)
             if letter is None:
                 outcome = self._spool(spans, stop)
                 total.spans += outcome.spans
@@ -150,18 +158,12 @@ class TopicWorker:
                 total.ignored.update(outcome.ignored)
                 total.rejected.update(outcome.rejected)
                 if outcome.rejected:
-                    letter = DeadLetter(
-                        stage=Stage.collect,
-                        reason=Reason.processing_error
+                    reason = (
+                        Reason.processing_error
                         if "processing_error" in outcome.rejected
-                        else Reason.contract_violation,
-                        message=outcome.partial_success().message,
-                        key=record.key(),
-                        value=record.value(),
-                        source_topic=record.topic() or "",
-                        source_partition=record.partition() or 0,
-                        source_offset=record.offset() or 0,
+                        else Reason.contract_violation
                     )
+                    letter = dead_letter(record, reason, outcome.partial_success().message, self.seal)
             else:
                 total.rejected[letter.reason.value] += 1
             if letter is not None:

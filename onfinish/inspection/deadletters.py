@@ -2,8 +2,8 @@
 
 Dead letters are read from the `dlq` table (with FINAL) through a `Querier`
 (onfinish/query/client.py), not from the topic, because the table is where they are kept for as long
-as anyone needs them. They may hold personal data: their values are shown as base64 and only when
-asked.
+as anyone needs them. Their key and value bytes are sealed (schemas/sealing.py, decision 0017):
+shown as base64 only when asked, and opened only to be replayed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from onfinish.inspection.topics import QUIET_LOG_LEVEL, InspectError
 from onfinish.query.client import Querier, records, timestamp
 from onfinish.query.sql import seconds_of, sql_string
 from onfinish.schemas.deadletter import Reason
+from onfinish.schemas.sealing import Seal
 from onfinish.security import librdkafka_config
 from onfinish.settings import KafkaSettings
 
@@ -213,14 +214,17 @@ def dlq_replay(
     source_topic: str | None,
     dry_run: bool,
     producer: ReplayProducer | None = None,
+    seal: Seal | None = None,
 ) -> int:
     """Send the dead letters of `reason` back to the topics they came from; how many were (or would be).
 
     For records refused because of a bug that has since been fixed: each letter's original key and
     value bytes go back to its source topic (by key, so to the partition its siblings are on), with
-    the header onfinish.replayed=1. Letters are read from the `dlq` table, each origin once. A
+    the header onfinish.replayed=1. Letters are read from the `dlq` table, each origin once, and
+    opened with `ONFINISH_DLQ_SEAL_KEY`'s seal (letters from before sealing go back as stored). A
     replayed record that is refused again becomes a new dead letter.
     """
+    opener = seal or Seal.configured()
     wanted = reason_of(reason)
     if dry_run:
         rows = records(q.query(replay_count_sql(wanted, source_topic)))
@@ -241,8 +245,8 @@ def dlq_replay(
                 try:
                     sender.produce(
                         str(letter["source_topic"]),
-                        value=_bytes_or_none(str(letter["value"])),
-                        key=_bytes_or_none(str(letter["key"])),
+                        value=opener.open(_bytes_or_none(str(letter["value"]))),
+                        key=opener.open(_bytes_or_none(str(letter["key"]))),
                         headers=[(REPLAYED_HEADER[0], REPLAYED_HEADER[1])],
                         on_delivery=delivered,
                     )

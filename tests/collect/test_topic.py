@@ -14,6 +14,9 @@ from onfinish.collect.samples import genai_request
 from onfinish.collect.topic import read_record
 from onfinish.producers.emitter import DurableBatch
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.sealing import Seal
+
+SEAL = Seal("a test secret")
 
 
 @dataclass
@@ -41,7 +44,7 @@ class FakeMessage:
 
 
 def test_a_collector_record_gives_its_spans():
-    spans, letter = read_record(FakeMessage(genai_request(7, seed=1).SerializeToString()))
+    spans, letter = read_record(FakeMessage(genai_request(7, seed=1).SerializeToString()), SEAL)
     assert letter is None
     assert len(spans) == 7
     assert spans[0].resource["service.name"] == "chat-api"
@@ -50,11 +53,12 @@ def test_a_collector_record_gives_its_spans():
 def test_records_that_do_not_parse_become_dead_letters_with_their_origin_and_bytes():
     body = genai_request(3, seed=1).SerializeToString()
     for payload, reason in ((None, Reason.empty), (b"", Reason.empty), (body[:-5], Reason.undecodable)):
-        spans, letter = read_record(FakeMessage(payload, b"k"))
+        spans, letter = read_record(FakeMessage(payload, b"k"), SEAL)
         assert spans == [] and isinstance(letter, DeadLetter)
         assert (letter.stage, letter.reason) == (Stage.collect, reason)
         assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("otlp_spans", 3, 42)
-        assert (letter.key, letter.value) == (b"k", payload)
+        assert (SEAL.open(letter.key), SEAL.open(letter.value)) == (b"k", payload)
+        assert letter.key != b"k" and (not payload or letter.value != payload), "sealed"
         headers = dict(letter.headers())
         assert headers["onfinish.stage"] == b"collect"
         assert DeadLetter.from_headers(letter.key, letter.value, letter.headers()) == letter
@@ -86,7 +90,7 @@ class _Spool:
 def test_a_bug_in_the_mapping_refuses_its_span_alone_without_quoting_it(caplog):
     spool = _Spool()
     ingest = Ingest(_BrokenOnSecondSpan(), FeedbackReader(load_mapping().feedback), spool)
-    spans, _ = read_record(FakeMessage(genai_request(5, seed=2).SerializeToString()))
+    spans, _ = read_record(FakeMessage(genai_request(5, seed=2).SerializeToString()), SEAL)
     outcome = ingest.spans(spans)
     assert (outcome.events, dict(outcome.rejected)) == (4, {"processing_error": 1})
     assert len(spool.items) == 4

@@ -656,3 +656,23 @@ def test_a_bug_on_one_record_dead_letters_it_without_quoting_it_and_the_rest_go_
     assert "alice" not in letters[0].message
     events = sum(isinstance(i, OnFinishEvent) for i in items)
     assert calls == events and pipeline.counts.processed == events - 1
+
+
+@ENGINES
+def test_dead_letters_leave_sealed_and_open_to_the_records_as_they_came(engine):
+    raw, items = _raw(29, 400, malformed_share=0.05)
+    # A call that breaks the contract (finished before it started), carrying PII as it came.
+    call = next(item for item in items if isinstance(item, OnFinishEvent))
+    event = call.model_copy(update={"user_id": "alice@example.com", "session_id": "sess-alice@example.com"})
+    datum = ONFINISH_EVENT.to_datum(event)
+    datum["finished_at"] = datum["started_at"] - timedelta(seconds=1)
+    raw.append((b"sess-alice@example.com", FRAME[:1] + (1).to_bytes(4, "big") + ONFINISH_EVENT.encode(datum)))
+    pipeline = _pipeline(engine=engine)
+    outputs = _run(pipeline, raw, batch_size=50)
+    letters = [o for o in outputs if o.record_type is None]
+    assert len(letters) > 5
+    for output in letters:
+        letter = DeadLetter.from_headers(output.key, output.value, output.headers)
+        assert (pipeline.seal.open(output.key), pipeline.seal.open(output.value)) == raw[letter.source_offset]
+        assert b"alice" not in (output.key or b"") + (output.value or b"")
+    assert raw[-1][0] in {pipeline.seal.open(o.key) for o in letters}, "the PII-carrying call was refused"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 
 from onfinish.processors.windows import WindowKey, WindowState
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, WINDOW_SNAPSHOT, RecordType
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
+from onfinish.schemas.sealing import Seal
 from onfinish.schemas.wire import WriterSchema
 from onfinish.sinks.batches import BatchBuilder, KafkaRecord, offset_ranges, topic_tables
-from onfinish.sinks.tables import EVENTS, WINDOWS
+from onfinish.sinks.tables import DLQ_COLUMNS, EVENTS, WINDOWS
 from tests.processors.test_windows import _enriched
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -82,6 +84,12 @@ def test_unstorable_records_become_dead_letters_with_their_reason():
     ]
     assert {row[0] for row in batch.inserts["dlq"].rows} == {Stage.sink.value}
     assert batch.dead_lettered == {reason: 1 for reason in reasons}
+    seal = Seal.configured()  # the builder's, as the worker's: sealed as every stage's dead letters
+    stored = [dict(zip(DLQ_COLUMNS, row, strict=True)) for row in batch.inserts["dlq"].rows]
+    for letter, record in zip(stored, records, strict=False):
+        key, value = base64.b64decode(letter["key"]), base64.b64decode(letter["value"])
+        assert (seal.open(key), seal.open(value) or None) == (record.key, record.value)
+        assert record.value is None or value != record.value
     assert batch.inserts["events"].avro == [good]
 
 

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import clickhouse_connect
@@ -30,11 +31,13 @@ from onfinish.processors.histograms import Histogram
 from onfinish.processors.windows import WindowKey, WindowState
 from onfinish.query import client as query_client
 from onfinish.query import sql as query_sql
+from onfinish.query.results import QueryResult
 from onfinish.query.server import QueryServer
 from onfinish.schemas.contract import ALERT, ENRICHED_EVENT, SESSION_SNAPSHOT, WINDOW_SNAPSHOT
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.histogram_grid import quantile_from_counts
 from onfinish.schemas.models import EnrichedEvent, RoutingStrategy, Status
+from onfinish.schemas.sealing import Seal, SealError
 from onfinish.settings import KafkaSettings
 from onfinish.sinks.migrate import apply_migrations
 from onfinish.sinks.tables import DLQ_COLUMNS, TABLES, dlq_row
@@ -429,6 +432,54 @@ def test_dlq_replay_sends_the_original_bytes_back_to_their_topic(q, data, monkey
     assert (
         deadletters.dlq_replay(kafka, q, reason="undecodable", source_topic="onfinish.raw", dry_run=True) == 0
     )
+
+
+class _Letters:
+    """A querier over dlq rows, as the replay pages them."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def query(self, sql: str) -> QueryResult:
+        columns = ["source_topic", "source_partition", "source_offset", "key", "value"]
+        rows = [tuple(row[column] for column in columns) for row in self.rows]
+        return QueryResult(columns=columns, types=["String"] * len(columns), rows=rows)
+
+
+def test_dlq_replay_opens_sealed_letters_and_sends_their_original_bytes():
+    seal = Seal("a test secret")
+    record = b"\x00\x00\x00\x00\x07user alice@example.com"
+
+    def stored(data: bytes | None) -> str:  # as the dlq table keeps bytes
+        return base64.b64encode(data).decode() if data else ""
+
+    rows = [
+        {
+            "source_topic": "onfinish.raw",
+            "source_partition": 0,
+            "source_offset": 1,
+            "key": stored(seal.seal(b"sess-alice@example.com")),
+            "value": stored(seal.seal(record)),
+        },
+        {  # a letter stored before sealing goes back as it is
+            "source_topic": "onfinish.raw",
+            "source_partition": 0,
+            "source_offset": 2,
+            "key": stored(b"legacy-key"),
+            "value": stored(b"legacy value"),
+        },
+    ]
+    producer = FakeProducer()
+    replay = partial(
+        deadletters.dlq_replay, KafkaSettings(), reason="truncated", source_topic=None, dry_run=False
+    )
+    assert replay(_Letters(rows), producer=producer, seal=seal) == 2
+    assert [(topic, key, value) for topic, key, value, _ in producer.sent] == [
+        ("onfinish.raw", b"sess-alice@example.com", record),
+        ("onfinish.raw", b"legacy-key", b"legacy value"),
+    ]
+    with pytest.raises(SealError, match="ONFINISH_DLQ_SEAL_KEY"):
+        replay(_Letters(rows[:1]), producer=FakeProducer(), seal=Seal("another secret"))
 
 
 def test_dlq_replay_fails_loudly_when_kafka_does_not_acknowledge(q, data):
