@@ -139,10 +139,10 @@ class Ingest:
 
     @staticmethod
     def _bug(exc: Exception) -> Rejected:
-        """A span the mapping failed on: rejected as processing_error, logged by type and place
-        (the exception's text may quote the span's data)."""
+        """A span (or feedback event) the mapping failed on: rejected as processing_error, logged
+        by type and place (the exception's text may quote the span's data)."""
         message = describe_exception(exc)
-        log.error("a span could not be mapped (a bug)", extra={"error": message})
+        log.error("a span or span event could not be read (a bug)", extra={"error": message})
         return Rejected("processing_error", message)
 
     def _spool(self, records: list[dict[str, Any]], kinds: list[str], outcome: Outcome) -> None:
