@@ -543,9 +543,8 @@ class Pipeline:
 
     def dead_letter(self, stage: Stage, reason: Reason, message: str, record: RawRecord) -> Output:
         self.counts.dead_lettered[reason.value] = self.counts.dead_lettered.get(reason.value, 0) + 1
-        key, value = self.seal.seal(record.key), self.seal.seal(record.value)
-        letter = DeadLetter(stage, reason, message, key, value, record.topic, record.partition, record.offset)
-        return Output(None, key, value, letter.headers())
+        letter = DeadLetter.of_record(self.seal, stage, reason, message, record)
+        return Output(None, letter.key, letter.value, letter.headers())
 
 
 class Batch:

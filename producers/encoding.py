@@ -58,7 +58,8 @@ class Encoder:
             return self._encode(item)
         except RejectedEvent:
             raise
-        except Exception as exc:  # a bug, or an item that misbehaves: it must not end the SDK's worker
+        except Exception as exc:  # it must not end the SDK's worker: a bug, an item that misbehaves,
+            # or a model changed after validation (models do not re-validate on assignment)
             raise RejectedEvent(
                 f"{type(item).__name__} cannot be encoded: {describe_exception(exc)}"
             ) from None
@@ -70,12 +71,6 @@ class Encoder:
         datum = record_type.to_datum(record)
         if not self.capture_content and kind == 0:
             datum["prompt_text"] = datum["completion_text"] = None
-        try:
-            value = record_type.encode(datum)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # A model changed after validation (models do not re-validate on assignment).
-            raise RejectedEvent(
-                f"{type(record).__name__} cannot be encoded: {describe_exception(exc)}"
-            ) from None
+        value = record_type.encode(datum)
         key = record.key  # type: ignore[attr-defined]
         return kind, key.encode(), value

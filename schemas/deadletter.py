@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 
 class Stage(StrEnum):
@@ -37,6 +38,27 @@ class Reason(StrEnum):
     processing_error = "processing_error"  # a stage failed on a valid record (a bug: alert on it)
 
 
+class Sealer(Protocol):
+    """What makes a dead letter's bytes unreadable without its key (schemas/sealing.py's Seal)."""
+
+    def seal(self, data: bytes | None) -> bytes | None: ...
+
+
+class RefusedRecord(Protocol):
+    """A consumed record as the processors and sinks hold it."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A refused record and why; what goes to `onfinish.dlq`."""
@@ -49,6 +71,49 @@ class DeadLetter:
     source_topic: str
     source_partition: int
     source_offset: int
+
+    @classmethod
+    def sealed(
+        cls,
+        sealer: Sealer,
+        stage: Stage,
+        reason: Reason,
+        message: str,
+        key: bytes | None,
+        value: bytes | None,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+    ) -> DeadLetter:
+        """How every stage makes a dead letter of a refused record: its key and value sealed, as it
+        came before redaction (decision 0017)."""
+        return cls(
+            stage,
+            reason,
+            message,
+            sealer.seal(key),
+            sealer.seal(value),
+            source_topic,
+            source_partition,
+            source_offset,
+        )
+
+    @classmethod
+    def of_record(
+        cls, sealer: Sealer, stage: Stage, reason: Reason, message: str, record: RefusedRecord
+    ) -> DeadLetter:
+        """`sealed` for a consumed record that carries its own key, value and origin."""
+        return cls.sealed(
+            sealer,
+            stage,
+            reason,
+            message,
+            record.key,
+            record.value,
+            record.topic,
+            record.partition,
+            record.offset,
+        )
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [

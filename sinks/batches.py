@@ -183,16 +183,7 @@ class BatchBuilder:
             elif added is not None:
                 reason, message = added
                 batch.dead_lettered[reason.value] = batch.dead_lettered.get(reason.value, 0) + 1
-                letter = DeadLetter(
-                    Stage.sink,
-                    reason,
-                    message,
-                    self.seal.seal(record.key),
-                    self.seal.seal(record.value),
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                )
+                letter = DeadLetter.of_record(self.seal, Stage.sink, reason, message, record)
                 insert = batch.insert_for("dlq")
                 insert.rows.append(dlq_row(letter, now))
                 insert.cover(record)

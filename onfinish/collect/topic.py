@@ -56,12 +56,13 @@ class Message(Protocol):
 
 def dead_letter(message: Message, reason: Reason, text: str, seal: Seal) -> DeadLetter:
     """The record as a dead letter, its bytes sealed: OTLP carries prompts and user ids (decision 0017)."""
-    return DeadLetter(
+    return DeadLetter.sealed(
+        seal,
         stage=Stage.collect,
         reason=reason,
         message=text,
-        key=seal.seal(message.key()),
-        value=seal.seal(message.value()),
+        key=message.key(),
+        value=message.value(),
         source_topic=message.topic() or "",
         source_partition=message.partition() or 0,
         source_offset=message.offset() or 0,
