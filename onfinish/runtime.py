@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import gc
+import signal
 from typing import Any
 
 from pydantic import Field, PositiveInt
@@ -32,3 +34,17 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*thresholds)
+
+
+def dump_stacks_on_signal(signum: int = signal.SIGUSR1) -> None:
+    """`kill -USR1 <pid>` writes the stack of every thread of the worker to its stderr (its log),
+    and the worker goes on: what a worker that stopped making progress waits on, seen without
+    stopping it. faulthandler (the standard library) does it from the signal handler itself, so it
+    answers even when every Python thread is blocked in a C call (a Kafka client, a ClickHouse one)."""
+    faulthandler.register(signum, all_threads=True, chain=False)
+
+
+def prepare_worker(gc_thresholds: tuple[int, int, int]) -> None:
+    """What every long-running worker does once it has started up, before its loop."""
+    tune_gc(gc_thresholds)
+    dump_stacks_on_signal()

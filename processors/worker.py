@@ -9,7 +9,7 @@ from confluent_kafka.admin import AdminClient
 
 from onfinish.errors import AccessDenied
 from onfinish.logs import LogSettings, configure_logging
-from onfinish.runtime import tune_gc
+from onfinish.runtime import prepare_worker
 from onfinish.schemas.contract import PROCESSED_RECORD_TYPES
 from onfinish.schemas.wire import (
     RegistryUnavailable,
@@ -92,7 +92,7 @@ def main() -> None:
     from onfinish.processors.faust_overrides import StructuredLogWorker
     from onfinish.processors.settings import ProcessorSettings
 
-    tune_gc(ProcessorSettings().gc_thresholds)
+    prepare_worker(ProcessorSettings().gc_thresholds)
 
     # Faust sets the process's logging up, then the worker puts onfinish's handler in its place.
     # Faust's worker handles SIGTERM and SIGINT: it stops consuming, flushes the producer,

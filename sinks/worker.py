@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from onfinish.errors import AccessDenied
 from onfinish.health import HealthServer
 from onfinish.retry import Backoff, Stopped, retry_until_stopped
-from onfinish.runtime import tune_gc
+from onfinish.runtime import prepare_worker
 from onfinish.schemas.sealing import Seal
 from onfinish.schemas.wire import (
     RegistryUnavailable,
@@ -664,7 +664,7 @@ def main(families: Iterable[str] | None = None, serve_reads: ServeReads | None =
     settings = SinkSettings()
     if families is not None:
         settings = settings.model_copy(update={"families": list(families)})
-    tune_gc(settings.gc_thresholds)
+    prepare_worker(settings.gc_thresholds)
     try:
         run(settings, stop=stop, serve_reads=serve_reads)
     except AccessDenied as exc:

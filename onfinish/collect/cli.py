@@ -38,10 +38,10 @@ def serve(
     settings = CollectSettings()
     if port is not None:
         settings = settings.model_copy(update={"port": port})
-    from onfinish.runtime import tune_gc
+    from onfinish.runtime import prepare_worker
 
     receiver = assembly.receiver(settings, KafkaSettings(), RegistrySettings())
-    tune_gc(settings.gc_thresholds)
+    prepare_worker(settings.gc_thresholds)
     typer.echo(
         f"onfinish collect: OTLP/HTTP on http://{settings.host}:{receiver.port}/v1/traces "
         f"(and /v1/logs, /health, /metrics), to {receiver.emitter.settings.topic}"
@@ -70,7 +70,7 @@ def kafka() -> None:
         f"onfinish collect kafka: {settings.topic} (group {settings.group_id}) to {sdk.settings.topic}; "
         f"/health on {settings.host}:{settings.web_port}"
     )
-    from onfinish.runtime import tune_gc
+    from onfinish.runtime import prepare_worker
 
-    tune_gc(settings.gc_thresholds)
+    prepare_worker(settings.gc_thresholds)
     run_until_signalled(worker, settings.host, settings.web_port)

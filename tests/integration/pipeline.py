@@ -5,6 +5,7 @@ that the fault suite and the insights' end-to-end tests end with."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -62,10 +63,10 @@ class Run:
         return self.query.query(sql).rows[0][0]
 
     def counters(self) -> str:
-        """The processors' own counters (in, out, late, dead-lettered), to explain a mismatch."""
+        """The workers' own counters (in, out, late, dead-lettered, lag), to explain a mismatch."""
         lines = []
         for worker in self.demo.children:
-            if "processor" in worker.name and worker.process.poll() is None:
+            if worker.process.poll() is None:
                 try:
                     with urllib.request.urlopen(
                         worker.health_url.replace("/health", "/metrics"), timeout=5
@@ -76,9 +77,28 @@ class Run:
                 lines += [
                     f"{worker.name}: {line}"
                     for line in text.splitlines()
-                    if line.startswith("onfinish_processor_") and "_bucket" not in line
+                    if line.startswith(("onfinish_processor_", "onfinish_sink_"))
+                    and "_bucket" not in line
+                    and "_created" not in line
                 ]
         return "; ".join(lines)
+
+    def stacks(self) -> str:
+        """Every live worker's threads as they are now (SIGUSR1: onfinish/runtime.py) and the end of
+        its log without the Kafka client's lines: what a worker that stopped making progress waits on."""
+        logs = []
+        for worker in self.demo.children:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        for worker in self.demo.children:
+            lines = [
+                line
+                for line in worker.log.read_text(errors="replace").splitlines()
+                if line.strip() and not line.startswith("%")
+            ]
+            logs.append(f"--- {worker.name} ({worker.log}), last lines:\n" + "\n".join(lines[-120:]))
+        return "\n".join(logs)
 
     def reconcile(self, report: LoadReport, extra_letters: int = 0, timeout_s: float = 180) -> Reconciliation:
         """Wait until ClickHouse holds everything, then compare it with what was sent."""
@@ -91,8 +111,14 @@ class Run:
             turns = self.value("SELECT sum(turns) FROM sessions FINAL") or 0
             dead = self.value("SELECT count() FROM dlq FINAL")
             done = stored >= len(sent_ids) and windowed >= len(sent_ids) and turns >= len(sent_ids)
-            if (done and dead >= letters) or time.monotonic() > deadline:
+            if done and dead >= letters:
                 break
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"after {timeout_s:.0f}s ClickHouse holds {stored} of {len(sent_ids)} events, "
+                    f"windows count {windowed}, sessions {turns} turns, {dead} of {letters} dead "
+                    f"letters; {self.counters()}\n{self.stacks()}"
+                )
             time.sleep(1)
         time.sleep(2)  # anything still on its way would show up as doubled now
         ids = [row[0] for row in self.query.query("SELECT toString(event_id) FROM events FINAL").rows]

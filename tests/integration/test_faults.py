@@ -139,13 +139,20 @@ def test_the_sink_killed_between_insert_and_commit(run: Run) -> None:
 
 def _outage(run: Run, rate: float, duration_s: float, seed: int, fault: Any) -> Reconciliation:
     """Loadgen traffic for `duration_s` while `fault()` runs in the middle of it, then reconcile."""
-    sent: dict[str, LoadReport] = {}
-    loader = threading.Thread(target=lambda: sent.update(report=run.send(rate, duration_s, seed=seed)))
+    sent: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            sent["report"] = run.send(rate, duration_s, seed=seed)
+        except Exception as exc:  # shown with the workers' state below
+            sent["failure"] = exc
+
+    loader = threading.Thread(target=load)
     loader.start()
     time.sleep(3)
     fault()
     loader.join(300)
-    assert "report" in sent, "loadgen did not finish"
+    assert "report" in sent, f"loadgen did not finish: {sent.get('failure')!r}\n{run.stacks()}"
     result = run.reconcile(sent["report"], timeout_s=300)
     assert result.dead_lettered == sum(sent["report"].malformed.values())
     return result
