@@ -46,10 +46,22 @@ class SinkSettings(OnfinishSettings):
     gc_thresholds: GcThresholds = gc_thresholds_field(
         "took a tenth of a worker's time, walking the records of the batches it holds"
     )
-    retry_initial_s: float = Field(
-        default=0.5, gt=0, description="First pause before retrying an insert ClickHouse did not accept."
+    session_timeout_s: float = Field(
+        default=45.0,
+        ge=1.0,
+        description=(
+            "How long the group waits for a sink worker that stopped answering before its partitions "
+            "go to another (librdkafka's session.timeout.ms; the broker allows 6 s to 30 min by default)."
+        ),
     )
-    retry_max_s: float = Field(default=30.0, gt=0, description="Longest pause between insert retries.")
+    retry_initial_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="First pause before retrying an insert ClickHouse refused, or a commit Kafka refused.",
+    )
+    retry_max_s: float = Field(
+        default=30.0, gt=0, description="Longest pause between retries of an insert or of a commit."
+    )
     events_ttl_days: int = Field(default=90, ge=1, description="Days the events table keeps rows.")
     web_host: str = Field(default="127.0.0.1", description="Interface of the worker's /health and /metrics.")
     web_port: int = Field(default=6166, description="Port of the worker's /health and /metrics.")

@@ -9,7 +9,8 @@ and each can be scaled on its own. A family thread:
 3. inserts each table's part with an insert deduplication token naming its offsets, retrying with
    backoff for as long as ClickHouse does not accept it (the consumer is paused meanwhile, so the
    group keeps the partitions and nothing is lost or skipped);
-4. commits the offsets, synchronously.
+4. commits the offsets, synchronously; a commit that fails is tried again, with the next batch's,
+   while the loop goes on consuming (librdkafka serves a rebalance only inside consume).
 A worker killed between 3 and 4 re-inserts the same batch on restart (same records, same token)
 and ClickHouse drops it; the replacing tables collapse anything that still arrives twice.
 
@@ -151,6 +152,8 @@ class FamilySink:
                 "auto.offset.reset": "earliest",
                 "client.id": f"{settings.group_prefix}-{family}",
                 "max.poll.interval.ms": 600_000,
+                "session.timeout.ms": int(settings.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(min(3.0, settings.session_timeout_s / 3) * 1000),
                 # Large fetches: a batch is tens of thousands of records.
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
@@ -170,6 +173,11 @@ class FamilySink:
         )
         self.pending: list[Any] = []  # consumed messages of the batch being built
         self.inflight: _InFlight | None = None  # the batch being inserted
+        self.owned: set[tuple[str, int]] = set()  # the partitions assigned to this family's consumer
+        # Next offsets of what ClickHouse holds and Kafka has not yet recorded as committed.
+        self.to_commit: dict[tuple[str, int], int] = {}
+        self.commit_backoff = self._backoff()
+        self.paused = False  # by _complete, while a full batch waits for ClickHouse
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{family}-insert")
         self.stop = threading.Event()
         self.batch_started = 0.0
@@ -178,7 +186,9 @@ class FamilySink:
 
     def run(self, stop: threading.Event) -> None:
         self.stop = stop
-        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
+        self.consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
         lag_measured = 0.0
         try:
             while not stop.is_set():
@@ -190,6 +200,8 @@ class FamilySink:
                 self._collect(self.consumer.consume(num_messages=count, timeout=timeout))
                 if self.inflight is not None and self.inflight.future.done():
                     self._complete()
+                else:
+                    self._commit_stored()  # what an earlier commit could not, once its backoff is over
                 if self.pending and (
                     len(self.pending) >= self.settings.batch_rows
                     or time.monotonic() - self.batch_started >= self.settings.batch_seconds
@@ -260,76 +272,79 @@ class FamilySink:
         flight and the one built and waiting to be submitted, memory holds at most three batches."""
         inflight = self.inflight
         assert inflight is not None
-        paused = False
         while not inflight.future.done():
             # Once the pending batch is full (ClickHouse is slow or away) fetching stops, but
             # polling goes on so that the group keeps us. Pausing drops what the client fetched
             # ahead, so it waits for that.
             room = self.settings.batch_rows - len(self.pending)
-            if room <= 0 and not paused:
+            if room <= 0 and not self.paused:
                 self.consumer.pause(self.consumer.assignment())
-                paused = True
+                self.paused = True
             messages = self.consumer.consume(num_messages=max(room, 1), timeout=0)
             self._collect(messages)
             if not messages:  # returns as soon as the batch is stored
                 wait_for([inflight.future], timeout=0.2)
-        if paused:
+        if self.paused:
             self.consumer.resume(self.consumer.assignment())
+            self.paused = False
         if inflight.committed:  # a rebalance during the wait committed it already
             return
         self._commit(inflight)
 
     def _commit(self, inflight: _InFlight) -> None:
+        """Once ClickHouse holds the batch in flight: its offsets join those to commit, and a commit
+        is tried."""
         self.inflight = None
         inflight.future.result()  # raises _Stopped when the batch was given up at shutdown
-        self._commit_offsets(
-            [
-                confluent_kafka.TopicPartition(t, p, last + 1)
-                for (t, p), (_, last) in offset_ranges(inflight.records).items()
-            ]
-        )
+        for partition, (_, last) in offset_ranges(inflight.records).items():
+            if partition in self.owned:  # of a partition lost meanwhile, the next owner re-reads it
+                self.to_commit[partition] = max(self.to_commit.get(partition, 0), last + 1)
         inflight.committed = True
         self.metrics.batches.labels(self.family).inc()
         self.metrics.batch_seconds.labels(self.family).observe(time.monotonic() - inflight.started)
+        self._commit_stored()
 
-    def _commit_offsets(self, offsets: list[Any]) -> None:
-        """Commit synchronously, waiting out a coordinator that is away (a broker restart).
+    def _commit_stored(self, *, last_chance: bool = False) -> None:
+        """Commit the offsets of what ClickHouse holds, synchronously, once.
 
-        The batch is in ClickHouse already, so giving a commit up loses nothing: whoever consumes
-        those partitions next reads the batch again and ClickHouse drops it by its token. That is
-        what happens when this worker left the group meanwhile (its generation is over), and when
-        the worker is stopping; any other failure is retried with backoff, for as long as it lasts.
+        A commit that fails is tried again on a later pass of the loop, after its backoff, with the
+        offsets of whatever was stored since (offsets only move forward), and the loop consumes in
+        between. It must: librdkafka serves a rebalance, and a group session that timed out while
+        the coordinator was away, only inside consume, and until then a commit only waits for the
+        coordinator. A commit retried without consuming waited for it for ever (a broker restarted
+        for longer than the session timeout stopped a family for good).
+
+        Giving a commit up loses nothing, since the batch is in ClickHouse already: whoever consumes
+        those partitions next reads it again and ClickHouse drops it by its token. That is what
+        happens when this worker left the group meanwhile (its generation is over) and, on the
+        `last_chance` before partitions are revoked or the worker stops, on any failure.
         """
-
-        def commit() -> None:
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-            except confluent_kafka.KafkaException as exc:
-                error = exc.args[0]
-                if error.code() not in _MEMBERSHIP_LOST:
-                    raise
+        if not self.to_commit or not (last_chance or self.commit_backoff.ready()):
+            return
+        offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in self.to_commit.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0]
+            if error.code() in _MEMBERSHIP_LOST:
+                self.to_commit.clear()
                 log.info(
                     "commit refused: the partitions moved on; the next owner re-reads the batch",
                     extra={"family": self.family, "error": error.str()},
                 )
-
-        def failed(exc: Exception, delay: float) -> None:
+                return
             self.metrics.failures.labels(self.family).inc()
             log.warning(
-                "commit failed; retrying",
-                extra={"family": self.family, "error": exc.args[0].str(), "retry_in_s": delay},
+                "commit failed; consuming on, and retrying",
+                extra={
+                    "family": self.family,
+                    "error": error.str(),
+                    "retry_in_s": self.commit_backoff.failed(),
+                },
             )
-
-        try:
-            retry_until_stopped(
-                commit,
-                backoff=self._backoff(),
-                stop=self.stop,
-                on_failure=failed,
-                retry_on=(confluent_kafka.KafkaException,),
-            )
-        except Stopped:
-            log.info("stopping with a commit not done; the batch is re-read and dropped on restart")
+            return
+        self.to_commit.clear()
+        self.commit_backoff.succeeded()
 
     def _drain(self) -> None:
         """Store and commit everything consumed: at shutdown, and before partitions are revoked."""
@@ -341,10 +356,45 @@ class FamilySink:
             assert self.inflight is not None
             self.inflight.future.result()
             self._commit(self.inflight)
+        self._commit_stored(last_chance=True)
+        if self.to_commit:
+            log.info(
+                "stopping or handing partitions over with a commit not done; the batch is re-read "
+                "and dropped by its token",
+                extra={"family": self.family},
+            )
+            self.to_commit.clear()
+
+    # Rebalance callbacks: they run inside consume, on this family's thread.
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.owned |= {(tp.topic, tp.partition) for tp in partitions}
+        if not self.paused:
+            # librdkafka keeps a partition's pause across a revoke and a new assignment: one paused
+            # by _complete and revoked before its resume would never be fetched again.
+            consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        # Runs inside poll: the next owner starts after what this worker stored and committed.
+        # The next owner starts after what this worker stored and committed.
         self._drain()
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        """The group went on without this worker (its session timed out, the coordinator away): the
+        partitions may be another worker's already, so nothing more of theirs is committed, and what
+        was consumed and not stored is left to whoever reads them next."""
+        log.warning(
+            "partitions lost (the group session timed out); rejoining",
+            extra={"family": self.family, "partitions": len(partitions)},
+        )
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[Any]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.owned -= gone
+        self.pending = [m for m in self.pending if (m.topic(), m.partition()) not in gone]
+        for partition in gone:
+            self.to_commit.pop(partition, None)
 
     def _store(self, records: list[KafkaRecord], batch: Batch | None) -> None:
         """Insert a batch (on the insert thread); returns once ClickHouse took all of it."""

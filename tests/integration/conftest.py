@@ -83,6 +83,8 @@ def run(
         "ONFINISH_PROCESSOR_WEB_PORT": str(PORTS["processor"]),
         "ONFINISH_PROCESSOR_SESSION_TIMEOUT_S": "6",
         "ONFINISH_PROCESSOR_HEARTBEAT_INTERVAL_S": "1",
+        # A broker away for the 30 s of the outage scenarios outlasts the sink's group session.
+        "ONFINISH_SINK_SESSION_TIMEOUT_S": "6",
         "ONFINISH_SINK_GROUP_PREFIX": f"{unique}-sinks",
         "ONFINISH_SINK_WEB_PORT": str(PORTS["sink_web"]),
         "ONFINISH_SINK_QUERY_PORT": str(PORTS["sink_query"]),

@@ -1,9 +1,11 @@
-"""A sink's commit after ClickHouse took a batch: waits out a coordinator that is away, and gives up
-only when the partitions moved on (the next owner re-reads the batch and ClickHouse drops it)."""
+"""A sink's commit after ClickHouse took a batch: tried once, and again on a later pass of the loop
+with what was stored since, the loop consuming in between; given up when the partitions moved on
+(the next owner re-reads the batch and ClickHouse drops it)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import confluent_kafka
@@ -13,6 +15,13 @@ from onfinish.settings import KafkaSettings, RegistrySettings
 from onfinish.sinks.settings import SinkSettings
 from onfinish.sinks.worker import FamilySink, SinkMetrics
 
+TOPIC = "t.enriched"
+WAIT_COORD = confluent_kafka.KafkaError._WAIT_COORD
+
+
+def _error(code: int) -> confluent_kafka.KafkaException:
+    return confluent_kafka.KafkaException(confluent_kafka.KafkaError(code))
+
 
 class _Consumer:
     """Fails its first commits with the given errors, then succeeds."""
@@ -20,43 +29,46 @@ class _Consumer:
     def __init__(self, *errors: int) -> None:
         self.errors = list(errors)
         self.attempts = 0
-        self.committed: list[Any] = []
+        self.committed: list[tuple[str, int, int]] = []
 
     def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
         assert asynchronous is False
         self.attempts += 1
         if self.errors:
-            raise confluent_kafka.KafkaException(confluent_kafka.KafkaError(self.errors.pop(0)))
-        self.committed = offsets
+            raise _error(self.errors.pop(0))
+        self.committed = [(tp.topic, tp.partition, tp.offset) for tp in offsets]
 
 
-def _sink(consumer: _Consumer) -> FamilySink:
-    settings = SinkSettings(retry_initial_s=0.01, retry_max_s=0.02)
+def _sink(consumer: Any, **settings: Any) -> FamilySink:
     sink = FamilySink(
         "events",
-        settings,
+        SinkSettings(retry_initial_s=0.01, retry_max_s=0.02, **settings),
         KafkaSettings(bootstrap_servers="127.0.0.1:1"),
         RegistrySettings(url="http://127.0.0.1:1"),
         lambda: pytest.fail("no ClickHouse here"),
         SinkMetrics(),
     )
     sink.consumer.close()
-    sink.consumer = consumer  # type: ignore[assignment]
+    sink.consumer = consumer
     return sink
 
 
-OFFSETS = [confluent_kafka.TopicPartition("t.enriched", 0, 42)]
-
-
-def test_a_coordinator_that_is_away_is_waited_for() -> None:
-    consumer = _Consumer(
-        confluent_kafka.KafkaError._WAIT_COORD,
-        confluent_kafka.KafkaError.COORDINATOR_NOT_AVAILABLE,
-        confluent_kafka.KafkaError._TRANSPORT,
-    )
+def test_a_failed_commit_returns_at_once_and_the_next_pass_commits_the_newest_offsets() -> None:
+    consumer = _Consumer(WAIT_COORD)
     sink = _sink(consumer)
-    sink._commit_offsets(OFFSETS)
-    assert consumer.attempts == 4 and consumer.committed == OFFSETS
+    sink.owned = {(TOPIC, 0), (TOPIC, 1)}
+    sink.to_commit = {(TOPIC, 0): 42}
+    sink._commit_stored()
+    assert consumer.attempts == 1 and consumer.committed == []
+    sink.to_commit[(TOPIC, 0)] = 50  # a later batch stored meanwhile
+    sink.to_commit[(TOPIC, 1)] = 7
+    sink._commit_stored()  # within the backoff: not tried
+    assert consumer.attempts == 1
+    threading.Event().wait(0.03)
+    sink._commit_stored()
+    assert consumer.attempts == 2
+    assert sorted(consumer.committed) == [(TOPIC, 0, 50), (TOPIC, 1, 7)]
+    assert sink.to_commit == {}
 
 
 @pytest.mark.parametrize(
@@ -64,14 +76,119 @@ def test_a_coordinator_that_is_away_is_waited_for() -> None:
 )
 def test_a_commit_after_the_partitions_moved_on_is_given_up(code: int) -> None:
     consumer = _Consumer(code, code)
-    _sink(consumer)._commit_offsets(OFFSETS)
-    assert consumer.attempts == 1 and consumer.committed == []
-
-
-def test_stopping_ends_the_retries() -> None:
-    consumer = _Consumer(*[confluent_kafka.KafkaError._WAIT_COORD] * 1000)
     sink = _sink(consumer)
-    sink.stop = threading.Event()
-    threading.Timer(0.2, sink.stop.set).start()
-    sink._commit_offsets(OFFSETS)
-    assert 1 < consumer.attempts < 1000 and consumer.committed == []
+    sink.to_commit = {(TOPIC, 0): 42}
+    sink._commit_stored()
+    threading.Event().wait(0.03)
+    sink._commit_stored()
+    assert consumer.attempts == 1 and consumer.committed == [] and sink.to_commit == {}
+
+
+def test_the_last_chance_before_a_revoke_or_a_stop_ignores_the_backoff_and_then_forgets() -> None:
+    consumer = _Consumer(WAIT_COORD, WAIT_COORD)
+    sink = _sink(consumer)
+    sink.to_commit = {(TOPIC, 0): 42}
+    sink._commit_stored()
+    sink._drain()
+    assert consumer.attempts == 2 and sink.to_commit == {}
+
+
+class _Message:
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def headers(self) -> None:
+        return None
+
+    def error(self) -> None:
+        return None
+
+
+class _Group:
+    """A consumer whose coordinator goes away right after the first batch is consumed, for longer
+    than the session: as librdkafka does, commits only wait for the coordinator ("Waiting for
+    coordinator") until a consume has served the lost assignment and the rejoin; then the group has
+    its coordinator back and the partition is assigned again, from the committed offset."""
+
+    def __init__(self, records: int, done: threading.Event) -> None:
+        self.records = records
+        self.done = done
+        self.next_offset = 0
+        self.committed = 0
+        self.session_expired = False
+        self.rejoins = 0
+        self.callbacks: dict[str, Callable[[Any, list[Any]], None]] = {}
+        self.assigned: list[Any] = []
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Message]:
+        partition = confluent_kafka.TopicPartition(TOPIC, 0)
+        if not self.assigned:
+            self.assigned = [partition]
+            self.callbacks["on_assign"](self, [partition])
+            self.next_offset = self.committed
+        elif self.session_expired:  # served here, and only here
+            self.callbacks["on_lost"](self, [partition])
+            self.assigned, self.session_expired = [], False
+            self.rejoins += 1
+            return []
+        taken = list(range(self.next_offset, min(self.next_offset + num_messages, self.records)))
+        self.next_offset += len(taken)
+        if self.next_offset == self.records and self.rejoins == 0:
+            self.session_expired = True  # the broker goes away with the batch consumed
+        return [_Message(0, offset) for offset in taken]
+
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        if self.session_expired:
+            raise _error(WAIT_COORD)
+        (tp,) = offsets
+        self.committed = tp.offset
+        if self.committed == self.records:
+            self.done.set()
+
+    def assignment(self) -> list[Any]:
+        return self.assigned
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        return []
+
+    def pause(self, partitions: list[Any]) -> None:
+        pass
+
+    def resume(self, partitions: list[Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_session_lost_while_a_commit_waits_for_the_coordinator_does_not_stop_the_family() -> None:
+    """A broker away for longer than the session timeout stopped a family for good: its commit was
+    retried without consuming, and only a consume lets librdkafka rejoin and find the coordinator."""
+    done = threading.Event()
+    group = _Group(records=10, done=done)
+    sink = _sink(group, batch_seconds=0.01)
+    sink._store = lambda records, batch: None  # type: ignore[method-assign]  # ClickHouse took it
+    sink.builder = type("Builder", (), {"build": staticmethod(lambda records: None)})()
+    worker = threading.Thread(target=sink.run, args=(done,), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the family stopped making progress"
+    assert group.rejoins == 1 and group.committed == 10
