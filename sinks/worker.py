@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from onfinish.errors import AccessDenied
 from onfinish.health import HealthServer
+from onfinish.offsets import Committer
 from onfinish.retry import Backoff, Stopped, retry_until_stopped
 from onfinish.runtime import prepare_worker
 from onfinish.schemas.sealing import Seal
@@ -173,10 +174,10 @@ class FamilySink:
         )
         self.pending: list[Any] = []  # consumed messages of the batch being built
         self.inflight: _InFlight | None = None  # the batch being inserted
-        self.owned: set[tuple[str, int]] = set()  # the partitions assigned to this family's consumer
-        # Next offsets of what ClickHouse holds and Kafka has not yet recorded as committed.
-        self.to_commit: dict[tuple[str, int], int] = {}
-        self.commit_backoff = self._backoff()
+        # Offsets of what ClickHouse holds, committed without holding this loop (onfinish/offsets.py).
+        self.commits = Committer(
+            self.consumer, self._backoff(), family, self.metrics.failures.labels(family).inc
+        )
         self.paused = False  # by _complete, while a full batch waits for ClickHouse
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{family}-insert")
         self.stop = threading.Event()
@@ -201,7 +202,7 @@ class FamilySink:
                 if self.inflight is not None and self.inflight.future.done():
                     self._complete()
                 else:
-                    self._commit_stored()  # what an earlier commit could not, once its backoff is over
+                    self.commits.commit()  # what an earlier commit could not, once its backoff is over
                 if self.pending and (
                     len(self.pending) >= self.settings.batch_rows
                     or time.monotonic() - self.batch_started >= self.settings.batch_seconds
@@ -292,59 +293,17 @@ class FamilySink:
         self._commit(inflight)
 
     def _commit(self, inflight: _InFlight) -> None:
-        """Once ClickHouse holds the batch in flight: its offsets join those to commit, and a commit
-        is tried."""
+        """Once ClickHouse holds the batch in flight: its offsets are committed (or wait for a later
+        try, with the next batches', while the loop consumes on: onfinish/offsets.py)."""
         self.inflight = None
         inflight.future.result()  # raises _Stopped when the batch was given up at shutdown
-        for partition, (_, last) in offset_ranges(inflight.records).items():
-            if partition in self.owned:  # of a partition lost meanwhile, the next owner re-reads it
-                self.to_commit[partition] = max(self.to_commit.get(partition, 0), last + 1)
+        self.commits.done_with(
+            {partition: last + 1 for partition, (_, last) in offset_ranges(inflight.records).items()}
+        )
         inflight.committed = True
         self.metrics.batches.labels(self.family).inc()
         self.metrics.batch_seconds.labels(self.family).observe(time.monotonic() - inflight.started)
-        self._commit_stored()
-
-    def _commit_stored(self, *, last_chance: bool = False) -> None:
-        """Commit the offsets of what ClickHouse holds, synchronously, once.
-
-        A commit that fails is tried again on a later pass of the loop, after its backoff, with the
-        offsets of whatever was stored since (offsets only move forward), and the loop consumes in
-        between. It must: librdkafka serves a rebalance, and a group session that timed out while
-        the coordinator was away, only inside consume, and until then a commit only waits for the
-        coordinator. A commit retried without consuming waited for it for ever (a broker restarted
-        for longer than the session timeout stopped a family for good).
-
-        Giving a commit up loses nothing, since the batch is in ClickHouse already: whoever consumes
-        those partitions next reads it again and ClickHouse drops it by its token. That is what
-        happens when this worker left the group meanwhile (its generation is over) and, on the
-        `last_chance` before partitions are revoked or the worker stops, on any failure.
-        """
-        if not self.to_commit or not (last_chance or self.commit_backoff.ready()):
-            return
-        offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in self.to_commit.items()]
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        except confluent_kafka.KafkaException as exc:
-            error = exc.args[0]
-            if error.code() in _MEMBERSHIP_LOST:
-                self.to_commit.clear()
-                log.info(
-                    "commit refused: the partitions moved on; the next owner re-reads the batch",
-                    extra={"family": self.family, "error": error.str()},
-                )
-                return
-            self.metrics.failures.labels(self.family).inc()
-            log.warning(
-                "commit failed; consuming on, and retrying",
-                extra={
-                    "family": self.family,
-                    "error": error.str(),
-                    "retry_in_s": self.commit_backoff.failed(),
-                },
-            )
-            return
-        self.to_commit.clear()
-        self.commit_backoff.succeeded()
+        self.commits.commit()
 
     def _drain(self) -> None:
         """Store and commit everything consumed: at shutdown, and before partitions are revoked."""
@@ -356,19 +315,12 @@ class FamilySink:
             assert self.inflight is not None
             self.inflight.future.result()
             self._commit(self.inflight)
-        self._commit_stored(last_chance=True)
-        if self.to_commit:
-            log.info(
-                "stopping or handing partitions over with a commit not done; the batch is re-read "
-                "and dropped by its token",
-                extra={"family": self.family},
-            )
-            self.to_commit.clear()
+        self.commits.commit(last_chance=True)
 
     # Rebalance callbacks: they run inside consume, on this family's thread.
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        self.owned |= {(tp.topic, tp.partition) for tp in partitions}
+        self.commits.assigned(partitions)
         if not self.paused:
             # librdkafka keeps a partition's pause across a revoke and a new assignment: one paused
             # by _complete and revoked before its resume would never be fetched again.
@@ -390,11 +342,8 @@ class FamilySink:
         self._forget(partitions)
 
     def _forget(self, partitions: list[Any]) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self.owned -= gone
+        gone = self.commits.forget(partitions)
         self.pending = [m for m in self.pending if (m.topic(), m.partition()) not in gone]
-        for partition in gone:
-            self.to_commit.pop(partition, None)
 
     def _store(self, records: list[KafkaRecord], batch: Batch | None) -> None:
         """Insert a batch (on the insert thread); returns once ClickHouse took all of it."""
@@ -518,19 +467,8 @@ def _insert_settings(insert: Insert) -> dict[str, Any]:
     return {"insert_deduplication_token": insert.token(), "optimize_on_insert": 0}
 
 
-# Commit errors that mean this member no longer owns the partitions: retrying cannot succeed.
 # The longest a consume waits: how soon the loop notices a finished insert, the lag and a stop.
 _POLL_S = 0.2
-
-_MEMBERSHIP_LOST = frozenset(
-    {
-        confluent_kafka.KafkaError.ILLEGAL_GENERATION,
-        confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID,
-        confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS,
-        confluent_kafka.KafkaError.FENCED_INSTANCE_ID,
-        confluent_kafka.KafkaError._ASSIGNMENT_LOST,
-    }
-)
 
 
 @dataclass(frozen=True)

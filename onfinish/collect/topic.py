@@ -11,7 +11,8 @@ in its own consumer group, and for every batch of records, top to bottom:
    them again under the same ids: one event downstream);
 3. waits until Kafka has acknowledged everything the batch produced (the SDK's own producer, and the
    dead letters' producer);
-4. commits the batch's offsets.
+4. commits the batch's offsets (a commit Kafka refuses waits for a later pass, the worker consuming
+   on meanwhile: onfinish/offsets.py).
 A worker killed anywhere before 4 leaves its records uncommitted: the next one maps them again, to
 the same event ids, and the processors count each event once. SIGTERM finishes the batch first.
 """
@@ -33,7 +34,9 @@ from onfinish.collect.mapping import SpanData
 from onfinish.collect.metrics import CollectMetrics
 from onfinish.collect.settings import CollectSettings
 from onfinish.health import HealthServer
+from onfinish.offsets import Committer
 from onfinish.producers.emitter import Emitter
+from onfinish.retry import Backoff
 from onfinish.schemas.contract import MAX_RECORD_BYTES
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.sealing import Seal
@@ -126,11 +129,18 @@ class TopicWorker:
                 "message.max.bytes": MAX_RECORD_BYTES + 64 * 1024,
             }
         )
+        # Offsets of the batches Kafka acknowledged, committed without holding this loop.
+        self.commits = Committer(self.consumer, Backoff(0.5, 30.0), settings.group_id)
         self.batches = 0
 
     def run(self, stop: threading.Event) -> None:
         self.emitter.start()
-        self.consumer.subscribe([self.settings.topic])
+        self.consumer.subscribe(
+            [self.settings.topic],
+            on_assign=lambda _, partitions: self.commits.assigned(partitions),
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         try:
             while not stop.is_set():
                 messages = self.consumer.consume(num_messages=self.settings.batch_records, timeout=0.5)
@@ -140,7 +150,10 @@ class TopicWorker:
                         log.warning("consumer error", extra={"error": str(message.error())})
                 if records:
                     self.process(records, stop)
+                else:
+                    self.commits.commit()  # what an earlier commit could not, once its backoff is over
         finally:
+            self.commits.commit(last_chance=True)
             self.consumer.close()
             self.dead_letters.flush(10)
             self.emitter.close(timeout=10)
@@ -171,13 +184,27 @@ class TopicWorker:
                 letters += 1
                 self._dead_letter(letter)
         self._wait_delivered(stop)
-        self.consumer.commit(asynchronous=False)
+        done: dict[tuple[str, int], int] = {}
+        for record in records:
+            partition = (record.topic() or "", record.partition() or 0)
+            done[partition] = max(done.get(partition, 0), (record.offset() or 0) + 1)
+        self.commits.done_with(done)
+        self.commits.commit()
         self.batches += 1
         self.metrics.count("kafka", total)
         self.metrics.requests.labels("kafka", "committed").inc()
         if letters:
             log.warning("records dead-lettered", extra={"count": letters, "topic": self.dlq_topic})
         return total
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Inside consume: every record consumed before it was processed, so all of it can be committed.
+        self.commits.commit(last_chance=True)
+        self.commits.forget(partitions)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # The session timed out (Kafka away): they may be another worker's already.
+        self.commits.forget(partitions)
 
     def _spool(self, spans: list[SpanData], stop: threading.Event) -> Outcome:
         """Spool a record's records; while the spool is full, wait for Kafka to drain it (and retry

@@ -3,18 +3,25 @@ against real Kafka in tests/integration/test_collect.py)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from unittest.mock import MagicMock
+
+import confluent_kafka
 
 from onfinish.collect.feedback import FeedbackReader
 from onfinish.collect.ingest import Ingest
 from onfinish.collect.mapping import Ignored, Rejected, SpanData, SpanMapper, load_mapping
 from onfinish.collect.samples import genai_request
-from onfinish.collect.topic import read_record
+from onfinish.collect.settings import CollectSettings
+from onfinish.collect.topic import TopicWorker, read_record
 from onfinish.producers.emitter import DurableBatch
+from onfinish.retry import Backoff
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.sealing import Seal
+from onfinish.settings import KafkaSettings
 
 SEAL = Seal("a test secret")
 
@@ -97,3 +104,56 @@ def test_a_bug_in_the_mapping_refuses_its_span_alone_without_quoting_it(caplog):
     answer = outcome.partial_success()
     assert answer.rejected == 1 and "KeyError in map" in answer.message
     assert "alice" not in answer.message and "alice" not in caplog.text
+
+
+class _CoordinatorAway:
+    """A consumer whose first commit finds the group coordinator away."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.committed: list[tuple[str, int, int]] = []
+
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(confluent_kafka.KafkaError._WAIT_COORD)
+            )
+        self.committed = [(tp.topic, tp.partition, tp.offset) for tp in offsets]
+
+
+class _Letters:
+    """The dead letters' producer, Kafka acknowledging at once."""
+
+    def __init__(self) -> None:
+        self.letters: list[bytes] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> None:
+        self.letters.append(value)
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_a_commit_kafka_refuses_leaves_the_worker_running_and_is_done_later():
+    """It raised out of the worker's loop before, ending `onfinish collect kafka` on a broker restart."""
+    consumer, letters, sdk = _CoordinatorAway(), _Letters(), MagicMock()
+    sdk.flush.return_value = True  # Kafka acknowledged what the batch spooled
+    ingest = Ingest(SpanMapper(load_mapping()), FeedbackReader(load_mapping().feedback), _Spool())
+    worker = TopicWorker(
+        CollectSettings(),
+        KafkaSettings(),
+        sdk,
+        ingest,
+        MagicMock(),
+        consumer=consumer,
+        dead_letters=letters,
+        seal=SEAL,
+    )
+    worker.commits.backoff = Backoff(0.01, 0.02)
+    worker.commits.assigned([confluent_kafka.TopicPartition("otlp_spans", 3)])
+    worker.process([FakeMessage(b"")], threading.Event())  # an empty record: a dead letter
+    assert len(letters.letters) == 1 and consumer.attempts == 1
+    threading.Event().wait(0.03)
+    worker.commits.commit()  # the worker's loop does this when a consume brings nothing
+    assert consumer.committed == [("otlp_spans", 3, 43)]

@@ -1,6 +1,6 @@
-"""A sink's commit after ClickHouse took a batch: tried once, and again on a later pass of the loop
-with what was stored since, the loop consuming in between; given up when the partitions moved on
-(the next owner re-reads the batch and ClickHouse drops it)."""
+"""A sink family whose group session timed out while a commit waited for the coordinator goes on:
+the commit is tried again later (onfinish/offsets.py) and the loop consumes, which is where
+librdkafka serves the lost assignment and the rejoin."""
 
 from __future__ import annotations
 
@@ -23,22 +23,6 @@ def _error(code: int) -> confluent_kafka.KafkaException:
     return confluent_kafka.KafkaException(confluent_kafka.KafkaError(code))
 
 
-class _Consumer:
-    """Fails its first commits with the given errors, then succeeds."""
-
-    def __init__(self, *errors: int) -> None:
-        self.errors = list(errors)
-        self.attempts = 0
-        self.committed: list[tuple[str, int, int]] = []
-
-    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
-        assert asynchronous is False
-        self.attempts += 1
-        if self.errors:
-            raise _error(self.errors.pop(0))
-        self.committed = [(tp.topic, tp.partition, tp.offset) for tp in offsets]
-
-
 def _sink(consumer: Any, **settings: Any) -> FamilySink:
     sink = FamilySink(
         "events",
@@ -49,48 +33,8 @@ def _sink(consumer: Any, **settings: Any) -> FamilySink:
         SinkMetrics(),
     )
     sink.consumer.close()
-    sink.consumer = consumer
+    sink.consumer = sink.commits.consumer = consumer
     return sink
-
-
-def test_a_failed_commit_returns_at_once_and_the_next_pass_commits_the_newest_offsets() -> None:
-    consumer = _Consumer(WAIT_COORD)
-    sink = _sink(consumer)
-    sink.owned = {(TOPIC, 0), (TOPIC, 1)}
-    sink.to_commit = {(TOPIC, 0): 42}
-    sink._commit_stored()
-    assert consumer.attempts == 1 and consumer.committed == []
-    sink.to_commit[(TOPIC, 0)] = 50  # a later batch stored meanwhile
-    sink.to_commit[(TOPIC, 1)] = 7
-    sink._commit_stored()  # within the backoff: not tried
-    assert consumer.attempts == 1
-    threading.Event().wait(0.03)
-    sink._commit_stored()
-    assert consumer.attempts == 2
-    assert sorted(consumer.committed) == [(TOPIC, 0, 50), (TOPIC, 1, 7)]
-    assert sink.to_commit == {}
-
-
-@pytest.mark.parametrize(
-    "code", [confluent_kafka.KafkaError.ILLEGAL_GENERATION, confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID]
-)
-def test_a_commit_after_the_partitions_moved_on_is_given_up(code: int) -> None:
-    consumer = _Consumer(code, code)
-    sink = _sink(consumer)
-    sink.to_commit = {(TOPIC, 0): 42}
-    sink._commit_stored()
-    threading.Event().wait(0.03)
-    sink._commit_stored()
-    assert consumer.attempts == 1 and consumer.committed == [] and sink.to_commit == {}
-
-
-def test_the_last_chance_before_a_revoke_or_a_stop_ignores_the_backoff_and_then_forgets() -> None:
-    consumer = _Consumer(WAIT_COORD, WAIT_COORD)
-    sink = _sink(consumer)
-    sink.to_commit = {(TOPIC, 0): 42}
-    sink._commit_stored()
-    sink._drain()
-    assert consumer.attempts == 2 and sink.to_commit == {}
 
 
 class _Message:

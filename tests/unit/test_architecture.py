@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO
 
 CORE = {"onfinish", "onfinish.errors", "onfinish.settings", "onfinish.logs", "onfinish.runtime",
-        "onfinish.retry", "onfinish.health", "onfinish.security"}  # fmt: skip
+        "onfinish.retry", "onfinish.offsets", "onfinish.health", "onfinish.security"}  # fmt: skip
 STAGES = ("producers", "processors", "schemas", "sinks")
 # What each stage may import of onfinish, besides the core and itself.
 ALLOWED = {
@@ -72,6 +72,7 @@ def test_the_core_imports_no_stage_and_no_application() -> None:
         "logs",
         "runtime",
         "retry",
+        "offsets",
         "health",
         "security",
     }, "onfinish/ holds only the core: an application goes in a room of its own"
