@@ -46,7 +46,7 @@ from onfinish.processors.decoding import Decoder, TimeBounds
 from onfinish.processors.delivery import GroupSender, Record
 from onfinish.processors.engines import NativeCore
 from onfinish.processors.enrichment import Enricher
-from onfinish.processors.faust_overrides import OverriddenApp, forget_restored, restored_partition
+from onfinish.processors.faust_overrides import OverriddenApp, forget_restored, restored_partition, untrack
 from onfinish.processors.pipeline import STAGES, Batch, Output, Pipeline, RawRecord
 from onfinish.processors.pricing import PriceCatalog
 from onfinish.processors.redaction import PatternSet
@@ -282,7 +282,7 @@ def build_app(
 
     app.onfinish_topics = (topics, dlq)
 
-    metrics = ProcessorMetrics(pipeline, sender)
+    metrics = ProcessorMetrics(pipeline, sender, continuity)
 
     def records(outputs: Sequence[Output]) -> list[Record]:
         metrics.count_outputs(outputs)
@@ -340,9 +340,9 @@ def build_app(
                         },
                     )
                 passed_over.add(message.tp)
-                # Never acked (the reference taken for it is kept): no commit passes the hole
-                # before its records were processed. The message is dropped with the batch, and
-                # Faust tracks unacked messages weakly, so a stop does not wait for it.
+                # Never acked: no commit passes a hole before its records were processed (a record
+                # read twice was acked, or will be, as its first copy). Nor waited for at a stop.
+                untrack(app.consumer, message)
                 continue
             processed.append(message)
             record = RawRecord(message.key, message.value, message.topic, message.partition, message.offset)
@@ -456,9 +456,9 @@ class ProcessorMetrics:
     """The worker's Prometheus metrics (/metrics), in a registry of its own: the pipeline's counts,
     outputs by type, time per stage and per batch, and lag per raw partition."""
 
-    def __init__(self, pipeline: Pipeline, sender: GroupSender) -> None:
+    def __init__(self, pipeline: Pipeline, sender: GroupSender, continuity: Continuity) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_PipelineCollector(pipeline, sender))
+        self.registry.register(_PipelineCollector(pipeline, sender, continuity))
         self.outputs = Counter(
             "onfinish_processor_outputs",
             "Records produced, by type (EnrichedEvent, SessionSnapshot, WindowSnapshot, Alert, "
@@ -560,9 +560,10 @@ async def _position(consumer: Any, tp: Any) -> int | None:
 
 
 class _PipelineCollector:
-    def __init__(self, pipeline: Pipeline, sender: GroupSender) -> None:
+    def __init__(self, pipeline: Pipeline, sender: GroupSender, continuity: Continuity) -> None:
         self.pipeline = pipeline
         self.sender = sender
+        self.continuity = continuity
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         counts = self.pipeline.counts
@@ -573,6 +574,16 @@ class _PipelineCollector:
             ("replayed", "Records replayed after a takeover and found already applied.", counts.replayed),
             ("late", "Events whose window had closed (kept in the events table only).", counts.late),
             ("feedback", "Feedback records processed.", counts.feedback),
+            (
+                "stream_holes",
+                "Holes in a raw partition's offsets (records the stream jumped over), each read again.",
+                self.continuity.holes,
+            ),
+            (
+                "records_read_twice",
+                "Raw records the consumer delivered again within one assignment, skipped.",
+                self.continuity.repeats,
+            ),
         ):
             family = CounterMetricFamily(f"onfinish_processor_{name}", help_text)
             family.add_metric([], value)

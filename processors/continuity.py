@@ -8,9 +8,13 @@ it, skip it, or skip it and read the partition again from the first missing offs
 processes nothing past a hole until the records of the hole came, so state, which ignores offsets
 older than what it applied, never jumps over them.
 
-Going back is normal (a rebalance seeks to the committed offset, which replays records; the
-pipeline is idempotent to that), and a partition revoked is forgotten. Records skipped for a hole
-are never acknowledged, so no commit passes the hole before its records were processed.
+A partition revoked is forgotten: whatever its next assignment starts from (the committed offset,
+which may replay records) is taken as it comes. Within one assignment, a record whose offset goes
+back is one this worker took already and is skipped: the consumer read it twice, as when a worker
+starting up seeks to the committed offsets while its fetcher still delivers what it fetched before
+(processors/faust_overrides.py, `RecordBatches.clear`). Records skipped, for a hole or as repeats,
+are never acknowledged by the skipping, so no commit passes a hole before its records were
+processed.
 
 The fault suite makes such a hole on purpose (tests/drills.py), so that a test proves the guard
 against a real broker and Faust's consumer.
@@ -25,7 +29,7 @@ from enum import Enum
 
 class Verdict(Enum):
     process = "process"
-    skip = "skip"  # a record after a hole, while the partition is read again from the hole
+    skip = "skip"  # a record after a hole while the partition is read again, or one taken already
     rewind = "rewind"  # the first record after a hole: skip it and read again from `missing_from`
 
 
@@ -34,6 +38,7 @@ class Continuity:
     expected: dict[Hashable, int] = field(default_factory=dict)  # partition -> next offset
     rewinding: dict[Hashable, int] = field(default_factory=dict)  # partition -> first missing offset
     holes: int = 0
+    repeats: int = 0  # records skipped because this assignment took them already
 
     def check(self, partition: Hashable, offset: int) -> Verdict:
         missing = self.rewinding.get(partition)
@@ -47,6 +52,9 @@ class Continuity:
                 self.rewinding[partition] = expected
                 self.holes += 1
                 return Verdict.rewind
+            if expected is not None and offset < expected:
+                self.repeats += 1
+                return Verdict.skip
         self.expected[partition] = offset + 1
         return Verdict.process
 

@@ -8,6 +8,12 @@ ONFINISH_DRILL_* variables the test sets), then runs the worker's real `main`:
   worker, the next ONFINISH_DRILL_HOLE_RECORDS offsets of the partition of the record that comes
   next are passed over, once, as if they never reached its stream, as Faust was seen to do
   (processors/continuity.py); the continuity guard must find the hole and read them again.
+- `processor`, also: the slow-start drill. The first ONFINISH_DRILL_SLOW_START_RECORDS raw records
+  reach the worker's batches ONFINISH_DRILL_SLOW_START_MS apart, and the worker's recovery waits
+  for the first of them (5 s at most) before it seeks the stream partitions to their committed
+  offsets, so the fetcher is still delivering its first fetch when the seek is made and the flow
+  resumed (processors/faust_overrides.py, `RecordBatches.clear`), as it was once seen to: the
+  records it delivered around the seek must be processed, once.
 - `sink`: once a family has stored ONFINISH_DRILL_SINK_EXIT_AFTER_BATCHES batches in ClickHouse,
   the process exits hard (code 86) before committing their offsets: the restart must re-insert the
   batch, and ClickHouse must drop it by its insert token.
@@ -74,6 +80,38 @@ def install_hole(drill: HoleDrill) -> None:
     Continuity.check = check  # type: ignore[method-assign]
 
 
+def install_slow_start(records: int, delay_s: float) -> None:
+    """The first `records` raw records wait `delay_s` each before they reach the worker's batches;
+    the recovery's seek to the committed offsets waits until the first of them is on its way."""
+    import asyncio
+    import contextlib
+
+    from faust.transport.consumer import Consumer
+
+    from onfinish.processors.faust_overrides import DirectDeliveryConsumer, RecordBatches
+
+    original_put, original_seek = RecordBatches.put, Consumer.perform_seek
+    left = records
+    delivering = asyncio.Event()
+
+    async def put(self: RecordBatches, message: Any) -> None:
+        nonlocal left
+        if left > 0:
+            left -= 1
+            delivering.set()
+            await asyncio.sleep(delay_s)
+        await original_put(self, message)
+
+    async def perform_seek(self: Consumer) -> None:
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(delivering.wait(), 5)
+        await original_seek(self)
+
+    RecordBatches.put = put  # type: ignore[method-assign]
+    DirectDeliveryConsumer.perform_seek = perform_seek  # type: ignore[method-assign]
+
+
 def install_sink_exit(after_batches: int) -> None:
     """The sink process exits once a family stored `after_batches` batches, before their commit."""
     from onfinish.sinks.worker import FamilySink
@@ -101,6 +139,10 @@ def main(argv: list[str]) -> None:
                 int(os.environ.get("ONFINISH_DRILL_HOLE_AFTER_RECORDS", "0")),
                 int(os.environ.get("ONFINISH_DRILL_HOLE_RECORDS", "100")),
             )
+        )
+        install_slow_start(
+            int(os.environ.get("ONFINISH_DRILL_SLOW_START_RECORDS", "0")),
+            int(os.environ.get("ONFINISH_DRILL_SLOW_START_MS", "0")) / 1000,
         )
         from onfinish.processors.worker import main as run_processor
 

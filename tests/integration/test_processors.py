@@ -282,7 +282,7 @@ def test_loadgen_through_a_worker_every_event_once_no_pii_bad_records_dead_lette
 
 
 WORKER = [sys.executable, "-m", "onfinish.processors.worker", "worker"]
-HOLE_DRILL_WORKER = [sys.executable, "-m", "tests.drills", "processor", "worker"]  # the worker, with a hole
+DRILL_WORKER = [sys.executable, "-m", "tests.drills", "processor", "worker"]  # the worker, with drills
 
 
 def _start_worker(
@@ -388,7 +388,11 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
 ):
     """A worker stopped while records flow delivers and commits every batch it processed, then
     leaves: its successor processes only the rest, so each event is on the enriched topic once
-    (a replayed record would be enriched again)."""
+    (a replayed record would be enriched again, a record dropped at its start never).
+
+    The successor starts with a backlog, under the slow-start drill: its fetcher is still delivering
+    its first fetch when its recovery seeks to the committed offsets and resumes the flow, the moment
+    at which records delivered were once dropped and never read again (1,088 events lost in CI)."""
     env = {**pipeline_env, "ONFINISH_LOG_LEVEL": "INFO"}  # the offsets committed at stop, if it fails
     with _workers() as start:
         first = start(env, tmp_path / "first.log")
@@ -404,16 +408,22 @@ def test_sigterm_mid_stream_is_a_graceful_stop_that_leaves_nothing_to_redo(
         log = (tmp_path / "first.log").read_text(errors="replace")
         assert "leaving without a graceful stop" not in log, log[-3000:]
         assert "offsets committed at stop" in log, log[-3000:]
-        second = start(env, tmp_path / "second.log")
+        slow_start = {"ONFINISH_DRILL_SLOW_START_RECORDS": "800", "ONFINISH_DRILL_SLOW_START_MS": "2"}
+        second = start({**env, **slow_start}, tmp_path / "second.log", DRILL_WORKER)
         report = load.report()
         _wait_ready(WEB_PORT)
         sent = load.event_ids()
         assert len(sent) == report.events
         once = _once(_enriched(kafka_settings, registry_settings, unique, sent, settle_s=6), sent)
         commits = [line for line in log.splitlines() if "commit" in line.lower()]
-        assert once == EACH_ONCE, "\n".join(commits[-40:])
+        successor = (tmp_path / "second.log").read_text(errors="replace").splitlines()
+        successor = [line for line in successor if not line.startswith("%")]  # librdkafka's own
+        assert once == EACH_ONCE, "\n".join(["first:", *commits[-20:], "second:", *successor[-40:]])
         second.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
+    log = (tmp_path / "second.log").read_text(errors="replace")
+    # Records it skipped as read twice are never acked; its stop must not wait for them.
+    assert "Waiting for tasks" not in log and "leaving without a graceful stop" not in log, log[-3000:]
 
 
 def test_records_that_never_reached_the_stream_are_read_again_before_anything_after_them(
@@ -432,7 +442,7 @@ def test_records_that_never_reached_the_stream_are_read_again_before_anything_af
         "ONFINISH_DRILL_HOLE_RECORDS": "150",
     }
     with _workers() as start:
-        worker = start(env, tmp_path / "worker.log", HOLE_DRILL_WORKER)
+        worker = start(env, tmp_path / "worker.log", DRILL_WORKER)
         _wait_ready(WEB_PORT)
         plan = LoadPlan(rate=1000, duration_s=4, seed=35, profile=TrafficProfile(malformed_share=0))
         report = _Load(plan, unique, kafka_settings, registry_settings, tmp_path).report()

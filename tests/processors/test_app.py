@@ -11,6 +11,7 @@ import pytest
 from faust.types import TP
 
 from onfinish.processors.app import ProcessorMetrics, _assigned, build_app
+from onfinish.processors.continuity import Continuity
 from onfinish.processors.faust_overrides import StructuredLogWorker, commit_what_was_acked
 from onfinish.processors.pipeline import Output, Pipeline
 from onfinish.processors.settings import ProcessorSettings
@@ -156,10 +157,11 @@ class _LagConsumer:
         return self.positions[tp]
 
 
-def _metrics() -> tuple[ProcessorMetrics, Pipeline]:
+def _metrics(continuity: Continuity | None = None) -> tuple[ProcessorMetrics, Pipeline]:
     app = build_app(ProcessorSettings(app_id="metrics-test"), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
     pipeline: Pipeline = app.onfinish_pipeline  # type: ignore[attr-defined]
-    return ProcessorMetrics(pipeline, app.onfinish_sender), pipeline  # type: ignore[attr-defined]
+    sender = app.onfinish_sender  # type: ignore[attr-defined]
+    return ProcessorMetrics(pipeline, sender, continuity or Continuity()), pipeline
 
 
 def _sample(metrics: ProcessorMetrics, name: str, **labels: str) -> float | None:
@@ -216,3 +218,12 @@ def test_outputs_are_counted_by_record_type_and_dead_letters_apart():
     assert _sample(metrics, "onfinish_processor_outputs_total", type="EnrichedEvent") == 4
     assert _sample(metrics, "onfinish_processor_outputs_total", type="Alert") == 1
     assert _sample(metrics, "onfinish_processor_outputs_total", type="dead_letter") == 1
+
+
+def test_holes_in_the_stream_and_records_read_twice_are_counted():
+    continuity = Continuity()
+    metrics, _ = _metrics(continuity)
+    for offset in (10, 11, 12, 11, 12, 13, 40, 14):  # 11 and 12 delivered twice; 14..39 jumped over
+        continuity.check(0, offset)
+    assert _sample(metrics, "onfinish_processor_records_read_twice_total") == 2
+    assert _sample(metrics, "onfinish_processor_stream_holes_total") == 1

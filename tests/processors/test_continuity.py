@@ -39,10 +39,29 @@ def test_the_rewind_target_is_the_first_missing_offset() -> None:
     assert continuity.missing_from(2) == 12
 
 
-def test_going_back_is_a_replay_not_a_hole() -> None:
+def test_a_record_delivered_again_within_an_assignment_is_skipped_not_a_hole() -> None:
+    """A worker starting up seeks to the committed offsets while its fetcher still delivers what it
+    fetched before: the same offsets come twice, and the second time they are skipped."""
     continuity = Continuity()
-    assert _run(continuity, [(0, 50), (0, 51), (0, 20), (0, 21), (0, 22)]) == [Verdict.process] * 5
-    assert continuity.holes == 0
+    verdicts = _run(continuity, [(0, 20), (0, 21), (0, 22), (0, 20), (0, 21), (0, 22), (0, 23)])
+    assert verdicts == [Verdict.process] * 3 + [Verdict.skip] * 3 + [Verdict.process]
+    assert (continuity.holes, continuity.repeats) == (0, 3)
+
+
+def test_a_repeat_after_a_hole_s_records_were_read_again_is_skipped_too() -> None:
+    continuity = Continuity()
+    stream = [(0, 1), (0, 5), (0, 2), (0, 3), (0, 4), (0, 5), (0, 3), (0, 6)]
+    verdicts = _run(continuity, stream)
+    assert verdicts == [
+        Verdict.process,
+        Verdict.rewind,
+        Verdict.process,
+        Verdict.process,
+        Verdict.process,
+        Verdict.process,
+        Verdict.skip,
+        Verdict.process,
+    ]
 
 
 def test_a_revoked_partition_starts_afresh_when_it_comes_back() -> None:
@@ -50,6 +69,8 @@ def test_a_revoked_partition_starts_afresh_when_it_comes_back() -> None:
     _run(continuity, [(0, 1), (0, 2), (3, 7)])
     continuity.forget({0})
     assert continuity.check(0, 900) is Verdict.process  # another worker committed up to here
+    continuity.forget({0})
+    assert continuity.check(0, 850) is Verdict.process  # a replay from an older commit: taken
     assert continuity.check(3, 9) is Verdict.rewind  # partition 3 was not revoked
 
 

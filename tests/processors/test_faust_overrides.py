@@ -82,13 +82,28 @@ def test_the_consumer_keeps_acked_and_committed_offsets_where_the_stop_reads_the
     assert "start_new_transaction" in inspect.signature(faust_consumer.Consumer.commit).parameters, RECHECK
 
 
+def test_a_stop_waits_for_the_tracked_records_where_untrack_forgets_them() -> None:
+    assert "self._unacked_messages = " in _source(faust_consumer.Consumer.__init__), RECHECK
+    assert "self._unacked_messages" in _source(faust_consumer.Consumer.track_message), RECHECK
+    assert "while not self.should_stop and self._unacked_messages" in _source(
+        faust_consumer.Consumer.wait_empty
+    ), f"Faust's stop no longer waits on _unacked_messages: untrack may be unneeded; {RECHECK}"
+
+
 def test_every_private_reach_of_the_processors_is_in_the_overrides_module() -> None:
     from pathlib import Path
 
     import onfinish.processors as processors
 
     folder = Path(processors.__file__).parent
-    private = ("._acked", "._committed_offset", "._fetch_max_wait_ms", "suspend_flow", "transport.Consumer")
+    private = (
+        "._acked",
+        "._committed_offset",
+        "._unacked_messages",
+        "._fetch_max_wait_ms",
+        "suspend_flow",
+        "transport.Consumer",
+    )
     found = [
         f"{path.name}: {needle}"
         for path in sorted(folder.glob("*.py"))
