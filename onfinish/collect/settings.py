@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from onfinish.runtime import GcThresholds, gc_thresholds_field
@@ -74,9 +74,26 @@ class CollectSettings(OnfinishSettings):
         gt=0,
         description="How long the topic worker waits for Kafka to acknowledge a batch before retrying.",
     )
+    commit_retry_initial_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="First wait before the topic worker commits again offsets Kafka refused to commit "
+        "(it goes on consuming meanwhile).",
+    )
+    commit_retry_max_s: float = Field(
+        default=30.0, gt=0, description="Longest wait between two tries of a refused offset commit."
+    )
     gc_thresholds: GcThresholds = gc_thresholds_field(
         "collected a 512-span request's few thousand short-lived objects several times over"
     )
     web_port: int = Field(
         default=4319, ge=1, le=65535, description="/health and /metrics port of the Collector topic worker."
     )
+
+    @model_validator(mode="after")
+    def _commit_retry_in_order(self) -> CollectSettings:
+        if self.commit_retry_initial_s > self.commit_retry_max_s:
+            raise ValueError(
+                "ONFINISH_COLLECT_COMMIT_RETRY_INITIAL_S must not exceed ONFINISH_COLLECT_COMMIT_RETRY_MAX_S"
+            )
+        return self

@@ -130,7 +130,11 @@ class TopicWorker:
             }
         )
         # Offsets of the batches Kafka acknowledged, committed without holding this loop.
-        self.commits = Committer(self.consumer, Backoff(0.5, 30.0), settings.group_id)
+        self.commits = Committer(
+            self.consumer,
+            Backoff(settings.commit_retry_initial_s, settings.commit_retry_max_s),
+            settings.group_id,
+        )
         self.batches = 0
 
     def run(self, stop: threading.Event) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import confluent_kafka
+import pytest
 
 from onfinish.collect.feedback import FeedbackReader
 from onfinish.collect.ingest import Ingest
@@ -18,7 +19,6 @@ from onfinish.collect.samples import genai_request
 from onfinish.collect.settings import CollectSettings
 from onfinish.collect.topic import TopicWorker, read_record
 from onfinish.producers.emitter import DurableBatch
-from onfinish.retry import Backoff
 from onfinish.schemas.deadletter import DeadLetter, Reason, Stage
 from onfinish.schemas.sealing import Seal
 from onfinish.settings import KafkaSettings
@@ -141,7 +141,7 @@ def test_a_commit_kafka_refuses_leaves_the_worker_running_and_is_done_later():
     sdk.flush.return_value = True  # Kafka acknowledged what the batch spooled
     ingest = Ingest(SpanMapper(load_mapping()), FeedbackReader(load_mapping().feedback), _Spool())
     worker = TopicWorker(
-        CollectSettings(),
+        CollectSettings(commit_retry_initial_s=0.01, commit_retry_max_s=0.02),
         KafkaSettings(),
         sdk,
         ingest,
@@ -150,10 +150,14 @@ def test_a_commit_kafka_refuses_leaves_the_worker_running_and_is_done_later():
         dead_letters=letters,
         seal=SEAL,
     )
-    worker.commits.backoff = Backoff(0.01, 0.02)
     worker.commits.assigned([confluent_kafka.TopicPartition("otlp_spans", 3)])
     worker.process([FakeMessage(b"")], threading.Event())  # an empty record: a dead letter
     assert len(letters.letters) == 1 and consumer.attempts == 1
     threading.Event().wait(0.03)
     worker.commits.commit()  # the worker's loop does this when a consume brings nothing
     assert consumer.committed == [("otlp_spans", 3, 43)]
+
+
+def test_a_commit_retry_that_starts_longer_than_its_longest_is_refused_by_name():
+    with pytest.raises(ValueError, match="ONFINISH_COLLECT_COMMIT_RETRY_INITIAL_S must not exceed"):
+        CollectSettings(commit_retry_initial_s=60, commit_retry_max_s=30)
