@@ -118,7 +118,9 @@ class FamilySink:
         registry: RegistrySettings,
         connect: Callable[[], Client],
         metrics: SinkMetrics,
+        consumer: Any = None,
     ) -> None:
+        """`consumer`: a stand-in for the family's Kafka consumer (tests); by default one is made."""
         self.family = family
         self.settings = settings
         self.kafka = kafka
@@ -145,22 +147,26 @@ class FamilySink:
         )
         # ClickHouse fetches writer schemas itself: the registry's credentials go in this URL.
         self.registry_url = clickhouse_registry_url(registry)
-        self.consumer = confluent_kafka.Consumer(
-            {
-                **librdkafka_config(kafka),
-                "group.id": f"{settings.group_prefix}-{family}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "client.id": f"{settings.group_prefix}-{family}",
-                "max.poll.interval.ms": 600_000,
-                "session.timeout.ms": int(settings.session_timeout_s * 1000),
-                "heartbeat.interval.ms": int(min(3.0, settings.session_timeout_s / 3) * 1000),
-                # Large fetches: a batch is tens of thousands of records.
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 8 * 1024 * 1024,
-                "queued.max.messages.kbytes": 256 * 1024,
-                "fetch.wait.max.ms": 100,
-            }
+        self.consumer = (
+            consumer
+            if consumer is not None
+            else confluent_kafka.Consumer(
+                {
+                    **librdkafka_config(kafka),
+                    "group.id": f"{settings.group_prefix}-{family}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "client.id": f"{settings.group_prefix}-{family}",
+                    "max.poll.interval.ms": 600_000,
+                    "session.timeout.ms": int(settings.session_timeout_s * 1000),
+                    "heartbeat.interval.ms": int(min(3.0, settings.session_timeout_s / 3) * 1000),
+                    # Large fetches: a batch is tens of thousands of records.
+                    "fetch.max.bytes": 64 * 1024 * 1024,
+                    "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                    "queued.max.messages.kbytes": 256 * 1024,
+                    "fetch.wait.max.ms": 100,
+                }
+            )
         )
         self.client: Client | None = None
         # Connections of the concurrent parts of a pass-through insert (the first part uses `client`).

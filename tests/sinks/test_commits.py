@@ -31,9 +31,9 @@ def _sink(consumer: Any, **settings: Any) -> FamilySink:
         RegistrySettings(url="http://127.0.0.1:1"),
         lambda: pytest.fail("no ClickHouse here"),
         SinkMetrics(),
+        consumer=consumer,
     )
-    sink.consumer.close()
-    sink.consumer = sink.commits.consumer = consumer
+    assert sink.commits.consumer is consumer
     return sink
 
 
